@@ -1,0 +1,36 @@
+//! valkey-backup agent: streams Valkey/Redis snapshots to S3-compatible storage.
+//!
+//! The agent is a library plus a thin binary (`main.rs`). Each module owns one concept:
+//!
+//! * [`protocol`] — the JSON-lines request/response types spoken on the Unix socket.
+//! * [`error`] — the one place where module errors become stable protocol codes.
+//! * [`server`] — socket, peer check, dispatch and graceful shutdown.
+//! * [`ops`] — one module per operation (`status`, `configure`, `create-backup`, …).
+//! * [`config`] — validated, atomically stored configuration.
+//! * [`rdb`] — the pure streaming validator for RDB snapshots.
+//! * [`valkey`] — running `valkey-cli`/`redis-cli` without leaking the password.
+//! * [`s3`], [`upload`], [`store`] — the S3 client, write-once multipart upload, and
+//!   the object layout (manifest, failure records, listing).
+//! * [`lock`] — the per-unit `flock` that keeps backups and restores from overlapping.
+//! * [`client`], [`cli`] — the socket client and the command line built on it.
+
+pub mod backup_id;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod lock;
+pub mod ops;
+pub mod parts;
+pub mod progress;
+pub mod protocol;
+pub mod rdb;
+pub mod s3;
+pub mod secret;
+pub mod server;
+pub mod store;
+pub mod upload;
+pub mod valkey;
+
+/// The agent's version, recorded in every manifest and reported by `status`.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

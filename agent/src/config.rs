@@ -1,0 +1,596 @@
+//! The agent's configuration: what `configure` accepts, how it is validated, and how it
+//! is stored.
+//!
+//! Field names are the s3-integrator's own (kebab-case), so the charm can pass relation
+//! data through unchanged. Every field is validated before anything is stored; the file
+//! is replaced atomically (temp file, fsync, rename, fsync of the directory) with mode
+//! 0600 because it holds the S3 secret key and the Valkey password.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::parts::{DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE, MAX_PART_SIZE, MIN_PART_SIZE};
+use crate::secret::Secret;
+
+const CONFIG_FILE: &str = "config.json";
+
+/// Why a configuration was refused. Messages name the field, never its secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("cannot store the configuration: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("stored configuration is unreadable: {0}")]
+    Corrupt(String),
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Everything the agent needs to run backups for one unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The cluster name: the backups' prefix under the bucket path (`<model>.<app>`).
+    pub cluster: String,
+    /// The Juju unit this agent serves (`valkey/0`), recorded in ids and manifests.
+    pub unit: String,
+    /// The object store; `None` while there is no s3 relation.
+    #[serde(default)]
+    pub s3: Option<S3Settings>,
+    pub valkey: ValkeySettings,
+    #[serde(default)]
+    pub backup: BackupTuning,
+}
+
+/// S3 settings, as the s3-integrator names them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct S3Settings {
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    #[serde(default)]
+    pub path: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    pub access_key: Secret,
+    pub secret_key: Secret,
+    #[serde(default)]
+    pub s3_uri_style: Option<String>,
+    #[serde(default)]
+    pub storage_class: Option<String>,
+    #[serde(default)]
+    pub tls_ca_chain: Option<CaChain>,
+    /// Accepted for compatibility with the s3-integrator; only SigV4 is spoken.
+    #[serde(default)]
+    pub s3_api_version: Option<serde_json::Value>,
+    /// The s3-integrator's retention hint; the default `keep-days` for pruning.
+    #[serde(default)]
+    pub delete_older_than_days: Option<serde_json::Value>,
+}
+
+/// `tls-ca-chain` arrives as a list of PEM (or base64-of-PEM) strings, or one string.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CaChain {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// How to reach Valkey.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ValkeySettings {
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Path to `valkey-cli` or `redis-cli`.
+    pub cli: PathBuf,
+    #[serde(default)]
+    pub tls: Option<ValkeyTls>,
+}
+
+/// TLS options handed to the cli.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ValkeyTls {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// Streaming and upload tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct BackupTuning {
+    #[serde(default = "default_part_size")]
+    pub part_size_bytes: u64,
+    #[serde(default = "default_concurrency")]
+    pub upload_concurrency: usize,
+}
+
+impl Default for BackupTuning {
+    fn default() -> Self {
+        BackupTuning {
+            part_size_bytes: DEFAULT_PART_SIZE,
+            upload_concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    6379
+}
+fn default_part_size() -> u64 {
+    DEFAULT_PART_SIZE
+}
+fn default_concurrency() -> usize {
+    DEFAULT_CONCURRENCY
+}
+
+/// Whether S3 paths are `endpoint/bucket/key` or `bucket.endpoint/key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriStyle {
+    Path,
+    Host,
+}
+
+impl S3Settings {
+    /// The addressing style (path by default: most non-AWS stores need it).
+    pub fn uri_style(&self) -> UriStyle {
+        match self.s3_uri_style.as_deref() {
+            Some("host") | Some("virtual") => UriStyle::Host,
+            _ => UriStyle::Path,
+        }
+    }
+
+    /// The region, `us-east-1` when unset.
+    pub fn region(&self) -> &str {
+        self.region
+            .as_deref()
+            .filter(|r| !r.is_empty())
+            .unwrap_or("us-east-1")
+    }
+
+    /// The bucket path with surrounding slashes removed (may be empty).
+    pub fn clean_path(&self) -> &str {
+        self.path.trim_matches('/')
+    }
+
+    /// The CA certificates as PEM text, whichever encoding they arrived in.
+    pub fn ca_pems(&self) -> Result<Vec<String>, ConfigError> {
+        let items = match &self.tls_ca_chain {
+            None => return Ok(Vec::new()),
+            Some(CaChain::One(s)) => vec![s.clone()],
+            Some(CaChain::Many(v)) => v.clone(),
+        };
+        items
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| decode_pem(s))
+            .collect()
+    }
+}
+
+const PEM_BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+
+fn decode_pem(item: &str) -> Result<String, ConfigError> {
+    let trimmed = item.trim();
+    if trimmed.contains(PEM_BEGIN) {
+        return Ok(trimmed.to_owned());
+    }
+    let compact: String = trimmed.split_whitespace().collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|_| {
+            invalid(
+                "s3.tls-ca-chain",
+                "an item is neither PEM nor base64 of PEM",
+            )
+        })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| invalid("s3.tls-ca-chain", "base64 item does not decode to PEM text"))?;
+    if !text.contains(PEM_BEGIN) {
+        return Err(invalid(
+            "s3.tls-ca-chain",
+            "base64 item does not hold a PEM certificate",
+        ));
+    }
+    Ok(text.trim().to_owned())
+}
+
+impl AgentConfig {
+    /// Parses and validates `configure` params.
+    pub fn from_params(params: serde_json::Value) -> Result<Self, ConfigError> {
+        let config: AgentConfig =
+            serde_json::from_value(params).map_err(|e| invalid("params", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field; see the README's configuration reference.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_cluster(&self.cluster)?;
+        validate_unit(&self.unit)?;
+        if let Some(s3) = &self.s3 {
+            validate_s3(s3)?;
+        }
+        validate_valkey(&self.valkey)?;
+        let t = &self.backup;
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&t.part_size_bytes) {
+            return Err(invalid(
+                "backup.part-size-bytes",
+                format!("must be between {MIN_PART_SIZE} and {MAX_PART_SIZE}"),
+            ));
+        }
+        if !(1..=16).contains(&t.upload_concurrency) {
+            return Err(invalid(
+                "backup.upload-concurrency",
+                "must be between 1 and 16",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The stored configuration under `state_dir`, if any.
+    pub fn load(state_dir: &Path) -> Result<Option<Self>, ConfigError> {
+        let path = state_dir.join(CONFIG_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let config: AgentConfig =
+            serde_json::from_slice(&bytes).map_err(|e| ConfigError::Corrupt(e.to_string()))?;
+        config.validate()?;
+        Ok(Some(config))
+    }
+
+    /// Replaces the stored configuration atomically, readable by the owner only.
+    pub fn store(&self, state_dir: &Path) -> Result<(), ConfigError> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".config-")
+            .permissions(std::fs::Permissions::from_mode(0o600))
+            .tempfile_in(state_dir)?;
+        serde_json::to_writer_pretty(&mut tmp, self).map_err(std::io::Error::other)?;
+        tmp.write_all(b"\n")?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(state_dir.join(CONFIG_FILE))
+            .map_err(|e| e.error)?;
+        std::fs::File::open(state_dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+fn validate_cluster(c: &str) -> Result<(), ConfigError> {
+    let ok = !c.is_empty()
+        && c.len() <= 128
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+    if !ok {
+        return Err(invalid(
+            "cluster",
+            "must be 1-128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_unit(u: &str) -> Result<(), ConfigError> {
+    let ok = match u.split_once('/') {
+        Some((app, n)) => {
+            !app.is_empty()
+                && app.len() <= 50
+                && app
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !app.starts_with('-')
+                && !app.ends_with('-')
+                && !n.is_empty()
+                && n.len() <= 10
+                && n.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    };
+    if !ok {
+        return Err(invalid("unit", "must be a Juju unit name such as valkey/0"));
+    }
+    Ok(())
+}
+
+fn validate_s3(s3: &S3Settings) -> Result<(), ConfigError> {
+    if let Some(endpoint) = s3.endpoint.as_deref().filter(|e| !e.is_empty()) {
+        let url =
+            url::Url::parse(endpoint).map_err(|_| invalid("s3.endpoint", "not a valid URL"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid("s3.endpoint", "scheme must be http or https"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(invalid("s3.endpoint", "must not carry credentials"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("s3.endpoint", "has no host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(invalid("s3.endpoint", "must not have a query or fragment"));
+        }
+    }
+    validate_bucket(&s3.bucket)?;
+    let path = s3.clean_path();
+    if path.len() > 512
+        || path.split('/').any(|seg| {
+            (!path.is_empty() && seg.is_empty())
+                || seg == "."
+                || seg == ".."
+                || !seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        })
+    {
+        return Err(invalid(
+            "s3.path",
+            "segments may hold only A-Z a-z 0-9 . _ - (no empty, '.' or '..' segments)",
+        ));
+    }
+    if let Some(r) = s3.region.as_deref().filter(|r| !r.is_empty()) {
+        if r.len() > 64
+            || !r
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid("s3.region", "must be letters, digits, '-' or '_'"));
+        }
+    }
+    if s3.access_key.is_empty() {
+        return Err(invalid("s3.access-key", "must not be empty"));
+    }
+    if s3.secret_key.is_empty() {
+        return Err(invalid("s3.secret-key", "must not be empty"));
+    }
+    match s3.s3_uri_style.as_deref() {
+        None | Some("") | Some("path") | Some("host") | Some("virtual") => {}
+        Some(_) => return Err(invalid("s3.s3-uri-style", "must be path or host")),
+    }
+    if let Some(sc) = s3.storage_class.as_deref().filter(|s| !s.is_empty()) {
+        if sc.len() > 64
+            || !sc
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(invalid(
+                "s3.storage-class",
+                "must be an S3 storage class such as STANDARD",
+            ));
+        }
+    }
+    match &s3.s3_api_version {
+        None | Some(serde_json::Value::Null) => {}
+        Some(v)
+            if matches!(v.as_str(), Some("4") | Some("v4") | Some("")) || v.as_u64() == Some(4) => {
+        }
+        Some(_) => {
+            return Err(invalid(
+                "s3.s3-api-version",
+                "only signature version 4 is supported",
+            ))
+        }
+    }
+    if let Some(v) = &s3.delete_older_than_days {
+        if !v.is_null() && keep_days_hint(v).is_none() {
+            return Err(invalid(
+                "s3.delete-older-than-days",
+                "must be a whole number of days",
+            ));
+        }
+    }
+    s3.ca_pems()?;
+    Ok(())
+}
+
+/// `delete-older-than-days` as a number of days (it arrives as a number or a string).
+pub fn keep_days_hint(v: &serde_json::Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+}
+
+fn validate_bucket(b: &str) -> Result<(), ConfigError> {
+    let bytes = b.as_bytes();
+    let ok = (3..=63).contains(&b.len())
+        && bytes
+            .iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[b.len() - 1].is_ascii_alphanumeric()
+        && !b.contains("..")
+        && b.parse::<std::net::Ipv4Addr>().is_err();
+    if !ok {
+        return Err(invalid(
+            "s3.bucket",
+            "must be a valid S3 bucket name (3-63 characters of a-z 0-9 . -)",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_valkey(v: &ValkeySettings) -> Result<(), ConfigError> {
+    if v.host.is_empty()
+        || v.host.len() > 253
+        || v.host.starts_with('-')
+        || !v
+            .host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
+    {
+        return Err(invalid("valkey.host", "must be a host name or IP address"));
+    }
+    if v.port == 0 {
+        return Err(invalid("valkey.port", "must be between 1 and 65535"));
+    }
+    if let Some(u) = &v.username {
+        if u.is_empty() || u.len() > 256 || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                "valkey.username",
+                "must be non-empty without spaces",
+            ));
+        }
+    }
+    check_executable(&v.cli)?;
+    if let Some(tls) = &v.tls {
+        for (field, path) in [
+            ("valkey.tls.ca-file", &tls.ca_file),
+            ("valkey.tls.cert-file", &tls.cert_file),
+            ("valkey.tls.key-file", &tls.key_file),
+        ] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    return Err(invalid(field, "file does not exist"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_executable(cli: &Path) -> Result<(), ConfigError> {
+    if !cli.is_absolute() {
+        return Err(invalid("valkey.cli", "must be an absolute path"));
+    }
+    let meta = std::fs::metadata(cli).map_err(|_| invalid("valkey.cli", "does not exist"))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(invalid("valkey.cli", "is not an executable file"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> serde_json::Value {
+        json!({
+            "cluster": "model.valkey", "unit": "valkey/0",
+            "s3": {"endpoint": "http://127.0.0.1:9000", "bucket": "backups", "path": "/a/b/",
+                   "access-key": "AK", "secret-key": "SK"},
+            "valkey": {"cli": "/bin/sh"}
+        })
+    }
+
+    fn with(mut v: serde_json::Value, ptr: &str, value: serde_json::Value) -> serde_json::Value {
+        let (parent, key) = ptr.rsplit_once('/').unwrap();
+        let target = if parent.is_empty() {
+            &mut v
+        } else {
+            v.pointer_mut(parent).unwrap()
+        };
+        target[key] = value;
+        v
+    }
+
+    #[test]
+    fn minimal_config_validates_with_defaults() {
+        let c = AgentConfig::from_params(base()).unwrap();
+        assert_eq!(c.valkey.port, 6379);
+        let s3 = c.s3.as_ref().unwrap();
+        assert_eq!(s3.clean_path(), "a/b");
+        assert_eq!(s3.region(), "us-east-1");
+        assert_eq!(s3.uri_style(), UriStyle::Path);
+        assert_eq!(c.backup, BackupTuning::default());
+    }
+
+    #[test]
+    fn bad_values_name_their_field_and_never_the_secret() {
+        let not_executable = tempfile::NamedTempFile::new().unwrap();
+        let not_executable = not_executable.path().to_str().unwrap().to_owned();
+        let cases = [
+            ("/cluster", json!("a/b"), "cluster"),
+            ("/unit", json!("valkey"), "unit"),
+            ("/s3/endpoint", json!("ftp://x"), "s3.endpoint"),
+            ("/s3/endpoint", json!("http://user:pw@host"), "s3.endpoint"),
+            ("/s3/bucket", json!("Bad_Bucket"), "s3.bucket"),
+            ("/s3/path", json!("a/../b"), "s3.path"),
+            ("/s3/s3-uri-style", json!("weird"), "s3.s3-uri-style"),
+            ("/s3/tls-ca-chain", json!(["not a cert"]), "s3.tls-ca-chain"),
+            (
+                "/valkey/cli",
+                json!("/nonexistent/valkey-cli"),
+                "valkey.cli",
+            ),
+            ("/valkey/cli", json!("relative/cli"), "valkey.cli"),
+            ("/valkey/cli", json!(not_executable), "valkey.cli"),
+            ("/valkey/port", json!(0), "valkey.port"),
+        ];
+        for (ptr, value, field) in cases {
+            let err = AgentConfig::from_params(with(base(), ptr, value.clone())).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.starts_with(field), "{ptr}={value}: {msg}");
+            assert!(!msg.contains("SK"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let mut v = base();
+        v["s3"]["bukket"] = json!("x");
+        assert!(AgentConfig::from_params(v).is_err());
+    }
+
+    #[test]
+    fn ca_chain_accepts_pem_and_base64_of_pem() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(pem);
+        for chain in [json!([pem]), json!([b64]), json!(pem)] {
+            let c = AgentConfig::from_params(with(base(), "/s3/tls-ca-chain", chain)).unwrap();
+            assert_eq!(c.s3.unwrap().ca_pems().unwrap(), vec![pem.to_string()]);
+        }
+    }
+
+    #[test]
+    fn store_is_atomic_0600_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = AgentConfig::from_params(base()).unwrap();
+        c.store(dir.path()).unwrap();
+        let meta = std::fs::metadata(dir.path().join(CONFIG_FILE)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(AgentConfig::load(dir.path()).unwrap(), Some(c));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temp files left behind");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut v = base();
+        v["valkey"]["password"] = json!("valkeypw");
+        let c = AgentConfig::from_params(v).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("SK") && !dbg.contains("valkeypw"), "{dbg}");
+    }
+}

@@ -1,0 +1,113 @@
+//! Operation errors and their one mapping to protocol codes.
+//!
+//! Modules return their own typed errors ([`ConfigError`], [`ValkeyError`], …); an
+//! operation turns them into [`OpError`], and [`OpError::code`] is the single place where
+//! an error becomes a stable wire code. Every message here is safe to show any Juju user:
+//! the module errors are built from our own text, S3 error codes and sanitised cli lines,
+//! never from a secret or a raw SDK message.
+
+use crate::config::ConfigError;
+use crate::lock::LockError;
+use crate::protocol::ErrorCode;
+use crate::rdb::RdbError;
+use crate::s3::S3Error;
+use crate::valkey::ValkeyError;
+
+/// Any failure of an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotConfigured(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the agent is shutting down; the operation was cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Valkey(#[from] ValkeyError),
+    #[error(transparent)]
+    Stream(#[from] RdbError),
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl OpError {
+    /// The stable protocol code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            OpError::BadRequest(_) => ErrorCode::BadRequest,
+            OpError::NotConfigured(_) => ErrorCode::NotConfigured,
+            OpError::NotFound(_) => ErrorCode::NotFound,
+            OpError::Cancelled => ErrorCode::Cancelled,
+            OpError::Config(ConfigError::Invalid { .. }) => ErrorCode::BadRequest,
+            OpError::Config(_) => ErrorCode::Internal,
+            OpError::Lock(LockError::Busy(_)) => ErrorCode::Busy,
+            OpError::Lock(LockError::Io(_)) => ErrorCode::Internal,
+            OpError::Valkey(ValkeyError::Unreachable { .. }) => ErrorCode::ValkeyUnreachable,
+            OpError::Valkey(ValkeyError::Auth { .. }) => ErrorCode::ValkeyAuth,
+            OpError::Valkey(ValkeyError::Cli { .. } | ValkeyError::Spawn { .. }) => {
+                ErrorCode::ValkeyError
+            }
+            OpError::Stream(_) => ErrorCode::StreamInvalid,
+            OpError::S3(S3Error::AccessDenied { .. }) => ErrorCode::S3AccessDenied,
+            OpError::S3(S3Error::NoBucket { .. } | S3Error::CannotCreateBucket { .. }) => {
+                ErrorCode::S3NoBucket
+            }
+            OpError::S3(S3Error::Unreachable { .. }) => ErrorCode::S3Unreachable,
+            OpError::S3(S3Error::Conflict { .. }) => ErrorCode::S3Conflict,
+            OpError::S3(S3Error::Other { .. }) => ErrorCode::S3Error,
+            OpError::S3(S3Error::Setup(_)) => ErrorCode::BadRequest,
+            OpError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_errors_map_to_their_codes() {
+        let cases: Vec<(OpError, ErrorCode)> = vec![
+            (
+                ValkeyError::Auth {
+                    detail: String::new(),
+                }
+                .into(),
+                ErrorCode::ValkeyAuth,
+            ),
+            (
+                ValkeyError::Unreachable {
+                    addr: String::new(),
+                    detail: String::new(),
+                }
+                .into(),
+                ErrorCode::ValkeyUnreachable,
+            ),
+            (RdbError::TooShort(0).into(), ErrorCode::StreamInvalid),
+            (
+                S3Error::NoBucket { bucket: "b".into() }.into(),
+                ErrorCode::S3NoBucket,
+            ),
+            (
+                S3Error::AccessDenied {
+                    detail: String::new(),
+                }
+                .into(),
+                ErrorCode::S3AccessDenied,
+            ),
+            (LockError::Busy(None).into(), ErrorCode::Busy),
+            (OpError::Cancelled, ErrorCode::Cancelled),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.code(), code, "{err}");
+        }
+    }
+}

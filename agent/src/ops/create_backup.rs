@@ -1,0 +1,348 @@
+//! `create-backup`: stream `valkey-cli --rdb -` through the validator into a write-once
+//! upload, then write the manifest.
+//!
+//! The order of events is the product's promise:
+//!
+//! 1. take the unit lock (a second request gets `busy` naming this backup);
+//! 2. `INFO` — an early, clear answer for unreachable servers and bad passwords, the
+//!    server version for the manifest, and a size estimate for part planning;
+//! 3. stream: every byte passes the [`RdbValidator`] and SHA-256 before it joins a part;
+//!    parts upload while the stream continues, at most `concurrency` at once;
+//! 4. at the end: the cli must have exited 0 *and* the trailer must check out, and only
+//!    then is the upload completed (`If-None-Match: *`), then `manifest.json` written once;
+//! 5. on any failure (cli, stream, S3, shutdown): kill the cli, abort the multipart
+//!    upload, write `failure.json` once, release the lock. No partial object remains.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio::io::AsyncReadExt;
+use tracing::{info, warn};
+
+use super::{params, rfc3339, AgentState, NoParams};
+use crate::backup_id::BackupId;
+use crate::config::AgentConfig;
+use crate::error::OpError;
+use crate::lock::{LockHolder, UnitLock};
+use crate::parts::PartPlan;
+use crate::progress::{EventSink, ProgressReporter};
+use crate::rdb::{RdbValidator, Validated};
+use crate::s3::Store;
+use crate::store::{FailureRecord, Layout, ManifestV1, MANIFEST_FORMAT};
+use crate::upload::ObjectUpload;
+use crate::valkey::{RdbProcess, ServerInfo, ValkeyCli};
+
+/// Read size from the cli's pipe.
+const READ_BUF: usize = 128 * 1024;
+
+pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Result<Value, OpError> {
+    let _: NoParams = params(raw)?;
+    let config = state.config()?;
+    let Some(s3) = config.s3.clone() else {
+        return Err(OpError::NotConfigured(
+            "no S3 storage is configured: relate the charm to an s3-integrator (or send configure with s3 settings)"
+                .into(),
+        ));
+    };
+    let store = Store::new(&s3)?;
+    let layout = Layout::new(s3.clean_path(), &config.cluster);
+    let started = OffsetDateTime::now_utc();
+    let id =
+        BackupId::generate(started, &config.unit).map_err(|e| OpError::Internal(e.to_string()))?;
+    let holder = LockHolder {
+        op: "create-backup".into(),
+        backup_id: id.to_string(),
+        started_at: rfc3339(started),
+        pid: std::process::id(),
+    };
+    let dir = state.state_dir.clone();
+    let lock_holder = holder.clone();
+    let lock = tokio::task::spawn_blocking(move || UnitLock::try_acquire(&dir, &lock_holder))
+        .await
+        .map_err(|e| OpError::Internal(e.to_string()))??;
+    state.set_running(Some(holder));
+
+    let mut run = BackupRun {
+        config: &config,
+        store: &store,
+        layout: &layout,
+        id: &id,
+        started,
+        phase: "connecting",
+        bytes: 0,
+        process: None,
+        upload: None,
+        reporter: ProgressReporter::new(events, Some(id.to_string())),
+    };
+    let outcome = run.execute(state).await;
+    let result = match outcome {
+        Ok(data) => {
+            state.set_last_backup(json!({
+                "backup-id": id.to_string(), "status": "finished",
+                "finished-at": data["finished-at"].clone(), "code": null,
+            }));
+            Ok(data)
+        }
+        Err(err) => {
+            run.clean_up().await;
+            run.record_failure(&err).await;
+            state.set_last_backup(json!({
+                "backup-id": id.to_string(), "status": "failed",
+                "finished-at": rfc3339(OffsetDateTime::now_utc()), "code": err.code().as_str(),
+            }));
+            Err(err)
+        }
+    };
+    state.set_running(None);
+    drop(lock);
+    result
+}
+
+/// One backup in progress: what must be cleaned up if it fails.
+struct BackupRun<'a> {
+    config: &'a AgentConfig,
+    store: &'a Store,
+    layout: &'a Layout,
+    id: &'a BackupId,
+    started: OffsetDateTime,
+    phase: &'static str,
+    bytes: u64,
+    process: Option<RdbProcess>,
+    upload: Option<ObjectUpload>,
+    reporter: ProgressReporter,
+}
+
+impl BackupRun<'_> {
+    async fn execute(&mut self, state: &AgentState) -> Result<Value, OpError> {
+        let cancel = state.shutdown.clone();
+        let cli = ValkeyCli::new(self.config.valkey.clone());
+        self.reporter.update("connecting", 0, None, true);
+        let info = tokio::select! {
+            _ = cancel.cancelled() => return Err(OpError::Cancelled),
+            r = cli.info() => r?,
+        };
+        let tuning = self.config.backup;
+        let plan = PartPlan::new(
+            tuning.part_size_bytes,
+            tuning.upload_concurrency,
+            info.used_memory,
+        );
+        let part_size = plan.part_size as usize;
+        info!(backup_id = %self.id, part_size = plan.part_size, concurrency = plan.concurrency,
+              memory_bound = plan.memory_bound(), source = %info.version, "streaming snapshot");
+
+        self.phase = "streaming";
+        let process = self.process.insert(cli.spawn_rdb()?);
+        let mut stdout = process.take_stdout();
+        let data_key = self.layout.data_key(self.id);
+        self.upload = Some(ObjectUpload::new(
+            self.store.clone(),
+            data_key.clone(),
+            "application/octet-stream",
+            plan.concurrency,
+        ));
+
+        let mut validator = RdbValidator::new();
+        let mut sha = Sha256::new();
+        let mut part = BytesMut::with_capacity(part_size + READ_BUF);
+        let mut buf = vec![0u8; READ_BUF];
+        loop {
+            let n = tokio::select! {
+                _ = cancel.cancelled() => return Err(OpError::Cancelled),
+                r = stdout.read(&mut buf) => r.map_err(|e| OpError::Internal(format!("reading the cli's output: {}", e.kind())))?,
+            };
+            if n == 0 {
+                break;
+            }
+            self.bytes += n as u64;
+            validator.push(&buf[..n], |released| {
+                sha.update(released);
+                part.extend_from_slice(released);
+            })?;
+            while part.len() >= part_size {
+                let full = take_part(&mut part, part_size);
+                self.push(full, &cancel).await?;
+            }
+            let parts = self.upload.as_ref().map(ObjectUpload::parts_done);
+            self.reporter.update("streaming", self.bytes, parts, false);
+        }
+        drop(stdout);
+        let finished = validator.finish();
+        // The cli's exit status first: when it failed, its own message says more than
+        // "truncated stream".
+        let process = self.process.as_mut().expect("spawned above");
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(OpError::Cancelled),
+            r = process.wait() => r?,
+        }
+        self.process = None;
+        let validated: Validated = finished?;
+        sha.update(&validated.tail);
+        part.extend_from_slice(&validated.tail);
+        if part.len() > part_size {
+            let full = take_part(&mut part, part_size);
+            self.push(full, &cancel).await?;
+        }
+
+        self.phase = "completing";
+        let parts_so_far = self.upload.as_ref().map(ObjectUpload::parts_done);
+        self.reporter
+            .update("completing", self.bytes, parts_so_far, true);
+        let upload = self.upload.take().expect("created above");
+        let uploaded = match upload.complete(part.freeze()).await {
+            Ok(u) => u,
+            Err((e, upload)) => {
+                self.upload = Some(upload);
+                return Err(e.into());
+            }
+        };
+        debug_assert_eq!(uploaded.bytes, validated.rdb_bytes);
+
+        self.phase = "manifest";
+        let finished_at = OffsetDateTime::now_utc();
+        let manifest = self.manifest(
+            &info,
+            &validated,
+            &sha.finalize(),
+            uploaded.parts,
+            plan.part_size,
+            finished_at,
+        );
+        self.store
+            .put_record(&self.layout.manifest_key(self.id), &manifest)
+            .await?;
+        self.reporter
+            .update("finished", self.bytes, Some(uploaded.parts), true);
+        Ok(json!({
+            "backup-id": manifest.backup_id,
+            "cluster": manifest.cluster,
+            "status": "finished",
+            "size-bytes": manifest.stored_size_bytes,
+            "sha256": manifest.sha256,
+            "crc64": manifest.crc64,
+            "rdb-version": manifest.rdb_version,
+            "source-kind": manifest.source_kind,
+            "source-version": manifest.source_version,
+            "parts": manifest.parts,
+            "part-size-bytes": manifest.part_size_bytes,
+            "memory-bound-bytes": plan.memory_bound(),
+            "duration-seconds": (self.reporter.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            "started-at": manifest.started_at,
+            "finished-at": manifest.finished_at,
+            "data-key": data_key,
+        }))
+    }
+
+    /// Hands a full part to the upload, giving up promptly on shutdown.
+    async fn push(
+        &mut self,
+        part: Bytes,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), OpError> {
+        let upload = self.upload.as_mut().expect("upload exists while streaming");
+        tokio::select! {
+            _ = cancel.cancelled() => Err(OpError::Cancelled),
+            r = upload.push_part(part) => r.map_err(OpError::from),
+        }
+    }
+
+    fn manifest(
+        &self,
+        info: &ServerInfo,
+        v: &Validated,
+        sha: &[u8],
+        parts: u64,
+        part_size: u64,
+        finished_at: OffsetDateTime,
+    ) -> ManifestV1 {
+        ManifestV1 {
+            format_version: MANIFEST_FORMAT,
+            backup_id: self.id.to_string(),
+            cluster: self.config.cluster.clone(),
+            unit: self.config.unit.clone(),
+            started_at: rfc3339(self.started),
+            finished_at: rfc3339(finished_at),
+            source_kind: info.kind.clone(),
+            source_version: info.version.clone(),
+            rdb_magic: v.format.magic.to_owned(),
+            rdb_version: v.format.version,
+            data_key: self.layout.data_key(self.id),
+            compression: "none".into(),
+            stored_size_bytes: v.rdb_bytes,
+            raw_size_bytes: v.rdb_bytes,
+            sha256: hex::encode(sha),
+            crc64: format!("{:016x}", v.crc64),
+            parts,
+            part_size_bytes: part_size,
+            eof_mark_stripped: v.eof_mark_stripped,
+            keyspace_at_start: info.keyspace.iter().cloned().collect::<BTreeMap<_, _>>(),
+            agent_version: crate::AGENT_VERSION.into(),
+        }
+    }
+
+    /// Kills the cli and aborts the upload; safe to call whatever the state.
+    async fn clean_up(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill().await;
+        }
+        if let Some(upload) = self.upload.take() {
+            let key = upload.key().to_owned();
+            let was_open = upload.is_open();
+            if let Err(e) = upload.abort().await {
+                warn!(backup_id = %self.id, key = %key, error = %e, "could not abort the multipart upload; prune will");
+            } else if was_open {
+                info!(backup_id = %self.id, "multipart upload aborted");
+            }
+        }
+    }
+
+    /// Writes `failure.json` (best effort: the store may be what failed).
+    async fn record_failure(&self, err: &OpError) {
+        let record = FailureRecord {
+            format_version: MANIFEST_FORMAT,
+            backup_id: self.id.to_string(),
+            cluster: self.config.cluster.clone(),
+            unit: self.config.unit.clone(),
+            started_at: rfc3339(self.started),
+            failed_at: rfc3339(OffsetDateTime::now_utc()),
+            phase: self.phase.into(),
+            code: err.code().as_str().into(),
+            reason: err.to_string(),
+            bytes_streamed: self.bytes,
+            agent_version: crate::AGENT_VERSION.into(),
+        };
+        if let Err(e) = self
+            .store
+            .put_record(&self.layout.failure_key(self.id), &record)
+            .await
+        {
+            warn!(backup_id = %self.id, error = %e, "could not write failure.json");
+        }
+    }
+}
+
+/// Splits off exactly `size` bytes as a part, keeping the rest in a fresh buffer so that
+/// every part owns one allocation of bounded size.
+fn take_part(part: &mut BytesMut, size: usize) -> Bytes {
+    let mut next = BytesMut::with_capacity(part.capacity().max(size + READ_BUF));
+    next.extend_from_slice(&part[size..]);
+    part.truncate(size);
+    std::mem::replace(part, next).freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn take_part_splits_exactly() {
+        let mut b = BytesMut::from(&b"abcdefgh"[..]);
+        let p = take_part(&mut b, 5);
+        assert_eq!(&p[..], b"abcde");
+        assert_eq!(&b[..], b"fgh");
+    }
+}

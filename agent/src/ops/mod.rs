@@ -1,0 +1,121 @@
+//! The operations, one module each, and the state they share.
+//!
+//! Every op has the same shape: `run(state, params, events) -> Result<data, OpError>`.
+//! Params are parsed by the op itself into a struct that refuses unknown keys, so the
+//! dispatcher stays ignorant of any op's details.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentConfig;
+use crate::error::OpError;
+use crate::lock::LockHolder;
+use crate::progress::EventSink;
+use crate::protocol::Op;
+
+pub mod configure;
+pub mod create_backup;
+pub mod list_backups;
+pub mod status;
+
+/// What the running agent knows, shared by every connection.
+pub struct AgentState {
+    pub state_dir: PathBuf,
+    config: RwLock<Option<AgentConfig>>,
+    running: Mutex<Option<LockHolder>>,
+    last_backup: Mutex<Option<Value>>,
+    /// Cancelled on SIGTERM: every long operation watches it.
+    pub shutdown: CancellationToken,
+}
+
+impl AgentState {
+    pub fn new(
+        state_dir: PathBuf,
+        config: Option<AgentConfig>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(AgentState {
+            state_dir,
+            config: RwLock::new(config),
+            running: Mutex::new(None),
+            last_backup: Mutex::new(None),
+            shutdown,
+        })
+    }
+
+    /// The current configuration, or `not-configured`.
+    pub fn config(&self) -> Result<AgentConfig, OpError> {
+        self.config
+            .read()
+            .expect("config lock")
+            .clone()
+            .ok_or_else(|| {
+                OpError::NotConfigured(
+                    "the agent has not been configured yet (send configure, or relate the charm)"
+                        .into(),
+                )
+            })
+    }
+
+    pub fn config_if_any(&self) -> Option<AgentConfig> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    pub fn set_config(&self, config: AgentConfig) {
+        *self.config.write().expect("config lock") = Some(config);
+    }
+
+    pub fn running(&self) -> Option<LockHolder> {
+        self.running.lock().expect("running lock").clone()
+    }
+
+    pub fn set_running(&self, holder: Option<LockHolder>) {
+        *self.running.lock().expect("running lock") = holder;
+    }
+
+    pub fn last_backup(&self) -> Option<Value> {
+        self.last_backup.lock().expect("last lock").clone()
+    }
+
+    pub fn set_last_backup(&self, summary: Value) {
+        *self.last_backup.lock().expect("last lock") = Some(summary);
+    }
+}
+
+/// Runs `op` with `params`, sending progress to `events`.
+pub async fn dispatch(
+    state: &Arc<AgentState>,
+    op: Op,
+    params: Value,
+    events: EventSink,
+) -> Result<Value, OpError> {
+    match op {
+        Op::Status => status::run(state, params).await,
+        Op::Configure => configure::run(state, params).await,
+        Op::CreateBackup => create_backup::run(state, params, events).await,
+        Op::ListBackups => list_backups::run(state, params).await,
+    }
+}
+
+/// Parses an op's params into `T`, refusing unknown keys (`bad-request`).
+pub fn params<T: serde::de::DeserializeOwned>(params: Value) -> Result<T, OpError> {
+    crate::protocol::parse_params(params).map_err(OpError::BadRequest)
+}
+
+/// Params of ops that take none.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// RFC 3339 UTC time, second precision, as used in every record.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    let t = t
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

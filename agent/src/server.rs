@@ -1,0 +1,253 @@
+//! The Unix-socket server: accept, check the peer, read one request, dispatch, answer,
+//! and shut down cleanly.
+//!
+//! * The socket is created mode 0600 and the peer's uid is checked with `SO_PEERCRED`:
+//!   file modes alone can be loosened by accident, the peer check cannot.
+//! * A request line is read with a hard 1 MiB cap and a deadline, so a slow or hostile
+//!   client can hold neither memory nor a task forever.
+//! * Every connection runs in its own task; a bad request gets an error line and the
+//!   server carries on.
+//! * SIGTERM cancels the shared token: the accept loop stops, running operations abort
+//!   the way any failed operation does (cli killed, upload aborted, failure recorded),
+//!   and `serve` returns once they finished.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::AgentConfig;
+use crate::ops::{self, AgentState};
+use crate::protocol::{parse_request, ErrorCode, Event, RequestError, MAX_REQUEST_BYTES};
+
+/// Default socket path (DESIGN.md).
+pub const DEFAULT_SOCKET: &str = "/run/valkey-backup-agent/agent.sock";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/valkey-backup-agent";
+/// How long a client may take to send its request line.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+/// How long shutdown waits for operations to abort and record their failure.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// Peer uids that are served; the agent's own uid and root are always allowed.
+    pub allowed_uids: Vec<u32>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another agent is already serving {0}")]
+    InUse(PathBuf),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
+    move |source| ServeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), ServeError> {
+    prepare_dir(&opts.state_dir, 0o700)?;
+    if let Some(parent) = opts.socket.parent() {
+        if !parent.exists() {
+            prepare_dir(parent, 0o700)?;
+        }
+    }
+    let config = AgentConfig::load(&opts.state_dir)?;
+    if config.is_some() {
+        info!(state_dir = %opts.state_dir.display(), "loaded stored configuration");
+    }
+    let listener = bind(&opts.socket).await?;
+    let mut allowed = opts.allowed_uids.clone();
+    allowed.push(0);
+    allowed.push(nix::unistd::geteuid().as_raw());
+    let state = AgentState::new(opts.state_dir.clone(), config, shutdown.clone());
+    let tracker = TaskTracker::new();
+    info!(socket = %opts.socket.display(), version = crate::AGENT_VERSION, "agent serving");
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let state = Arc::clone(&state);
+                    let allowed = allowed.clone();
+                    tracker.spawn(async move { handle(stream, state, &allowed).await });
+                }
+                Err(e) => {
+                    error!(error = %e, "accept failed");
+                    // Avoid a hot loop on persistent errors such as EMFILE.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    info!("shutting down: waiting for running operations to stop");
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("operations did not stop within the grace period");
+    }
+    let _ = std::fs::remove_file(&opts.socket);
+    info!("agent stopped");
+    Ok(())
+}
+
+fn prepare_dir(dir: &Path, mode: u32) -> Result<(), ServeError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io_err(dir))
+}
+
+/// Binds the socket, replacing a stale one but never a live agent's.
+async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(ServeError::InUse(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(io_err(path))?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_err(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(path))?;
+    Ok(listener)
+}
+
+/// Serves one connection: one request, its events, one final line.
+async fn handle(stream: UnixStream, state: Arc<AgentState>, allowed: &[u32]) {
+    let started = Instant::now();
+    let (uid, pid) = match stream.peer_cred() {
+        Ok(c) => (c.uid(), c.pid()),
+        Err(e) => {
+            warn!(error = %e, "cannot read peer credentials; closing");
+            return;
+        }
+    };
+    let (read_half, mut write_half) = stream.into_split();
+    if !allowed.contains(&uid) {
+        let line = Event::Error {
+            code: ErrorCode::PermissionDenied,
+            message: "this socket serves only root and the agent's own user".into(),
+        }
+        .to_line();
+        let _ = write_half.write_all(&line).await;
+        info!(target: "audit", peer_uid = uid, peer_pid = pid, op = "-", result = "permission-denied", "refused peer");
+        return;
+    }
+
+    let request = match read_request(read_half).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = write_half
+                .write_all(
+                    &Event::Error {
+                        code: e.code(),
+                        message: e.to_string(),
+                    }
+                    .to_line(),
+                )
+                .await;
+            info!(target: "audit", peer_uid = uid, peer_pid = pid, op = "-", result = e.code().as_str(), "bad request");
+            return;
+        }
+    };
+
+    let (tx, mut rx) = mpsc::channel::<Event>(64);
+    let writer = tokio::spawn(async move {
+        // A vanished client must not stop the operation: keep draining, stop writing.
+        let mut open = true;
+        while let Some(event) = rx.recv().await {
+            if open && write_half.write_all(&event.to_line()).await.is_err() {
+                open = false;
+            }
+        }
+        let _ = write_half.shutdown().await;
+    });
+
+    let op = request.op;
+    let outcome = ops::dispatch(&state, op, request.params, tx.clone()).await;
+    let (final_event, result_code, backup_id) = match outcome {
+        Ok(data) => {
+            let id = data
+                .get("backup-id")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned);
+            (Event::Result { data }, "ok", id)
+        }
+        Err(e) => {
+            let code = e.code();
+            if code == ErrorCode::Internal {
+                error!(op = op.as_str(), error = %e, "operation failed");
+            }
+            (
+                Event::Error {
+                    code,
+                    message: e.to_string(),
+                },
+                code.as_str(),
+                None,
+            )
+        }
+    };
+    let _ = tx.send(final_event).await;
+    drop(tx);
+    let _ = writer.await;
+    info!(
+        target: "audit",
+        peer_uid = uid,
+        peer_pid = pid,
+        op = op.as_str(),
+        result = result_code,
+        backup_id = backup_id.as_deref().unwrap_or("-"),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "operation"
+    );
+}
+
+/// Reads one request line, at most [`MAX_REQUEST_BYTES`], within the deadline.
+async fn read_request(
+    read_half: tokio::net::unix::OwnedReadHalf,
+) -> Result<crate::protocol::Request, RequestError> {
+    let mut reader = BufReader::new(read_half).take(MAX_REQUEST_BYTES as u64 + 1);
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(REQUEST_DEADLINE, reader.read_until(b'\n', &mut line)).await;
+    match read {
+        Err(_) => {
+            return Err(RequestError::BadShape(
+                "no complete request line within 30 seconds".into(),
+            ))
+        }
+        Ok(Err(_)) => return Err(RequestError::BadShape("could not read the request".into())),
+        Ok(Ok(_)) => {}
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > MAX_REQUEST_BYTES {
+        return Err(RequestError::TooLarge);
+    }
+    if line.is_empty() {
+        return Err(RequestError::BadShape("empty request".into()));
+    }
+    parse_request(&line)
+}

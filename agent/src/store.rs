@@ -1,0 +1,392 @@
+//! The object layout, the records written beside each backup, and listing.
+//!
+//! ```text
+//! <path>/<cluster>/<backup-id>/data.rdb        the snapshot (completed only when valid)
+//! <path>/<cluster>/<backup-id>/manifest.json   written once after the data: "finished"
+//! <path>/<cluster>/<backup-id>/failure.json    written once instead, when it failed
+//! <path>/<cluster>/<backup-id>/verify/<t>.json one new object per verification
+//! ```
+//!
+//! Every record is written with `If-None-Match: *` and keys are unique by construction,
+//! so nothing is ever overwritten and nothing needs deleting to clean up a failure.
+//! A backup's status is derived from which objects exist, never from a mutable flag.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_s3::primitives::ByteStream;
+use serde::{Deserialize, Serialize};
+
+use crate::backup_id::BackupId;
+use crate::s3::{S3Error, Store};
+use crate::upload::content_md5;
+
+/// Name of the data object (uncompressed RDB).
+pub const DATA_OBJECT: &str = "data.rdb";
+pub const MANIFEST_OBJECT: &str = "manifest.json";
+pub const FAILURE_OBJECT: &str = "failure.json";
+pub const VERIFY_DIR: &str = "verify";
+
+/// Where one cluster's backups live in the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    prefix: String,
+}
+
+impl Layout {
+    /// The layout for `cluster` under the bucket path `path` (already validated).
+    pub fn new(path: &str, cluster: &str) -> Self {
+        let path = path.trim_matches('/');
+        let prefix = if path.is_empty() {
+            format!("{cluster}/")
+        } else {
+            format!("{path}/{cluster}/")
+        };
+        Layout { prefix }
+    }
+
+    /// `<path>/<cluster>/`, with the trailing slash: nothing outside it is ever read.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn backup_prefix(&self, id: &BackupId) -> String {
+        format!("{}{}/", self.prefix, id)
+    }
+
+    pub fn data_key(&self, id: &BackupId) -> String {
+        format!("{}{}/{DATA_OBJECT}", self.prefix, id)
+    }
+
+    pub fn manifest_key(&self, id: &BackupId) -> String {
+        format!("{}{}/{MANIFEST_OBJECT}", self.prefix, id)
+    }
+
+    pub fn failure_key(&self, id: &BackupId) -> String {
+        format!("{}{}/{FAILURE_OBJECT}", self.prefix, id)
+    }
+
+    /// Splits a listed key into its backup id and the rest; `None` for keys that are not
+    /// inside a valid backup directory (they are ignored, never touched).
+    pub fn parse_key<'k>(&self, key: &'k str) -> Option<(BackupId, &'k str)> {
+        let rest = key.strip_prefix(&self.prefix)?;
+        let (id, object) = rest.split_once('/')?;
+        Some((BackupId::parse(id).ok()?, object))
+    }
+}
+
+/// Format version of [`ManifestV1`].
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// What a restore and a verify need to know about a finished backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ManifestV1 {
+    pub format_version: u32,
+    pub backup_id: String,
+    pub cluster: String,
+    pub unit: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub source_kind: String,
+    pub source_version: String,
+    pub rdb_magic: String,
+    pub rdb_version: u16,
+    pub data_key: String,
+    pub compression: String,
+    pub stored_size_bytes: u64,
+    pub raw_size_bytes: u64,
+    pub sha256: String,
+    pub crc64: String,
+    pub parts: u64,
+    pub part_size_bytes: u64,
+    pub eof_mark_stripped: bool,
+    /// Key counts per database reported by `INFO` just before the snapshot started
+    /// (informational: writes during the snapshot can change them).
+    pub keyspace_at_start: BTreeMap<String, u64>,
+    pub agent_version: String,
+}
+
+/// Why a backup failed, written once instead of a manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FailureRecord {
+    pub format_version: u32,
+    pub backup_id: String,
+    pub cluster: String,
+    pub unit: String,
+    pub started_at: String,
+    pub failed_at: String,
+    pub phase: String,
+    pub code: String,
+    pub reason: String,
+    pub bytes_streamed: u64,
+    pub agent_version: String,
+}
+
+impl Store {
+    /// Writes a small JSON record once (`If-None-Match: *`, Content-MD5).
+    pub async fn put_record<T: Serialize>(&self, key: &str, record: &T) -> Result<(), S3Error> {
+        let mut body = serde_json::to_vec_pretty(record).expect("records serialise");
+        body.push(b'\n');
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .content_md5(content_md5(&body))
+            .if_none_match("*")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.classify("PutObject", key, e))?;
+        Ok(())
+    }
+
+    /// Reads a small JSON record; `Ok(None)` when it does not exist.
+    pub async fn get_record<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, S3Error> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    return Ok(None);
+                }
+                return Err(self.classify("GetObject", key, e));
+            }
+        };
+        let body = out.body.collect().await.map_err(|_| S3Error::Unreachable {
+            endpoint: self.endpoint.clone(),
+            detail: "connection lost while reading an object".into(),
+        })?;
+        serde_json::from_slice(&body.into_bytes())
+            .map(Some)
+            .map_err(|_| S3Error::Other {
+                operation: "GetObject",
+                detail: format!("{key} is not a valid record"),
+            })
+    }
+
+    /// Every key under `prefix`.
+    pub async fn list_keys(&self, prefix: &str) -> Result<Vec<(String, u64)>, S3Error> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.classify("ListObjectsV2", prefix, e))?;
+            for obj in page.contents() {
+                if let Some(k) = obj.key() {
+                    keys.push((k.to_owned(), obj.size().unwrap_or(0).max(0) as u64));
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Open multipart uploads under `prefix`: (key, upload id, initiated).
+    pub async fn list_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, S3Error> {
+        let mut uploads = Vec::new();
+        let mut key_marker: Option<String> = None;
+        let mut id_marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| self.classify("ListMultipartUploads", prefix, e))?;
+            for u in page.uploads() {
+                if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
+                    uploads.push(OpenUpload {
+                        key: key.to_owned(),
+                        upload_id: id.to_owned(),
+                        initiated: u.initiated().map(|t| t.secs()),
+                    });
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            let next_key = page.next_key_marker().map(str::to_owned);
+            let next_id = page.next_upload_id_marker().map(str::to_owned);
+            if next_key.is_none() && next_id.is_none() {
+                break;
+            }
+            key_marker = next_key;
+            id_marker = next_id;
+        }
+        Ok(uploads)
+    }
+}
+
+/// A multipart upload that was started and neither completed nor aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenUpload {
+    pub key: String,
+    pub upload_id: String,
+    /// Unix seconds.
+    pub initiated: Option<i64>,
+}
+
+/// A backup's state, derived from the objects that exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupStatus {
+    /// A manifest exists.
+    Finished,
+    /// A failure record exists.
+    Failed,
+    /// A multipart upload is open and nothing else was written yet.
+    Running,
+    /// A data object exists without manifest or failure record (agent died between the
+    /// two writes).
+    Incomplete,
+}
+
+/// What the listing found for one backup id.
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    pub manifest: bool,
+    pub failure: bool,
+    pub data_size: Option<u64>,
+    pub open_uploads: usize,
+    pub verify_records: Vec<String>,
+}
+
+impl Found {
+    /// The status implied by what exists (`None`: nothing relevant).
+    pub fn status(&self) -> Option<BackupStatus> {
+        if self.manifest {
+            Some(BackupStatus::Finished)
+        } else if self.failure {
+            Some(BackupStatus::Failed)
+        } else if self.data_size.is_some() {
+            Some(BackupStatus::Incomplete)
+        } else if self.open_uploads > 0 {
+            Some(BackupStatus::Running)
+        } else {
+            None
+        }
+    }
+}
+
+/// Groups listed keys and open uploads by backup id (ids sorted newest first).
+pub fn group(
+    layout: &Layout,
+    keys: &[(String, u64)],
+    uploads: &[OpenUpload],
+) -> Vec<(BackupId, Found)> {
+    let mut by_id: BTreeMap<BackupId, Found> = BTreeMap::new();
+    for (key, size) in keys {
+        let Some((id, object)) = layout.parse_key(key) else {
+            continue;
+        };
+        let found = by_id.entry(id).or_default();
+        match object {
+            MANIFEST_OBJECT => found.manifest = true,
+            FAILURE_OBJECT => found.failure = true,
+            DATA_OBJECT => found.data_size = Some(*size),
+            o if o.starts_with("verify/") && o.ends_with(".json") => {
+                found.verify_records.push(o.to_owned())
+            }
+            _ => {}
+        }
+    }
+    for u in uploads {
+        let Some((id, object)) = layout.parse_key(&u.key) else {
+            continue;
+        };
+        if object == DATA_OBJECT {
+            by_id.entry(id).or_default().open_uploads += 1;
+        }
+    }
+    let mut out: Vec<_> = by_id
+        .into_iter()
+        .filter(|(_, f)| f.status().is_some())
+        .collect();
+    out.reverse();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "20261121T193000Z-valkey-0-aaaaaa";
+    const B: &str = "20261121T193100Z-valkey-1-bbbbbb";
+    const C: &str = "20261121T193200Z-valkey-0-cccccc";
+    const D: &str = "20261121T193300Z-valkey-0-dddddd";
+
+    #[test]
+    fn layout_builds_and_parses_keys_inside_its_prefix_only() {
+        let l = Layout::new("/backups/", "m.valkey");
+        let id = BackupId::parse(A).unwrap();
+        assert_eq!(l.data_key(&id), format!("backups/m.valkey/{A}/data.rdb"));
+        assert_eq!(
+            l.parse_key(&l.manifest_key(&id)),
+            Some((id.clone(), "manifest.json"))
+        );
+        assert_eq!(
+            l.parse_key(&format!("backups/m.valkey2/{A}/data.rdb")),
+            None
+        );
+        assert_eq!(
+            l.parse_key(&format!("backups/m.valkey/not-an-id/data.rdb")),
+            None
+        );
+        assert_eq!(l.parse_key("backups/m.valkey/stray.txt"), None);
+        assert_eq!(Layout::new("", "c").prefix(), "c/");
+    }
+
+    #[test]
+    fn status_is_derived_from_existing_objects_newest_first() {
+        let l = Layout::new("p", "c");
+        let k = |id: &str, o: &str| (format!("p/c/{id}/{o}"), 10u64);
+        let keys = vec![
+            k(A, "data.rdb"),
+            k(A, "manifest.json"),
+            k(A, "verify/20261122T000000Z.json"),
+            k(B, "failure.json"),
+            k(C, "data.rdb"),
+            ("p/c/garbage/data.rdb".into(), 1),
+            ("p/other/x".into(), 1),
+        ];
+        let uploads = vec![OpenUpload {
+            key: format!("p/c/{D}/data.rdb"),
+            upload_id: "u".into(),
+            initiated: None,
+        }];
+        let g = group(&l, &keys, &uploads);
+        let got: Vec<_> = g
+            .iter()
+            .map(|(id, f)| (id.as_str(), f.status().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (D, BackupStatus::Running),
+                (C, BackupStatus::Incomplete),
+                (B, BackupStatus::Failed),
+                (A, BackupStatus::Finished),
+            ]
+        );
+        assert_eq!(g[3].1.verify_records.len(), 1);
+    }
+}

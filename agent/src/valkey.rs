@@ -1,0 +1,360 @@
+//! Running `valkey-cli` / `redis-cli`.
+//!
+//! The agent never links a Valkey client: the operator's own cli speaks the server's
+//! replication protocol (`--rdb -`) for whichever version is installed. This module
+//! builds its command line and environment so that
+//!
+//! * the password travels only in `REDISCLI_AUTH` and `VALKEYCLI_AUTH` (never argv,
+//!   which any local user can read in `/proc`), with a cleared environment otherwise;
+//! * stderr is drained concurrently into a bounded tail, so a chatty cli can never block
+//!   on a full pipe and never grows the agent's memory;
+//! * failures are classified from that tail into unreachable / auth / other.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStdout, Command};
+
+use crate::config::ValkeySettings;
+
+/// How much of the cli's stderr is kept for error messages.
+const STDERR_TAIL: usize = 4096;
+/// How long `INFO` may take.
+const INFO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A classified cli failure. Messages hold at most one sanitised line of cli output.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ValkeyError {
+    #[error("cannot connect to Valkey at {addr}: {detail}")]
+    Unreachable { addr: String, detail: String },
+    #[error("Valkey rejected the credentials: {detail}")]
+    Auth { detail: String },
+    #[error("valkey-cli failed: {detail}")]
+    Cli { detail: String },
+    #[error("cannot run {cli}: {detail}")]
+    Spawn { cli: String, detail: String },
+}
+
+/// What `INFO` told us about the server before a backup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// `valkey` or `redis`.
+    pub kind: String,
+    pub version: String,
+    pub used_memory: Option<u64>,
+    /// `master` or `slave`.
+    pub role: Option<String>,
+    /// Key counts per database (`db0` → n) at the time of `INFO`.
+    pub keyspace: Vec<(String, u64)>,
+}
+
+impl ServerInfo {
+    /// Parses the text of `INFO`.
+    pub fn parse(text: &str) -> Self {
+        let mut info = ServerInfo::default();
+        let mut redis_version = None;
+        let mut valkey_version = None;
+        for line in text.lines() {
+            let Some((k, v)) = line.trim_end_matches('\r').split_once(':') else {
+                continue;
+            };
+            match k {
+                "redis_version" => redis_version = Some(v.to_owned()),
+                "valkey_version" => valkey_version = Some(v.to_owned()),
+                "server_name" if v == "valkey" => info.kind = "valkey".into(),
+                "used_memory" => info.used_memory = v.parse().ok(),
+                "role" => info.role = Some(v.to_owned()),
+                k if k.starts_with("db") && k[2..].bytes().all(|b| b.is_ascii_digit()) => {
+                    let keys = v
+                        .split(',')
+                        .find_map(|kv| kv.strip_prefix("keys="))
+                        .and_then(|n| n.parse().ok());
+                    if let Some(n) = keys {
+                        info.keyspace.push((k.to_owned(), n));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(v) = valkey_version {
+            info.kind = "valkey".into();
+            info.version = v;
+        } else {
+            if info.kind.is_empty() {
+                info.kind = "redis".into();
+            }
+            info.version = redis_version.unwrap_or_default();
+        }
+        info
+    }
+}
+
+/// Builds cli invocations for one configured server.
+#[derive(Debug, Clone)]
+pub struct ValkeyCli {
+    settings: ValkeySettings,
+}
+
+impl ValkeyCli {
+    pub fn new(settings: ValkeySettings) -> Self {
+        ValkeyCli { settings }
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.settings.host, self.settings.port)
+    }
+
+    /// The command with connection flags; the password goes into the environment.
+    fn command(&self) -> Command {
+        let s = &self.settings;
+        let mut cmd = Command::new(&s.cli);
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("LANG", "C")
+            .arg("-h")
+            .arg(&s.host)
+            .arg("-p")
+            .arg(s.port.to_string())
+            .arg("--no-auth-warning");
+        if let Some(user) = &s.username {
+            cmd.arg("--user").arg(user);
+        }
+        if let Some(pw) = s.password.as_ref().filter(|p| !p.is_empty()) {
+            cmd.env("REDISCLI_AUTH", pw.expose())
+                .env("VALKEYCLI_AUTH", pw.expose());
+        }
+        if let Some(tls) = s.tls.as_ref().filter(|t| t.enabled) {
+            cmd.arg("--tls");
+            if let Some(p) = &tls.ca_file {
+                cmd.arg("--cacert").arg(p);
+            }
+            if let Some(p) = &tls.cert_file {
+                cmd.arg("--cert").arg(p);
+            }
+            if let Some(p) = &tls.key_file {
+                cmd.arg("--key").arg(p);
+            }
+            if let Some(sni) = &tls.sni {
+                cmd.arg("--sni").arg(sni);
+            }
+            if tls.insecure {
+                cmd.arg("--insecure");
+            }
+        }
+        cmd.stdin(Stdio::null()).kill_on_drop(true);
+        cmd
+    }
+
+    fn spawn_error(&self, e: std::io::Error) -> ValkeyError {
+        ValkeyError::Spawn {
+            cli: self.settings.cli.display().to_string(),
+            detail: e.kind().to_string(),
+        }
+    }
+
+    /// Runs `INFO` (server, memory, replication, keyspace).
+    pub async fn info(&self) -> Result<ServerInfo, ValkeyError> {
+        let mut cmd = self.command();
+        cmd.arg("INFO")
+            .arg("everything")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
+        let out = tokio::time::timeout(INFO_TIMEOUT, child.wait_with_output())
+            .await
+            .map_err(|_| ValkeyError::Unreachable {
+                addr: self.addr(),
+                detail: "INFO timed out".into(),
+            })?
+            .map_err(|e| self.spawn_error(e))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Some cli versions print server errors on stdout and still exit 0.
+        let looks_failed = !out.status.success()
+            || stdout.starts_with("ERR")
+            || stdout.starts_with("NOAUTH")
+            || stdout.starts_with("WRONGPASS")
+            || !stdout.contains("_version:");
+        if looks_failed {
+            return Err(self.classify(&format!("{stderr}\n{stdout}"), out.status));
+        }
+        Ok(ServerInfo::parse(&stdout))
+    }
+
+    /// Starts `--rdb -`: the snapshot arrives on the returned stdout.
+    pub fn spawn_rdb(&self) -> Result<RdbProcess, ValkeyError> {
+        let mut cmd = self.command();
+        cmd.arg("--rdb")
+            .arg("-")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        let sink = Arc::clone(&tail);
+        let drain = tokio::spawn(async move {
+            let mut stderr = stderr;
+            let mut buf = [0u8; 1024];
+            loop {
+                match stderr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut t = sink.lock().expect("stderr tail lock");
+                        for &b in &buf[..n] {
+                            if t.len() == STDERR_TAIL {
+                                t.pop_front();
+                            }
+                            t.push_back(b);
+                        }
+                    }
+                }
+            }
+        });
+        Ok(RdbProcess {
+            child,
+            stdout: Some(stdout),
+            tail,
+            drain: Some(drain),
+            cli: self.clone(),
+        })
+    }
+
+    /// Classifies cli output into unreachable / auth / other.
+    pub fn classify(&self, output: &str, status: std::process::ExitStatus) -> ValkeyError {
+        let lower = output.to_ascii_lowercase();
+        let line = last_meaningful_line(output);
+        if [
+            "wrongpass",
+            "noauth",
+            "auth failed",
+            "invalid password",
+            "invalid username-password",
+            "-noperm",
+            "noperm",
+        ]
+        .iter()
+        .any(|p| lower.contains(p))
+        {
+            return ValkeyError::Auth { detail: line };
+        }
+        if [
+            "could not connect",
+            "connection refused",
+            "name or service not known",
+            "timed out",
+            "no route to host",
+            "ssl",
+            "tls",
+        ]
+        .iter()
+        .any(|p| lower.contains(p))
+        {
+            return ValkeyError::Unreachable {
+                addr: self.addr(),
+                detail: line,
+            };
+        }
+        let detail = if line.is_empty() {
+            describe_status(status)
+        } else {
+            format!("{line} ({})", describe_status(status))
+        };
+        ValkeyError::Cli { detail }
+    }
+}
+
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => "unknown exit".into(),
+    }
+}
+
+/// The last non-empty line of cli output, trimmed to printable ASCII and 200 characters.
+fn last_meaningful_line(output: &str) -> String {
+    let line = output
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !l.starts_with("sending REPLCONF"))
+        .unwrap_or("");
+    line.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(200)
+        .collect()
+}
+
+/// A running `--rdb -`.
+pub struct RdbProcess {
+    child: Child,
+    stdout: Option<ChildStdout>,
+    tail: Arc<Mutex<VecDeque<u8>>>,
+    drain: Option<tokio::task::JoinHandle<()>>,
+    cli: ValkeyCli,
+}
+
+impl RdbProcess {
+    /// The snapshot stream (taken once).
+    pub fn take_stdout(&mut self) -> ChildStdout {
+        self.stdout.take().expect("stdout taken once")
+    }
+
+    /// Kills the cli (idempotent) and reaps it.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// Waits for the cli to exit after its stdout ended; `Ok` only on exit status 0.
+    pub async fn wait(&mut self) -> Result<(), ValkeyError> {
+        let status = self.child.wait().await.map_err(|e| ValkeyError::Cli {
+            detail: format!("wait failed: {}", e.kind()),
+        })?;
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.await;
+        }
+        if status.success() {
+            return Ok(());
+        }
+        Err(self.cli.classify(&self.stderr_tail(), status))
+    }
+
+    /// Classifies the cli's failure from its stderr, for when the stream itself ended
+    /// badly and the exit status is known to be bad.
+    pub fn stderr_tail(&self) -> String {
+        let t = self.tail.lock().expect("stderr tail lock");
+        String::from_utf8_lossy(&t.iter().copied().collect::<Vec<u8>>()).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_parses_valkey_and_redis() {
+        let v = ServerInfo::parse("# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.1.8\r\nrole:master\r\nused_memory:1024\r\ndb0:keys=10,expires=1,avg_ttl=0\r\ndb3:keys=2,expires=0\r\n");
+        assert_eq!(v.kind, "valkey");
+        assert_eq!(v.version, "8.1.8");
+        assert_eq!(v.used_memory, Some(1024));
+        assert_eq!(v.role.as_deref(), Some("master"));
+        assert_eq!(v.keyspace, vec![("db0".into(), 10), ("db3".into(), 2)]);
+        let r = ServerInfo::parse("redis_version:7.0.15\nrole:slave\n");
+        assert_eq!((r.kind.as_str(), r.version.as_str()), ("redis", "7.0.15"));
+    }
+
+    #[test]
+    fn last_line_skips_replconf_chatter_and_controls() {
+        let out = "sending REPLCONF capa eof\nSYNC with primary failed: -NOAUTH Authentication required.\n\n";
+        assert_eq!(
+            last_meaningful_line(out),
+            "SYNC with primary failed: -NOAUTH Authentication required."
+        );
+        assert_eq!(last_meaningful_line("a\x1b[0mb"), "a[0mb");
+    }
+}

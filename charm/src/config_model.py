@@ -1,0 +1,203 @@
+"""The charm's configuration as a typed, validated model.
+
+Juju only checks option types; everything else (ranges, paths, names that end up in S3
+keys) is checked here so that a bad value becomes a `blocked` status with the reason,
+and never reaches the agent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Cluster names become a path segment of every object key: keep them to characters that
+# need no escaping in S3 keys or shells.
+CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# systemd unit names (what restore stops and starts). A leading '-' would read as an
+# option to systemctl.
+UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._:-]{0,255}$")
+# Host names or IP literals. Anything with a scheme, spaces or userinfo is a mistake, and
+# a leading '-' would read as an option to the cli.
+HOST_RE = re.compile(r"^[A-Za-z0-9\[][A-Za-z0-9._:\[\]-]{0,252}$")
+
+# The clis tried, in order, when valkey-cli-path is empty. The last one is the
+# charmed-valkey snap's command (in /snap/bin, which is on the hook PATH).
+CLI_CANDIDATES = ("valkey-cli", "redis-cli", "charmed-valkey.cli")
+
+MIB = 1024 * 1024
+
+
+class InvalidConfigError(Exception):
+    """A configuration value is unusable; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """How the agent's cli connects to Valkey over TLS."""
+
+    enabled: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    sni: str = ""
+    insecure: bool = False
+
+    def to_params(self) -> dict[str, Any]:
+        """The ``valkey.tls`` object of the configure request."""
+        if not self.enabled:
+            return {"enabled": False}
+        params: dict[str, Any] = {"enabled": True, "insecure": self.insecure}
+        for key, value in (
+            ("ca-file", self.ca_file),
+            ("cert-file", self.cert_file),
+            ("key-file", self.key_file),
+            ("sni", self.sni),
+        ):
+            if value:
+                params[key] = value
+        return params
+
+
+@dataclass(frozen=True)
+class CharmConfig:
+    """Validated charm configuration (see config.yaml for each option)."""
+
+    valkey_host: str
+    valkey_port: int
+    valkey_username: str
+    valkey_password_secret: str
+    valkey_cli_path: str
+    tls: TlsSettings
+    valkey_service: str
+    cluster_name: str
+    upload_concurrency: int
+    part_size_mib: int
+
+    @classmethod
+    def from_mapping(
+        cls, config: Mapping[str, Any], *, path_exists: Callable[[str], bool] = os.path.isfile
+    ) -> CharmConfig:
+        """Parse and check ``config`` (the charm's config mapping).
+
+        Raises:
+            InvalidConfigError: naming the first bad option and what is wrong with it.
+        """
+        host = _str(config, "valkey-host") or "127.0.0.1"
+        if not HOST_RE.match(host):
+            raise InvalidConfigError(f"valkey-host {host!r} is not a host name or address")
+
+        port = _int(config, "valkey-port", 6379)
+        if not 1 <= port <= 65535:
+            raise InvalidConfigError(f"valkey-port {port} is not between 1 and 65535")
+
+        cli_path = _str(config, "valkey-cli-path")
+        if cli_path and not os.path.isabs(cli_path):
+            raise InvalidConfigError("valkey-cli-path must be an absolute path")
+
+        tls = TlsSettings(
+            enabled=bool(config.get("valkey-tls", False)),
+            ca_file=_str(config, "valkey-tls-ca-file"),
+            cert_file=_str(config, "valkey-tls-cert-file"),
+            key_file=_str(config, "valkey-tls-key-file"),
+            sni=_str(config, "valkey-tls-sni"),
+            insecure=bool(config.get("valkey-tls-insecure", False)),
+        )
+        _check_tls(tls, path_exists)
+
+        service = _str(config, "valkey-service")
+        if service and not UNIT_NAME_RE.match(service):
+            raise InvalidConfigError(f"valkey-service {service!r} is not a systemd unit name")
+
+        cluster = _str(config, "cluster-name")
+        if cluster and not CLUSTER_NAME_RE.match(cluster):
+            raise InvalidConfigError(
+                "cluster-name must start with a letter or digit and hold only letters, "
+                "digits, '.', '_' and '-' (at most 128)"
+            )
+
+        concurrency = _int(config, "upload-concurrency", 3)
+        if not 1 <= concurrency <= 16:
+            raise InvalidConfigError(f"upload-concurrency {concurrency} is not between 1 and 16")
+
+        part_size = _int(config, "part-size-mib", 8)
+        if not 5 <= part_size <= 5120:
+            raise InvalidConfigError(f"part-size-mib {part_size} is not between 5 and 5120")
+
+        return cls(
+            valkey_host=host,
+            valkey_port=port,
+            valkey_username=_str(config, "valkey-username"),
+            valkey_password_secret=_str(config, "valkey-password"),
+            valkey_cli_path=cli_path,
+            tls=tls,
+            valkey_service=service,
+            cluster_name=cluster,
+            upload_concurrency=concurrency,
+            part_size_mib=part_size,
+        )
+
+    @property
+    def part_size_bytes(self) -> int:
+        """``part-size-mib`` in bytes, as the agent takes it."""
+        return self.part_size_mib * MIB
+
+
+def resolve_cli(
+    configured: str,
+    *,
+    which: Callable[[str], str | None] = shutil.which,
+    is_executable: Callable[[str], bool] = lambda p: os.path.isfile(p) and os.access(p, os.X_OK),
+) -> str:
+    """The cli the agent should run: the configured path, else the first one on PATH.
+
+    Raises:
+        InvalidConfigError: the configured path is not an executable file, or no
+            candidate is installed.
+    """
+    if configured:
+        if not is_executable(configured):
+            raise InvalidConfigError(f"valkey-cli-path {configured} is not an executable file")
+        return configured
+    for name in CLI_CANDIDATES:
+        found = which(name)
+        if found:
+            return found
+    raise InvalidConfigError(
+        "no valkey-cli or redis-cli found on this machine; install one or set valkey-cli-path"
+    )
+
+
+def _check_tls(tls: TlsSettings, path_exists: Callable[[str], bool]) -> None:
+    if not tls.enabled:
+        return
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise InvalidConfigError(
+            "valkey-tls-cert-file and valkey-tls-key-file must be set together"
+        )
+    for option, path in (
+        ("valkey-tls-ca-file", tls.ca_file),
+        ("valkey-tls-cert-file", tls.cert_file),
+        ("valkey-tls-key-file", tls.key_file),
+    ):
+        if not path:
+            continue
+        if not os.path.isabs(path):
+            raise InvalidConfigError(f"{option} must be an absolute path")
+        if not path_exists(path):
+            raise InvalidConfigError(f"{option} {path} does not exist")
+
+
+def _str(config: Mapping[str, Any], key: str) -> str:
+    value = config.get(key)
+    return "" if value is None else str(value).strip()
+
+
+def _int(config: Mapping[str, Any], key: str, default: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidConfigError(f"{key} must be an integer")
+    return value

@@ -1,0 +1,131 @@
+"""The unit's status, computed from observed facts in one place.
+
+The charm gathers the facts on every hook (config, secret, relations, the agent's own
+``status`` answer, the outcome of the last ``configure``) and this module decides. No
+handler sets a status of its own, except an action marking the unit busy while it runs,
+since collect-status only runs when the action ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import ops
+
+from presentation import human_age, parse_time
+
+AGENT_LOG_HINT = "see journalctl -u valkey-backup-agent"
+INTEGRATE_HINT = "run: juju integrate valkey-backup s3-integrator"
+
+# Short, stable texts for configure rejections an operator fixes on the S3 side. Other
+# codes show the agent's own (sanitised) message.
+CONFIGURE_PHRASES = {
+    "s3-no-bucket": "bucket does not exist and cannot be created",
+    "s3-access-denied": "s3 credentials rejected",
+    "s3-unreachable": "s3 endpoint unreachable",
+}
+CONFIGURE_HINTS = {
+    "s3-no-bucket": "check the s3-integrator's bucket and the key's rights",
+    "s3-access-denied": "check the s3-integrator's credentials secret",
+    "s3-unreachable": "check the s3-integrator's endpoint and tls-ca-chain",
+}
+
+
+@dataclass(frozen=True)
+class StatusFacts:
+    """Everything the status depends on. Built fresh by the charm on every hook."""
+
+    removing: bool = False
+    #: The configuration (including the password secret) is unusable: why.
+    config_problem: str | None = None
+    #: The principal unit is known (juju-info relation joined).
+    principal_known: bool = True
+    #: The charm was packed with the agent binary.
+    agent_packed: bool = True
+    #: The agent could not be asked for its status: why.
+    agent_problem: str | None = None
+    #: The agent's ``status`` result (when it answered).
+    agent_status: Mapping[str, Any] | None = None
+    #: ``(code, message)`` of the last rejected ``configure``, if the last one failed.
+    configure_error: tuple[str, str] | None = None
+    #: The s3-credentials relation exists.
+    s3_related: bool = False
+    #: The relation carries usable credentials and a bucket.
+    s3_ready: bool = False
+    #: The newest backup this unit knows of (``backup-id``, ``status``, ``finished-at``…).
+    last_backup: Mapping[str, Any] | None = None
+
+
+def compute_status(facts: StatusFacts, now: datetime) -> ops.StatusBase:
+    """The one status that describes the unit, the most urgent problem first."""
+    if facts.removing:
+        return ops.MaintenanceStatus("removing the agent")
+    if facts.config_problem:
+        return ops.BlockedStatus(facts.config_problem)
+    if not facts.agent_packed:
+        return ops.BlockedStatus(
+            "agent binary missing from the charm: rebuild it with charmcraft pack"
+        )
+    if facts.agent_problem:
+        return ops.BlockedStatus(f"agent unhealthy: {facts.agent_problem}; {AGENT_LOG_HINT}")
+    if not facts.principal_known:
+        return ops.WaitingStatus("waiting for the principal unit (juju-info relation)")
+    if facts.configure_error:
+        return ops.BlockedStatus(configure_error_message(*facts.configure_error))
+    if not facts.s3_related:
+        return ops.BlockedStatus(f"no S3 storage: {INTEGRATE_HINT}")
+    if not facts.s3_ready:
+        return ops.WaitingStatus("waiting for S3 credentials and bucket from s3-integrator")
+    running = (facts.agent_status or {}).get("running")
+    if isinstance(running, Mapping):
+        return ops.MaintenanceStatus(running_message(running))
+    return ops.ActiveStatus(last_backup_message(facts.last_backup, now))
+
+
+def configure_error_message(code: str, message: str) -> str:
+    """Blocked text for a rejected configuration, e.g. ``s3 credentials rejected: …``."""
+    phrase = CONFIGURE_PHRASES.get(code)
+    if phrase:
+        return f"{phrase}: {CONFIGURE_HINTS[code]}"
+    return f"agent rejected the configuration: {message} [{code}]"
+
+
+def running_message(running: Mapping[str, Any]) -> str:
+    """Maintenance text for the agent's ``running`` entry, e.g. ``backup <id> running``."""
+    op = str(running.get("op") or "operation")
+    what = {"create-backup": "backup", "restore-backup": "restore"}.get(op, op)
+    backup_id = running.get("backup-id")
+    return f"{what} {backup_id} running" if backup_id else f"{what} running"
+
+
+def last_backup_message(last: Mapping[str, Any] | None, now: datetime) -> str:
+    """``last backup 3h ago``, ``last backup failed 5m ago (s3-unreachable)`` or ``""``."""
+    if not last:
+        return ""
+    when = parse_time(last.get("finished-at")) or parse_time(last.get("started-at"))
+    if when is not None:
+        age = human_age(max(0.0, (now - when).total_seconds()))
+        suffix = f" {age}" if age == "just now" else f" {age} ago"
+    else:
+        backup_id = last.get("backup-id")
+        suffix = f" {backup_id}" if backup_id else ""
+    if last.get("status") == "failed":
+        code = last.get("code")
+        return f"last backup failed{suffix}" + (f" ({code})" if code else "")
+    return f"last backup{suffix}"
+
+
+def newest_backup(*candidates: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The candidate with the latest finish (or start) time; ties keep the first."""
+    best: Mapping[str, Any] | None = None
+    best_time: datetime | None = None
+    for candidate in candidates:
+        if not candidate:
+            continue
+        when = parse_time(candidate.get("finished-at")) or parse_time(candidate.get("started-at"))
+        if best is None or (when is not None and (best_time is None or when > best_time)):
+            best, best_time = candidate, when
+    return best

@@ -1,0 +1,95 @@
+"""Fixtures for the charm's unit tests: an ops.testing context wired to fakes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "charm" / "src"))
+
+import charm as charm_module  # noqa: E402
+from fakes import FakeAgent, FakeClient, FakeSystemd  # noqa: E402
+from ops import testing  # noqa: E402
+from service import AgentPaths, Systemctl  # noqa: E402
+
+META = yaml.safe_load((ROOT / "metadata.yaml").read_text())
+ACTIONS = yaml.safe_load((ROOT / "actions.yaml").read_text())
+CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+@pytest.fixture
+def agent() -> FakeAgent:
+    return FakeAgent()
+
+
+@pytest.fixture
+def systemd() -> FakeSystemd:
+    return FakeSystemd()
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> AgentPaths:
+    return AgentPaths(
+        binary=tmp_path / "usr-local-bin" / "valkey-backup-agent",
+        unit_file=tmp_path / "systemd" / "valkey-backup-agent.service",
+        socket=tmp_path / "run" / "agent.sock",
+        state_dir=tmp_path / "state",
+    )
+
+
+@pytest.fixture
+def cli_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A PATH directory holding an executable ``valkey-cli``."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    cli = bindir / "valkey-cli"
+    cli.write_text("#!/bin/sh\nexit 0\n")
+    cli.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+    return bindir
+
+
+@pytest.fixture
+def charm_root(tmp_path: Path) -> Path:
+    """A charm directory as charmcraft packs it: the agent binary under bin/."""
+    root = tmp_path / "charm-root"
+    (root / "bin").mkdir(parents=True)
+    binary = root / "bin" / "valkey-backup-agent"
+    binary.write_bytes(b"\x7fELF fake agent binary")
+    binary.chmod(0o755)
+    return root
+
+
+@pytest.fixture
+def patched(
+    monkeypatch: pytest.MonkeyPatch,
+    agent: FakeAgent,
+    systemd: FakeSystemd,
+    paths: AgentPaths,
+    cli_dir: Path,
+) -> None:
+    """Point the charm at the fakes."""
+    monkeypatch.setattr(
+        charm_module, "AgentClient", lambda socket_path, **kw: FakeClient(agent, socket_path, **kw)
+    )
+    monkeypatch.setattr(charm_module, "Systemctl", lambda: Systemctl(run=systemd))
+    monkeypatch.setattr(charm_module.AgentPaths, "from_env", classmethod(lambda cls: paths))
+
+
+@pytest.fixture
+def ctx(patched: None, charm_root: Path) -> Iterator[testing.Context[charm_module.ValkeyBackupCharm]]:
+    with testing.Context(
+        charm_module.ValkeyBackupCharm,
+        meta=META,
+        actions=ACTIONS,
+        config=CONFIG,
+        charm_root=charm_root,
+    ) as context:
+        yield context
+
+
