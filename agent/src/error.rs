@@ -62,7 +62,7 @@ impl OpError {
             }
             OpError::S3(S3Error::Unreachable { .. }) => ErrorCode::S3Unreachable,
             OpError::S3(S3Error::Conflict { .. }) => ErrorCode::S3Conflict,
-            OpError::S3(S3Error::Other { .. }) => ErrorCode::S3Error,
+            OpError::S3(S3Error::Other { .. } | S3Error::BadRecord { .. }) => ErrorCode::S3Error,
             OpError::S3(S3Error::Setup(_)) => ErrorCode::BadRequest,
             OpError::Internal(_) => ErrorCode::Internal,
         }

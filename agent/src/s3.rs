@@ -41,6 +41,8 @@ pub enum S3Error {
         operation: &'static str,
         detail: String,
     },
+    #[error("object {key:?} is not a valid record")]
+    BadRecord { key: String },
     #[error("invalid S3 client settings: {0}")]
     Setup(String),
 }

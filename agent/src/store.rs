@@ -169,9 +169,8 @@ impl Store {
         })?;
         serde_json::from_slice(&body.into_bytes())
             .map(Some)
-            .map_err(|_| S3Error::Other {
-                operation: "GetObject",
-                detail: format!("{key} is not a valid record"),
+            .map_err(|_| S3Error::BadRecord {
+                key: key.to_owned(),
             })
     }
 
@@ -347,10 +346,7 @@ mod tests {
             l.parse_key(&format!("backups/m.valkey2/{A}/data.rdb")),
             None
         );
-        assert_eq!(
-            l.parse_key(&format!("backups/m.valkey/not-an-id/data.rdb")),
-            None
-        );
+        assert_eq!(l.parse_key("backups/m.valkey/not-an-id/data.rdb"), None);
         assert_eq!(l.parse_key("backups/m.valkey/stray.txt"), None);
         assert_eq!(Layout::new("", "c").prefix(), "c/");
     }

@@ -85,10 +85,10 @@ async fn describe(
     });
     match status {
         BackupStatus::Finished => {
-            if let Some(m) = store
+            let got = store
                 .get_record::<ManifestV1>(&layout.manifest_key(&id))
-                .await?
-            {
+                .await;
+            if let Some(m) = readable(got, &mut entry)? {
                 entry["unit"] = json!(m.unit);
                 entry["size-bytes"] = json!(m.stored_size_bytes);
                 entry["started-at"] = json!(m.started_at);
@@ -99,10 +99,10 @@ async fn describe(
             }
         }
         BackupStatus::Failed => {
-            if let Some(f) = store
+            let got = store
                 .get_record::<FailureRecord>(&layout.failure_key(&id))
-                .await?
-            {
+                .await;
+            if let Some(f) = readable(got, &mut entry)? {
                 entry["unit"] = json!(f.unit);
                 entry["finished-at"] = json!(f.failed_at);
                 entry["code"] = json!(f.code);
@@ -112,6 +112,18 @@ async fn describe(
         BackupStatus::Running | BackupStatus::Incomplete => {}
     }
     Ok(entry)
+}
+
+/// A record that exists but cannot be parsed must not hide every other backup: the
+/// entry says so and the listing goes on. Store errors (access, reachability) still fail.
+fn readable<T>(got: Result<Option<T>, S3Error>, entry: &mut Value) -> Result<Option<T>, S3Error> {
+    match got {
+        Err(e @ S3Error::BadRecord { .. }) => {
+            entry["reason"] = json!(e.to_string());
+            Ok(None)
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]
