@@ -37,6 +37,7 @@ while True:
         out.flush()
         if mode == "kill":
             child.kill()
+            child.wait()
             os.kill(os.getpid(), signal.SIGKILL)
         if mode == "pause":
             marker = OPTS["marker"]
