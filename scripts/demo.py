@@ -65,7 +65,11 @@ def main() -> None:
         step("configure (the secrets travel in a 0600 file, never on the command line)")
         bucket = "demo-backups"
         params = configure_params(
-            valkey, moto, bucket=None, cluster="demo.valkey", unit="valkey/0",
+            valkey,
+            moto,
+            bucket=None,
+            cluster="demo.valkey",
+            unit="valkey/0",
             backup={"part-size-bytes": 8 * 1024 * 1024},
         )
         bucket = params["s3"]["bucket"]
@@ -87,8 +91,10 @@ def main() -> None:
         fresh = ValkeyServer("valkey8", work / "fresh", rdb_path=rdb).start()
         servers.append(fresh)
         assert_same_dataset(expected, dataset_fingerprint(fresh))
-        print(f"the stored object ({len(data)} bytes) loads with the same keys and values "
-              f"in every database: {expected.keyspace}")
+        print(
+            f"the stored object ({len(data)} bytes) loads with the same keys and values "
+            f"in every database: {expected.keyspace}"
+        )
         print("\ndemo OK")
     finally:
         for s in reversed(servers):

@@ -61,7 +61,7 @@ TRANSPORT_CODES = frozenset({CODE_UNAVAILABLE, CODE_TIMEOUT, CODE_PROTOCOL})
 # What to do next, appended to an action's failure message for the codes an operator
 # can act on.
 ACTION_HINTS = {
-    "not-configured": f"the agent has no S3 storage; {INTEGRATE_HINT} and check the unit's status",
+    "not-configured": f"relate S3 storage ({INTEGRATE_HINT}) and check the unit's status",
     "busy": "another backup or restore runs on this unit; wait for it to finish",
     CODE_UNAVAILABLE: "the agent is not running; see systemctl status valkey-backup-agent",
     CODE_TIMEOUT: "the agent is stuck; see journalctl -u valkey-backup-agent",
@@ -70,6 +70,7 @@ ACTION_HINTS = {
     "valkey-auth": "check valkey-username and the valkey-password secret",
     "valkey-unreachable": "check valkey-host, valkey-port and the valkey-tls options",
     "not-found": "run list-backups to see the backups that exist",
+    "unknown-op": "the installed agent does not know this action; upgrade the charm",
     "s3-access-denied": "check the s3-integrator's credentials secret",
     "s3-no-bucket": "check the s3-integrator's bucket",
     "s3-unreachable": "check the s3-integrator's endpoint and tls-ca-chain",

@@ -13,7 +13,8 @@ from typing import Any
 from config_model import CharmConfig
 
 # The s3-integrator fields the agent takes, under the integrator's own names. Others it
-# publishes (attributes, s3-api-version, …) are not sent: the agent refuses unknown keys.
+# publishes (attributes, s3-api-version, …) are not sent: the agent refuses unknown keys
+# and only speaks SigV4 anyway.
 S3_STRING_FIELDS = (
     "endpoint",
     "bucket",
@@ -45,6 +46,11 @@ def s3_params(info: Mapping[str, Any]) -> dict[str, Any]:
     chain = tls_ca_chain(info.get("tls-ca-chain"))
     if chain:
         params["tls-ca-chain"] = chain
+    days = keep_days(info)
+    if days is not None:
+        # The integrator's retention hint: the agent's default keep-days for
+        # prune-backups (the action's own keep-last/keep-days override it).
+        params["delete-older-than-days"] = days
     return params
 
 
@@ -72,7 +78,11 @@ def tls_ca_chain(value: Any) -> list[str]:
 
 
 def keep_days(info: Mapping[str, Any]) -> int | None:
-    """The integrator's ``delete-older-than-days`` as a positive int, or None."""
+    """The integrator's ``delete-older-than-days`` as a positive int, or None.
+
+    Anything else (empty, zero, not a number) is dropped here rather than sent: the
+    agent rejects a configuration whose value is not a whole number of days.
+    """
     value = info.get("delete-older-than-days")
     if value is None or isinstance(value, bool):
         return None
@@ -118,8 +128,4 @@ def build_configure_params(
             "upload-concurrency": config.upload_concurrency,
         },
     }
-    if s3_info is not None and (days := keep_days(s3_info)) is not None:
-        # The integrator's retention is a default for prune-backups; the action's own
-        # keep-last/keep-days override it.
-        params["policies"] = {"keep-days": days}
     return params

@@ -120,7 +120,7 @@ def backups_table(backups: Sequence[Mapping[str, Any]]) -> str:
             human_size(entry.get("size-bytes")),
             str(entry.get("started-at") or "-"),
             str(entry.get("finished-at") or "-"),
-            last_verify_cell(entry.get("last-verify")),
+            last_verify_cell(entry),
         )
         for entry in backups
     ]
@@ -138,12 +138,14 @@ def _status_cell(entry: Mapping[str, Any]) -> str:
     return f"{status} ({code})" if status == "failed" and code else status
 
 
-def last_verify_cell(value: Any) -> str:
-    """The LAST VERIFY cell.
+def last_verify_cell(entry: Mapping[str, Any]) -> str:
+    """The LAST VERIFY cell of a list entry.
 
-    A list entry may carry its newest verification as an object
-    (``{"checked-at": …, "ok": true}``) or just its time; older agents send nothing.
+    An entry may carry its newest verification as an object
+    (``{"checked-at": …, "ok": true}``) or just its time; failing that, the number of
+    verification records the agent found next to the backup.
     """
+    value = entry.get("last-verify")
     if isinstance(value, Mapping):
         when = str(value.get("checked-at") or "?")
         ok = value.get("ok")
@@ -154,6 +156,9 @@ def last_verify_cell(value: Any) -> str:
         return when
     if isinstance(value, str) and value:
         return value
+    count = entry.get("verify-records")
+    if isinstance(count, int) and not isinstance(count, bool):
+        return "never" if count == 0 else f"{count} run(s)"
     return "-"
 
 

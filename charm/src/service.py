@@ -24,8 +24,9 @@ AGENT_UNIT = "valkey-backup-agent.service"
 PACKED_AGENT = Path("bin/valkey-backup-agent")
 
 # Test seam: integration tests that drive the charm against their own agent point the
-# charm at its socket with this variable. Juju never sets it.
-SOCKET_ENV = "VALKEY_BACKUP_AGENT_SOCKET"
+# charm at its socket with this variable (the same one the agent's CLI reads). Juju
+# never sets it.
+SOCKET_ENV = "VALKEY_BACKUP_SOCKET"
 
 # Candidate units for the principal's server, in the order they are tried: the
 # charmed-valkey snap (what the valkey charm installs), then Debian/Ubuntu packages.
@@ -53,7 +54,7 @@ class AgentPaths:
 
     @classmethod
     def from_env(cls) -> AgentPaths:
-        """The default paths, with the socket overridable by ``VALKEY_BACKUP_AGENT_SOCKET``."""
+        """The default paths, with the socket overridable by ``VALKEY_BACKUP_SOCKET``."""
         socket = os.environ.get(SOCKET_ENV)
         return cls(socket=Path(socket)) if socket else cls()
 

@@ -36,8 +36,7 @@ def bucket_state(s3: Any, bucket: str, prefix: str = "") -> BucketState:
         for obj in page.get("Contents", []):
             keys[obj["Key"]] = obj["Size"]
     uploads = [
-        u["Key"]
-        for u in s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+        u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
     ]
     return BucketState(keys, uploads)
 

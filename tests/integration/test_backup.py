@@ -180,9 +180,7 @@ def test_listing_derives_every_status_and_ignores_foreign_keys(
     assert json.loads(as_json.stdout)["backups"] == listed
 
 
-def test_cli_subcommands_do_what_the_socket_does(
-    valkey_server, agent, moto, moto_bucket, tmp_path
-):
+def test_cli_subcommands_do_what_the_socket_does(valkey_server, agent, moto, moto_bucket, tmp_path):
     source = valkey_server("redis7", password="pw-cli")
     source.client().set("k", "v")
     a = agent()

@@ -28,7 +28,9 @@ def _no_cli_left(process_argvs) -> None:
             status = open(f"/proc/{pid}/status").read()
         except OSError:
             continue
-        details.append((pid, argv, [ln for ln in status.splitlines() if ln.startswith(("State", "PPid"))]))
+        details.append(
+            (pid, argv, [ln for ln in status.splitlines() if ln.startswith(("State", "PPid"))])
+        )
     assert not details, details
 
 
@@ -79,7 +81,9 @@ def test_cli_output_that_is_not_an_rdb(valkey_server, agent, moto, moto_bucket, 
     err = a.request("create-backup").expect_error("stream-invalid")
     assert "not an RDB" in err.message
     backup_id = failed_backup_id(a)
-    assert_failed_cleanly(moto.client(), moto_bucket, prefix_of(params), backup_id, "stream-invalid")
+    assert_failed_cleanly(
+        moto.client(), moto_bucket, prefix_of(params), backup_id, "stream-invalid"
+    )
     _lock_is_free(a)
 
 
@@ -133,7 +137,9 @@ def test_wrong_s3_keys_are_refused_at_configure(valkey_server, agent, moto_auth)
     a = agent()
     wrong_secret = dataclasses.replace(moto_auth.create_key(), secret_key="x" * 40)
     for creds in (moto_auth.unknown_credentials(), wrong_secret):
-        params = configure_params(server, moto_auth, bucket, cluster="keys.valkey", credentials=creds)
+        params = configure_params(
+            server, moto_auth, bucket, cluster="keys.valkey", credentials=creds
+        )
         a.request("configure", params).expect_error("s3-access-denied")
     assert a.request("status").expect_ok()["configured"] is False
 
@@ -142,7 +148,9 @@ def test_missing_bucket_without_rights_to_create(valkey_server, agent, moto_auth
     server = valkey_server("valkey8")
     creds = moto_auth.create_key(deny=["s3:CreateBucket"])
     a = agent()
-    params = configure_params(server, moto_auth, bucket_name, cluster="nob.valkey", credentials=creds)
+    params = configure_params(
+        server, moto_auth, bucket_name, cluster="nob.valkey", credentials=creds
+    )
     err = a.request("configure", params).expect_error("s3-no-bucket")
     assert bucket_name in err.message and "cannot be created" in err.message
     assert a.request("status").expect_ok()["configured"] is False
@@ -175,7 +183,9 @@ def test_bucket_removed_after_configure(valkey_server, agent, moto):
     server.client().set("k", "v")
     bucket = moto.create_bucket()
     a = agent()
-    a.request("configure", configure_params(server, moto, bucket, cluster="gone.valkey")).expect_ok()
+    a.request(
+        "configure", configure_params(server, moto, bucket, cluster="gone.valkey")
+    ).expect_ok()
     moto.client().delete_bucket(Bucket=bucket)
     err = a.request("create-backup").expect_error("s3-no-bucket")
     assert bucket in err.message
@@ -187,10 +197,14 @@ def test_ops_before_configure_say_what_to_do(agent, op):
     assert "configure" in err.message
 
 
-def test_configure_without_s3_keeps_valkey_and_refuses_backups(valkey_server, agent, moto, moto_bucket):
+def test_configure_without_s3_keeps_valkey_and_refuses_backups(
+    valkey_server, agent, moto, moto_bucket
+):
     server = valkey_server("valkey8")
     a = agent()
-    a.request("configure", configure_params(server, moto, moto_bucket, cluster="rel.valkey")).expect_ok()
+    a.request(
+        "configure", configure_params(server, moto, moto_bucket, cluster="rel.valkey")
+    ).expect_ok()
     a.request("configure", configure_params(server, None, cluster="rel.valkey")).expect_ok()
     status = a.request("status").expect_ok()
     assert status["configured"] is True and status["s3-configured"] is False

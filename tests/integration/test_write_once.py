@@ -23,12 +23,17 @@ def test_object_lock_bucket_sees_one_version_per_key_and_no_delete(
     a.request("configure", params).expect_ok()
     finished = [a.request("create-backup").expect_ok()["backup-id"] for _ in range(2)]
 
-    junk = dict(params, valkey=dict(params["valkey"], cli=str(cli_wrapper(tmp_path, server.cli, "junk"))))
+    junk = dict(
+        params, valkey=dict(params["valkey"], cli=str(cli_wrapper(tmp_path, server.cli, "junk")))
+    )
     a.request("configure", junk).expect_ok()
     a.request("create-backup").expect_error("stream-invalid")
     killed = dict(
         params,
-        valkey=dict(params["valkey"], cli=str(cli_wrapper(tmp_path, server.cli, "kill", after_bytes=6 * MiB))),
+        valkey=dict(
+            params["valkey"],
+            cli=str(cli_wrapper(tmp_path, server.cli, "kill", after_bytes=6 * MiB)),
+        ),
     )
     a.request("configure", killed).expect_ok()
     a.request("create-backup").expect_error("valkey-error")

@@ -13,8 +13,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from agent_client import AgentClient, AgentError, AgentUnavailableError
 from ops import testing
+
+from agent_client import AgentClient, AgentError, AgentUnavailableError
 
 VALKEY_PASSWORD = "vk-Pa55word-do-not-leak"
 S3_ACCESS_KEY = "AKIAEXAMPLEACCESS42"
@@ -153,6 +154,7 @@ class FakeAgent:
             response = response(params)
         if isinstance(response, AgentError):
             raise response
+        assert isinstance(response, dict), f"scripted response for {key} is not a dict"
         return copy.deepcopy(response)
 
     def ops(self) -> list[str]:
@@ -188,18 +190,23 @@ class FakeSystemd:
         self.units = set(units)
         self.argvs: list[list[str]] = []
         self.failing: dict[tuple[str, str], str] = {}
+        self.listeners: list[Callable[[list[str]], object]] = []
 
     def fail(self, verb: str, unit: str, stderr: str = "Job failed") -> None:
         self.failing[(verb, unit)] = stderr
 
     def __call__(self, argv: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
         self.argvs.append(list(argv))
+        for listener in self.listeners:
+            listener(list(argv))
         verb, unit = argv[1], argv[-1]
         if verb == "show":
             state = "loaded" if unit in self.units else "not-found"
             return subprocess.CompletedProcess(argv, 0, stdout=f"{state}\n", stderr="")
         if (verb, unit) in self.failing:
-            return subprocess.CompletedProcess(argv, 1, stdout="", stderr=self.failing[(verb, unit)])
+            return subprocess.CompletedProcess(
+                argv, 1, stdout="", stderr=self.failing[(verb, unit)]
+            )
         return subprocess.CompletedProcess(argv, 0, stdout="", stderr="")
 
     def verbs(self) -> list[str]:
@@ -210,9 +217,7 @@ class FakeSystemd:
 
 
 def principal() -> testing.SubordinateRelation:
-    return testing.SubordinateRelation(
-        "juju-info", remote_app_name="valkey", remote_unit_id=0
-    )
+    return testing.SubordinateRelation("juju-info", remote_app_name="valkey", remote_unit_id=0)
 
 
 def password_secret(password: str = VALKEY_PASSWORD, **kwargs: Any) -> testing.Secret:
@@ -220,7 +225,7 @@ def password_secret(password: str = VALKEY_PASSWORD, **kwargs: Any) -> testing.S
 
 
 def s3_v1(
-    *, secret_content: dict[str, str] | None = None, **extra: str
+    extra: Mapping[str, str] | None = None, *, secret_content: dict[str, str] | None = None
 ) -> tuple[testing.Relation, testing.Secret]:
     """An s3-integrator on schema v1: credentials in a secret named in the databag."""
     secret = testing.Secret(
@@ -234,9 +239,11 @@ def s3_v1(
         "region": "us-east-1",
         "s3-uri-style": "path",
         "secret-extra": secret.id,
-        **extra,
+        **(extra or {}),
     }
-    return testing.Relation("s3-credentials", remote_app_name="s3-integrator", remote_app_data=data), secret
+    return testing.Relation(
+        "s3-credentials", remote_app_name="s3-integrator", remote_app_data=data
+    ), secret
 
 
 def s3_v0(**extra: str) -> testing.Relation:
@@ -250,7 +257,9 @@ def s3_v0(**extra: str) -> testing.Relation:
         "secret-key": S3_SECRET_KEY,
         **extra,
     }
-    return testing.Relation("s3-credentials", remote_app_name="s3-integrator", remote_app_data=data)
+    return testing.Relation(
+        "s3-credentials", remote_app_name="s3-integrator", remote_app_data=data
+    )
 
 
 def full_state(**kwargs: Any) -> testing.State:

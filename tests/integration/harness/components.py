@@ -90,9 +90,7 @@ def _kind(kind: str) -> tuple[str, str]:
     try:
         return KINDS[kind]
     except KeyError:
-        raise ValueError(
-            f"unknown server kind {kind!r}; expected one of {sorted(KINDS)}"
-        ) from None
+        raise ValueError(f"unknown server kind {kind!r}; expected one of {sorted(KINDS)}") from None
 
 
 def _parse_env_file(path: Path) -> dict[str, str]:

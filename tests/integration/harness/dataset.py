@@ -235,7 +235,7 @@ def load_dataset(
     """
     factory = _as_factory(client_factory)
     budget = int(size_mb * MiB)
-    rng = random.Random(seed)  # noqa: S311 - reproducible data, not crypto
+    rng = random.Random(seed)
     info = DatasetInfo(seed=seed)
     dbs = list(dbs)
     for idx, db in enumerate(dbs):

@@ -96,7 +96,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     """
     lo_eph, _ = _ephemeral_range()
     lo, hi = 20000, max(20001, lo_eph - 1)
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())  # noqa: S311 - not crypto
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
     for _ in range(200):
         port = rng.randint(lo, hi)
         if port in _handed_out:
@@ -301,9 +301,7 @@ def argv_containing(needles: Iterable[str]) -> list[tuple[int, list[str]]]:
     """Processes whose argv contains any of `needles` (empty needles are ignored)."""
     wanted = [n for n in needles if n]
     return [
-        (pid, argv)
-        for pid, argv in all_process_argv()
-        if any(n in a for a in argv for n in wanted)
+        (pid, argv) for pid, argv in all_process_argv() if any(n in a for a in argv for n in wanted)
     ]
 
 

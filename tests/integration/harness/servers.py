@@ -511,9 +511,7 @@ class MotoServer:
         buckets but not create one. Without `auth=True` moto ignores policies.
         """
         if not self.auth:
-            raise RuntimeError(
-                "create_key needs MotoServer(auth=True); moto ignores IAM otherwise"
-            )
+            raise RuntimeError("create_key needs MotoServer(auth=True); moto ignores IAM otherwise")
         statements: list[dict[str, Any]] = [
             {"Effect": "Allow", "Action": list(allow), "Resource": "*"}
         ]
@@ -570,9 +568,7 @@ class MotoServer:
         """{"Versions": [...], "DeleteMarkers": [...]} for a bucket (all pages)."""
         s3 = self.client()
         out: dict[str, list[dict[str, Any]]] = {"Versions": [], "DeleteMarkers": []}
-        for page in s3.get_paginator("list_object_versions").paginate(
-            Bucket=bucket, Prefix=prefix
-        ):
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
             out["Versions"] += page.get("Versions", [])
             out["DeleteMarkers"] += page.get("DeleteMarkers", [])
         return out
@@ -931,8 +927,6 @@ def configure_params(
     if s3 is not None:
         if bucket is None:
             bucket = s3.bucket if isinstance(s3, GarageServer) else s3.create_bucket()
-        params["s3"] = s3_params(
-            s3, bucket, path=path, credentials=credentials, **(s3_extra or {})
-        )
+        params["s3"] = s3_params(s3, bucket, path=path, credentials=credentials, **(s3_extra or {}))
     params.update(extra)
     return params
