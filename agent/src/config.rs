@@ -23,6 +23,8 @@ const CONFIG_FILE: &str = "config.json";
 pub enum ConfigError {
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("{path}: {reason}")]
+    Shape { path: String, reason: String },
     #[error("cannot store the configuration: {0}")]
     Io(#[from] std::io::Error),
     #[error("stored configuration is unreadable: {0}")]
@@ -229,8 +231,12 @@ fn decode_pem(item: &str) -> Result<String, ConfigError> {
 impl AgentConfig {
     /// Parses and validates `configure` params.
     pub fn from_params(params: serde_json::Value) -> Result<Self, ConfigError> {
-        let config: AgentConfig =
-            serde_json::from_value(params).map_err(|e| invalid("params", e.to_string()))?;
+        // serde_path_to_error names the field ("valkey.port: invalid type…") so the caller
+        // knows what to fix; secrets never reach the message (see `Secret`).
+        let config: AgentConfig = serde_path_to_error::deserialize(params).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::Shape { path, reason: e.into_inner().to_string() }
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -561,6 +567,19 @@ mod tests {
         let mut v = base();
         v["s3"]["bukket"] = json!("x");
         assert!(AgentConfig::from_params(v).is_err());
+    }
+
+    #[test]
+    fn type_errors_name_the_field_and_never_a_secret() {
+        let mut v = base();
+        v["valkey"]["password"] = json!(1234567);
+        let msg = AgentConfig::from_params(v).unwrap_err().to_string();
+        assert!(msg.starts_with("valkey.password:"), "{msg}");
+        assert!(!msg.contains("1234567"), "{msg}");
+        let mut v = base();
+        v["valkey"]["port"] = json!("six");
+        let msg = AgentConfig::from_params(v).unwrap_err().to_string();
+        assert!(msg.starts_with("valkey.port:"), "{msg}");
     }
 
     #[test]

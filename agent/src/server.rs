@@ -103,6 +103,9 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
             }
         }
     }
+    // Stop answering at once: new clients get "connection refused", not silence.
+    drop(listener);
+    let _ = std::fs::remove_file(&opts.socket);
     info!("shutting down: waiting for running operations to stop");
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
@@ -111,7 +114,6 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
     {
         warn!("operations did not stop within the grace period");
     }
-    let _ = std::fs::remove_file(&opts.socket);
     info!("agent stopped");
     Ok(())
 }
@@ -156,7 +158,7 @@ async fn handle(stream: UnixStream, state: Arc<AgentState>, allowed: &[u32]) {
         return;
     }
 
-    let request = match read_request(read_half).await {
+    let request = match read_request(read_half, &state.shutdown).await {
         Ok(r) => r,
         Err(e) => {
             let _ = write_half
@@ -228,10 +230,17 @@ async fn handle(stream: UnixStream, state: Arc<AgentState>, allowed: &[u32]) {
 /// Reads one request line, at most [`MAX_REQUEST_BYTES`], within the deadline.
 async fn read_request(
     read_half: tokio::net::unix::OwnedReadHalf,
+    shutdown: &CancellationToken,
 ) -> Result<crate::protocol::Request, RequestError> {
     let mut reader = BufReader::new(read_half).take(MAX_REQUEST_BYTES as u64 + 1);
     let mut line = Vec::new();
-    let read = tokio::time::timeout(REQUEST_DEADLINE, reader.read_until(b'\n', &mut line)).await;
+    // A silent client must hold up neither its task nor the agent's shutdown.
+    let read = tokio::select! {
+        _ = shutdown.cancelled() => {
+            return Err(RequestError::BadShape("the agent is shutting down".into()));
+        }
+        r = tokio::time::timeout(REQUEST_DEADLINE, reader.read_until(b'\n', &mut line)) => r,
+    };
     match read {
         Err(_) => {
             return Err(RequestError::BadShape(
