@@ -235,7 +235,10 @@ impl AgentConfig {
         // knows what to fix; secrets never reach the message (see `Secret`).
         let config: AgentConfig = serde_path_to_error::deserialize(params).map_err(|e| {
             let path = e.path().to_string();
-            ConfigError::Shape { path, reason: e.into_inner().to_string() }
+            ConfigError::Shape {
+                path,
+                reason: e.into_inner().to_string(),
+            }
         })?;
         config.validate()?;
         Ok(config)

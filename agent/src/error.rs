@@ -46,7 +46,9 @@ impl OpError {
             OpError::NotConfigured(_) => ErrorCode::NotConfigured,
             OpError::NotFound(_) => ErrorCode::NotFound,
             OpError::Cancelled => ErrorCode::Cancelled,
-            OpError::Config(ConfigError::Invalid { .. } | ConfigError::Shape { .. }) => ErrorCode::BadRequest,
+            OpError::Config(ConfigError::Invalid { .. } | ConfigError::Shape { .. }) => {
+                ErrorCode::BadRequest
+            }
             OpError::Config(_) => ErrorCode::Internal,
             OpError::Lock(LockError::Busy(_)) => ErrorCode::Busy,
             OpError::Lock(LockError::Io(_)) => ErrorCode::Internal,

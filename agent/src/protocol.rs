@@ -74,6 +74,9 @@ pub enum Op {
     Configure,
     CreateBackup,
     ListBackups,
+    RestoreBackup,
+    VerifyBackup,
+    PruneBackups,
 }
 
 impl Op {
@@ -84,6 +87,9 @@ impl Op {
             Op::Configure => "configure",
             Op::CreateBackup => "create-backup",
             Op::ListBackups => "list-backups",
+            Op::RestoreBackup => "restore-backup",
+            Op::VerifyBackup => "verify-backup",
+            Op::PruneBackups => "prune-backups",
         }
     }
 
@@ -93,6 +99,9 @@ impl Op {
             "configure" => Op::Configure,
             "create-backup" => Op::CreateBackup,
             "list-backups" => Op::ListBackups,
+            "restore-backup" => Op::RestoreBackup,
+            "verify-backup" => Op::VerifyBackup,
+            "prune-backups" => Op::PruneBackups,
             _ => return None,
         })
     }

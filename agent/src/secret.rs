@@ -102,7 +102,13 @@ mod tests {
 
     #[test]
     fn mistyped_secret_is_refused_without_echoing_it() {
-        for bad in ["1234567", "true", "[\"x1234567\"]", "{\"a\":\"x1234567\"}", "12.5"] {
+        for bad in [
+            "1234567",
+            "true",
+            "[\"x1234567\"]",
+            "{\"a\":\"x1234567\"}",
+            "12.5",
+        ] {
             let err = serde_json::from_str::<Secret>(bad).unwrap_err().to_string();
             assert!(err.contains("must be a string"), "{err}");
             assert!(!err.contains("1234567") && !err.contains("12.5"), "{err}");

@@ -65,6 +65,24 @@ impl Layout {
         format!("{}{}/{FAILURE_OBJECT}", self.prefix, id)
     }
 
+    /// A new, unique key for one verification of `id` at `at` (time-sortable name plus
+    /// random hex, so two runs in the same second never share a key).
+    pub fn verify_key(&self, id: &BackupId, at: time::OffsetDateTime) -> String {
+        let at = at.to_offset(time::UtcOffset::UTC);
+        let suffix: u32 = rand::random::<u32>() & 0xff_ffff;
+        format!(
+            "{}{}/{VERIFY_DIR}/{:04}{:02}{:02}T{:02}{:02}{:02}Z-{suffix:06x}.json",
+            self.prefix,
+            id,
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        )
+    }
+
     /// Splits a listed key into its backup id and the rest; `None` for keys that are not
     /// inside a valid backup directory (they are ignored, never touched).
     pub fn parse_key<'k>(&self, key: &'k str) -> Option<(BackupId, &'k str)> {
@@ -233,6 +251,25 @@ impl Store {
         }
         Ok(uploads)
     }
+}
+
+/// The result of one `verify-backup` run, written once as `verify/<time>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct VerifyRecord {
+    pub format_version: u32,
+    pub backup_id: String,
+    pub checked_at: String,
+    pub unit: String,
+    pub ok: bool,
+    pub code: Option<String>,
+    pub reason: Option<String>,
+    pub size_bytes: u64,
+    pub sha256_ok: bool,
+    pub crc64_ok: bool,
+    /// Present when the backup was loaded into a scratch server.
+    pub load: Option<serde_json::Value>,
+    pub agent_version: String,
 }
 
 /// A multipart upload that was started and neither completed nor aborted.

@@ -13,7 +13,7 @@ use super::{params, rfc3339, AgentState};
 use crate::backup_id::BackupId;
 use crate::error::OpError;
 use crate::s3::{S3Error, Store};
-use crate::store::{group, BackupStatus, FailureRecord, Found, Layout, ManifestV1};
+use crate::store::{group, BackupStatus, FailureRecord, Found, Layout, ManifestV1, VerifyRecord};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -82,6 +82,7 @@ async fn describe(
         "code": null,
         "reason": null,
         "verify-records": found.verify_records.len(),
+        "last-verify": null,
     });
     match status {
         BackupStatus::Finished => {
@@ -96,6 +97,16 @@ async fn describe(
                 entry["source-version"] = json!(format!("{} {}", m.source_kind, m.source_version));
                 entry["rdb-version"] = json!(m.rdb_version);
                 entry["sha256"] = json!(m.sha256);
+            }
+            // Names sort by time, so the last one is the latest verification.
+            if let Some(newest) = found.verify_records.iter().max() {
+                let key = format!("{}{newest}", layout.backup_prefix(&id));
+                let got = store.get_record::<VerifyRecord>(&key).await;
+                if let Some(v) = readable(got, &mut entry)? {
+                    entry["last-verify"] = json!({
+                        "checked-at": v.checked_at, "ok": v.ok, "code": v.code,
+                    });
+                }
             }
         }
         BackupStatus::Failed => {

@@ -19,7 +19,10 @@ use crate::protocol::Op;
 pub mod configure;
 pub mod create_backup;
 pub mod list_backups;
+pub mod prune_backups;
+pub mod restore_backup;
 pub mod status;
+pub mod verify_backup;
 
 /// What the running agent knows, shared by every connection.
 pub struct AgentState {
@@ -97,6 +100,9 @@ pub async fn dispatch(
         Op::Configure => configure::run(state, params).await,
         Op::CreateBackup => create_backup::run(state, params, events).await,
         Op::ListBackups => list_backups::run(state, params).await,
+        Op::RestoreBackup => restore_backup::run(state, params, events).await,
+        Op::VerifyBackup => verify_backup::run(state, params, events).await,
+        Op::PruneBackups => prune_backups::run(state, params).await,
     }
 }
 
