@@ -56,6 +56,43 @@ pub enum Command {
         #[arg(long)]
         cluster: Option<String>,
     },
+    /// Delete the backups the retention policy no longer keeps and abort the uploads of
+    /// agents that are gone. A dry run (what would go, and why) unless --confirm.
+    PruneBackups {
+        /// Keep the N newest finished backups (N >= 1).
+        #[arg(long)]
+        keep_last: Option<u32>,
+        /// Keep backups started less than D days ago (default when neither rule is
+        /// given: the s3-integrator's delete-older-than-days).
+        #[arg(long)]
+        keep_days: Option<f64>,
+        /// Abort uploads open longer than this many hours without a manifest (default 24).
+        #[arg(long)]
+        abandoned_after_hours: Option<f64>,
+        /// Really delete and abort; without it nothing is changed.
+        #[arg(long)]
+        confirm: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a finished backup: prepare (download + verify), stop the server, place
+    /// the dump, start the server, wait until it has loaded.
+    RestoreBackup(crate::restore_cli::RestoreArgs),
+    /// Re-read a backup and check it against its manifest; `--load` also loads it into a
+    /// scratch server.
+    VerifyBackup {
+        backup_id: String,
+        /// Verify another cluster's backup (read-only: no record is written).
+        #[arg(long)]
+        source_cluster: Option<String>,
+        /// Load the backup into a scratch server and compare key counts.
+        #[arg(long)]
+        load: bool,
+        /// Server binary for --load (default: beside the configured cli).
+        #[arg(long)]
+        server: Option<PathBuf>,
+    },
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -97,6 +134,51 @@ pub async fn run(cli: Cli) -> i32 {
         Command::CreateBackup => {
             print_json(client_call(&cli.socket, "create-backup", json!({})).await)
         }
+        Command::RestoreBackup(args) => crate::restore_cli::run(&cli.socket, args).await,
+        Command::VerifyBackup {
+            backup_id,
+            source_cluster,
+            load,
+            server,
+        } => {
+            let mut params = json!({"backup-id": backup_id, "load": load});
+            if let Some(c) = source_cluster {
+                params["source-cluster"] = json!(c);
+            }
+            if let Some(s) = server {
+                params["server"] = json!(s);
+            }
+            print_json(client_call(&cli.socket, "verify-backup", params).await)
+        }
+        Command::PruneBackups {
+            keep_last,
+            keep_days,
+            abandoned_after_hours,
+            confirm,
+            json: as_json,
+        } => {
+            let mut params = json!({"confirm": confirm});
+            if let Some(n) = keep_last {
+                params["keep-last"] = json!(n);
+            }
+            if let Some(d) = keep_days {
+                params["keep-days"] = json!(d);
+            }
+            if let Some(h) = abandoned_after_hours {
+                params["abandoned-after-hours"] = json!(h);
+            }
+            let result = client_call(&cli.socket, "prune-backups", params).await;
+            if as_json {
+                return print_json(result);
+            }
+            match result {
+                Ok(v) => {
+                    print!("{}", prune_summary(&v));
+                    0
+                }
+                Err(e) => report_error(&e),
+            }
+        }
         Command::ListBackups {
             json: as_json,
             cluster,
@@ -133,7 +215,7 @@ fn read_config_file(file: &PathBuf) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("{} is not valid JSON: {e}", file.display()))
 }
 
-async fn client_call(
+pub(crate) async fn client_call(
     socket: &std::path::Path,
     op: &str,
     params: Value,
@@ -159,7 +241,7 @@ fn print_progress(p: &Progress, interactive: bool) {
     }
 }
 
-fn print_json(result: Result<Value, ClientError>) -> i32 {
+pub(crate) fn print_json(result: Result<Value, ClientError>) -> i32 {
     match result {
         Ok(v) => {
             println!("{}", serde_json::to_string_pretty(&v).expect("json"));
@@ -169,7 +251,7 @@ fn print_json(result: Result<Value, ClientError>) -> i32 {
     }
 }
 
-fn report_error(e: &ClientError) -> i32 {
+pub(crate) fn report_error(e: &ClientError) -> i32 {
     if std::io::stderr().is_terminal() {
         eprintln!();
     }
@@ -194,6 +276,81 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[unit])
     }
+}
+
+/// The `prune-backups` summary: what was (or, in a dry run, would be) deleted and
+/// aborted, and what stays, each with its reason.
+pub fn prune_summary(result: &Value) -> String {
+    let s = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let dry = result["dry-run"] != Value::Bool(false);
+    let policy = &result["policy"];
+    let mut rules = Vec::new();
+    if !policy["keep-last"].is_null() {
+        rules.push(format!("keep-last {}", s(&policy["keep-last"])));
+    }
+    if !policy["keep-days"].is_null() {
+        let mut r = format!("keep-days {}", s(&policy["keep-days"]));
+        if policy["keep-days-from"] == "s3.delete-older-than-days" {
+            r.push_str(" (from s3.delete-older-than-days)");
+        }
+        rules.push(r);
+    }
+    rules.push(format!(
+        "uploads abandoned after {} h",
+        s(&policy["abandoned-after-hours"])
+    ));
+    let mut out = format!("cluster: {}\n", s(&result["cluster"]));
+    if dry {
+        out.push_str("DRY RUN: nothing was changed; run again with --confirm to do this.\n");
+    }
+    out.push_str(&format!("policy: {}\n", rules.join(", ")));
+    let empty = Vec::new();
+    let section = |out: &mut String, title: &str, key: &str, line: &dyn Fn(&Value) -> String| {
+        let rows = result[key].as_array().unwrap_or(&empty);
+        out.push_str(&format!("{title} ({}):\n", rows.len()));
+        for r in rows {
+            out.push_str(&format!("  {}\n", line(r)));
+        }
+    };
+    let (deleted, aborted) = if dry {
+        ("would delete", "would abort uploads")
+    } else {
+        ("deleted", "aborted uploads")
+    };
+    section(&mut out, deleted, "deleted", &|r| {
+        format!(
+            "{}  {}  {} objects, {} versions: {}",
+            s(&r["backup-id"]),
+            s(&r["status"]),
+            s(&r["objects"]),
+            s(&r["versions"]),
+            s(&r["why"])
+        )
+    });
+    section(&mut out, "kept", "kept", &|r| {
+        format!(
+            "{}  {}: {}",
+            s(&r["backup-id"]),
+            s(&r["status"]),
+            s(&r["why"])
+        )
+    });
+    section(&mut out, "skipped", "skipped", &|r| {
+        format!(
+            "{}  {}: {}",
+            s(&r["backup-id"]),
+            s(&r["status"]),
+            s(&r["why"])
+        )
+    });
+    section(&mut out, aborted, "aborted-uploads", &|r| {
+        format!("{}  {}: {}", s(&r["backup-id"]), s(&r["key"]), s(&r["why"]))
+    });
+    out
 }
 
 /// The `list-backups` table.

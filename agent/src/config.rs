@@ -298,7 +298,7 @@ impl AgentConfig {
     }
 }
 
-fn validate_cluster(c: &str) -> Result<(), ConfigError> {
+pub fn validate_cluster(c: &str) -> Result<(), ConfigError> {
     let ok = !c.is_empty()
         && c.len() <= 128
         && c.bytes()

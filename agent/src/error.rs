@@ -22,6 +22,15 @@ pub enum OpError {
     NotConfigured(String),
     #[error("{0}")]
     NotFound(String),
+    /// Restoring onto a replica is refused: it would resync from its primary anyway.
+    #[error("{0}")]
+    ValkeyReplica(String),
+    /// The restore's commit step needs the server stopped.
+    #[error("{0}")]
+    ValkeyRunning(String),
+    /// A stored backup does not match its manifest (size, SHA-256, CRC64).
+    #[error("{0}")]
+    Integrity(String),
     #[error("the agent is shutting down; the operation was cancelled")]
     Cancelled,
     #[error(transparent)]
@@ -46,6 +55,9 @@ impl OpError {
             OpError::NotConfigured(_) => ErrorCode::NotConfigured,
             OpError::NotFound(_) => ErrorCode::NotFound,
             OpError::Cancelled => ErrorCode::Cancelled,
+            OpError::ValkeyReplica(_) => ErrorCode::ValkeyReplica,
+            OpError::ValkeyRunning(_) => ErrorCode::ValkeyRunning,
+            OpError::Integrity(_) => ErrorCode::StreamInvalid,
             OpError::Config(ConfigError::Invalid { .. } | ConfigError::Shape { .. }) => {
                 ErrorCode::BadRequest
             }

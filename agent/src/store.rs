@@ -121,6 +121,10 @@ pub struct ManifestV1 {
     /// Key counts per database reported by `INFO` just before the snapshot started
     /// (informational: writes during the snapshot can change them).
     pub keyspace_at_start: BTreeMap<String, u64>,
+    /// Whether `INFO` gave the same counts before and after the snapshot (an idle
+    /// source): then they are the snapshot's exact counts and verify holds them to it.
+    #[serde(default)]
+    pub keyspace_exact: bool,
     pub agent_version: String,
 }
 
@@ -294,6 +298,11 @@ pub enum BackupStatus {
     /// A data object exists without manifest or failure record (agent died between the
     /// two writes).
     Incomplete,
+    /// `Running`, but every open upload is older than the abandoned-upload age (default
+    /// 24 h): its agent is gone. [`Found::status`] never says this (it needs a clock and
+    /// a policy); `list-backups` and `prune-backups` refine `Running` with
+    /// [`crate::retention::shown_status`].
+    Abandoned,
 }
 
 /// What the listing found for one backup id.
@@ -359,6 +368,143 @@ pub fn group(
         .collect();
     out.reverse();
     out
+}
+
+/// One stored version of an object under a backup's prefix, or a delete marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVersion {
+    pub key: String,
+    /// `None` on stores without versioning (the object is its only version).
+    pub version_id: Option<String>,
+    pub delete_marker: bool,
+}
+
+/// What `prune-backups` needs beyond writing and listing: versions, their lock state,
+/// deleting one exact version, and aborting an upload. Kept apart from the write path:
+/// nothing else in the agent deletes.
+impl Store {
+    /// Whether the bucket has versioning (`Enabled` or `Suspended`). Stores that do not
+    /// implement the call, or answer it in a shape the SDK does not read (moto names the
+    /// root element `GetBucketVersioningResponse`), count as unversioned; access and
+    /// reachability errors are returned.
+    pub async fn bucket_versioned(&self) -> Result<bool, S3Error> {
+        match self
+            .client
+            .get_bucket_versioning()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.status().is_some()),
+            Err(e) => match self.classify("GetBucketVersioning", "", e) {
+                S3Error::Other { .. } => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Every version and delete marker under `prefix` (ListObjectVersions, all pages).
+    pub async fn list_versions(&self, prefix: &str) -> Result<Vec<StoredVersion>, S3Error> {
+        let mut out = Vec::new();
+        let mut key_marker: Option<String> = None;
+        let mut id_marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.clone())
+                .set_version_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| self.classify("ListObjectVersions", prefix, e))?;
+            for v in page.versions() {
+                if let Some(key) = v.key() {
+                    out.push(StoredVersion {
+                        key: key.to_owned(),
+                        version_id: v.version_id().map(str::to_owned),
+                        delete_marker: false,
+                    });
+                }
+            }
+            for m in page.delete_markers() {
+                if let Some(key) = m.key() {
+                    out.push(StoredVersion {
+                        key: key.to_owned(),
+                        version_id: m.version_id().map(str::to_owned),
+                        delete_marker: true,
+                    });
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            let next_key = page.next_key_marker().map(str::to_owned);
+            let next_id = page.next_version_id_marker().map(str::to_owned);
+            if next_key.is_none() && next_id.is_none() {
+                break;
+            }
+            key_marker = next_key;
+            id_marker = next_id;
+        }
+        Ok(out)
+    }
+
+    /// The Object Lock state of one version (HeadObject, which reports retention mode,
+    /// retain-until date and legal hold together). An error means the state is unknown.
+    pub async fn version_lock(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<crate::retention::VersionLock, S3Error> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| self.classify("HeadObject", key, e))?;
+        Ok(crate::retention::VersionLock {
+            mode: out.object_lock_mode().map(|m| m.as_str().to_owned()),
+            retain_until: out.object_lock_retain_until_date().map(|t| t.secs()),
+            legal_hold: out.object_lock_legal_hold_status()
+                == Some(&aws_sdk_s3::types::ObjectLockLegalHoldStatus::On),
+        })
+    }
+
+    /// Deletes exactly one version (DeleteObject with VersionId, so a versioned bucket
+    /// gets no delete marker), or the object itself on an unversioned store.
+    pub async fn delete_version(&self, key: &str, version_id: Option<&str>) -> Result<(), S3Error> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| self.classify("DeleteObject", key, e))?;
+        Ok(())
+    }
+
+    /// Aborts a multipart upload; one that is already gone counts as aborted.
+    pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_upload()) => Ok(()),
+            Err(e) => Err(self.classify("AbortMultipartUpload", key, e)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! * failures are classified from that tail into unreachable / auth / other.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,6 +50,8 @@ pub struct ServerInfo {
     pub role: Option<String>,
     /// Key counts per database (`db0` → n) at the time of `INFO`.
     pub keyspace: Vec<(String, u64)>,
+    /// Whether the server is still loading its dataset.
+    pub loading: bool,
 }
 
 impl ServerInfo {
@@ -67,6 +70,7 @@ impl ServerInfo {
                 "server_name" if v == "valkey" => info.kind = "valkey".into(),
                 "used_memory" => info.used_memory = v.parse().ok(),
                 "role" => info.role = Some(v.to_owned()),
+                "loading" => info.loading = v == "1",
                 k if k.starts_with("db") && k[2..].bytes().all(|b| b.is_ascii_digit()) => {
                     let keys = v
                         .split(',')
@@ -96,15 +100,39 @@ impl ServerInfo {
 #[derive(Debug, Clone)]
 pub struct ValkeyCli {
     settings: ValkeySettings,
+    /// Talk over this Unix socket instead of TCP (scratch servers for `verify --load`).
+    unix_socket: Option<PathBuf>,
 }
 
 impl ValkeyCli {
     pub fn new(settings: ValkeySettings) -> Self {
-        ValkeyCli { settings }
+        ValkeyCli {
+            settings,
+            unix_socket: None,
+        }
+    }
+
+    /// A cli for a password-less scratch server listening only on `socket`.
+    pub fn scratch(cli: PathBuf, socket: PathBuf) -> Self {
+        let settings = ValkeySettings {
+            host: "127.0.0.1".into(),
+            port: 6379,
+            username: None,
+            password: None,
+            cli,
+            tls: None,
+        };
+        ValkeyCli {
+            settings,
+            unix_socket: Some(socket),
+        }
     }
 
     fn addr(&self) -> String {
-        format!("{}:{}", self.settings.host, self.settings.port)
+        match &self.unix_socket {
+            Some(p) => p.display().to_string(),
+            None => format!("{}:{}", self.settings.host, self.settings.port),
+        }
     }
 
     /// The command with connection flags; the password goes into the environment.
@@ -113,12 +141,12 @@ impl ValkeyCli {
         let mut cmd = Command::new(&s.cli);
         cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("LANG", "C")
-            .arg("-h")
-            .arg(&s.host)
-            .arg("-p")
-            .arg(s.port.to_string())
-            .arg("--no-auth-warning");
+            .env("LANG", "C");
+        match &self.unix_socket {
+            Some(socket) => cmd.arg("-s").arg(socket),
+            None => cmd.arg("-h").arg(&s.host).arg("-p").arg(s.port.to_string()),
+        };
+        cmd.arg("--no-auth-warning");
         if let Some(user) = &s.username {
             cmd.arg("--user").arg(user);
         }
@@ -155,33 +183,61 @@ impl ValkeyCli {
         }
     }
 
-    /// Runs `INFO` (server, memory, replication, keyspace).
-    pub async fn info(&self) -> Result<ServerInfo, ValkeyError> {
+    /// Runs one command and returns its output; server errors become [`ValkeyError`].
+    async fn run(&self, args: &[&str]) -> Result<String, ValkeyError> {
         let mut cmd = self.command();
-        cmd.arg("INFO")
-            .arg("everything")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
         let out = tokio::time::timeout(INFO_TIMEOUT, child.wait_with_output())
             .await
             .map_err(|_| ValkeyError::Unreachable {
                 addr: self.addr(),
-                detail: "INFO timed out".into(),
+                detail: format!("{} timed out", args[0]),
             })?
             .map_err(|e| self.spawn_error(e))?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr);
         // Some cli versions print server errors on stdout and still exit 0.
         let looks_failed = !out.status.success()
-            || stdout.starts_with("ERR")
-            || stdout.starts_with("NOAUTH")
-            || stdout.starts_with("WRONGPASS")
-            || !stdout.contains("_version:");
+            || ["ERR", "NOAUTH", "WRONGPASS", "NOPERM", "LOADING"]
+                .iter()
+                .any(|p| stdout.starts_with(p))
+            || (stdout.is_empty() && !stderr.trim().is_empty());
         if looks_failed {
             return Err(self.classify(&format!("{stderr}\n{stdout}"), out.status));
         }
-        Ok(ServerInfo::parse(&stdout))
+        Ok(stdout)
+    }
+
+    /// Runs `INFO` (server, memory, replication, persistence, keyspace).
+    pub async fn info(&self) -> Result<ServerInfo, ValkeyError> {
+        let text = self.run(&["INFO", "everything"]).await?;
+        if !text.contains("_version:") {
+            return Err(ValkeyError::Cli {
+                detail: "INFO returned no server section".into(),
+            });
+        }
+        Ok(ServerInfo::parse(&text))
+    }
+
+    /// `CONFIG GET name`: the value, or `None` when the server has no such parameter.
+    pub async fn config_get(&self, name: &str) -> Result<Option<String>, ValkeyError> {
+        let text = self.run(&["CONFIG", "GET", name]).await?;
+        let mut lines = text.lines();
+        match (lines.next(), lines.next()) {
+            (Some(k), Some(v)) if k.eq_ignore_ascii_case(name) => Ok(Some(v.to_owned())),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether a server answers on this address at all (PONG, or an error such as
+    /// NOAUTH that only a running server can give).
+    pub async fn answers(&self) -> bool {
+        match self.run(&["PING"]).await {
+            Ok(_) => true,
+            Err(ValkeyError::Auth { .. }) => true,
+            Err(_) => false,
+        }
     }
 
     /// Starts `--rdb -`: the snapshot arrives on the returned stdout.

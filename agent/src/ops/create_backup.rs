@@ -180,6 +180,11 @@ impl BackupRun<'_> {
             r = process.wait() => r?,
         }
         self.process = None;
+        // Same counts before and after the snapshot: the manifest can state them as exact.
+        let keyspace_exact = match cli.info().await {
+            Ok(after) => after.keyspace == info.keyspace,
+            Err(_) => false,
+        };
         let validated: Validated = finished?;
         sha.update(&validated.tail);
         part.extend_from_slice(&validated.tail);
@@ -206,6 +211,7 @@ impl BackupRun<'_> {
         let finished_at = OffsetDateTime::now_utc();
         let manifest = self.manifest(
             &info,
+            keyspace_exact,
             &validated,
             &sha.finalize(),
             uploaded.parts,
@@ -253,6 +259,7 @@ impl BackupRun<'_> {
     fn manifest(
         &self,
         info: &ServerInfo,
+        keyspace_exact: bool,
         v: &Validated,
         sha: &[u8],
         parts: u64,
@@ -280,6 +287,7 @@ impl BackupRun<'_> {
             part_size_bytes: part_size,
             eof_mark_stripped: v.eof_mark_stripped,
             keyspace_at_start: info.keyspace.iter().cloned().collect::<BTreeMap<_, _>>(),
+            keyspace_exact,
             agent_version: crate::AGENT_VERSION.into(),
         }
     }

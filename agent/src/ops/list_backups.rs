@@ -2,7 +2,12 @@
 //! derived from which objects exist (see [`crate::store`]). Reading another cluster's
 //! prefix is allowed (that is how a restore into a new cluster finds its source) and is
 //! read-only.
+//!
+//! A `running` backup whose every open upload is older than `abandoned-after-hours`
+//! (default 24) is shown as `abandoned`: its agent is gone, and `prune-backups` aborts
+//! the upload.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
@@ -12,14 +17,20 @@ use serde_json::{json, Value};
 use super::{params, rfc3339, AgentState};
 use crate::backup_id::BackupId;
 use crate::error::OpError;
+use crate::retention;
 use crate::s3::{S3Error, Store};
-use crate::store::{group, BackupStatus, FailureRecord, Found, Layout, ManifestV1, VerifyRecord};
+use crate::store::{
+    group, BackupStatus, FailureRecord, Found, Layout, ManifestV1, OpenUpload, VerifyRecord,
+    DATA_OBJECT,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct ListParams {
     #[serde(default)]
     cluster: Option<String>,
+    #[serde(default)]
+    abandoned_after_hours: Option<f64>,
 }
 
 /// Records fetched at once while listing.
@@ -27,6 +38,8 @@ const FETCH_CONCURRENCY: usize = 8;
 
 pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> {
     let p: ListParams = params(raw)?;
+    let abandoned_after =
+        retention::abandoned_after_hours(p.abandoned_after_hours).map_err(OpError::BadRequest)?;
     let config = state.config()?;
     let s3 = config
         .s3
@@ -46,13 +59,51 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
     let keys = store.list_keys(layout.prefix()).await?;
     let uploads = store.list_uploads(layout.prefix()).await?;
     let grouped = group(&layout, &keys, &uploads);
+    let initiated = upload_times(&layout, &uploads);
+    let now = time::OffsetDateTime::now_utc();
     let entries: Vec<Result<Value, S3Error>> = stream::iter(grouped)
-        .map(|(id, found)| describe(&store, &layout, id, found))
+        .map(|(id, found)| {
+            let times = initiated.get(&id).map(Vec::as_slice).unwrap_or_default();
+            let status = found.status().expect("grouped entries have a status");
+            let status = retention::shown_status(status, &id, times, now, abandoned_after);
+            let abandoned = (status == BackupStatus::Abandoned).then(|| {
+                let newest = times
+                    .iter()
+                    .map(|t| retention::upload_started(*t, id.started_at()))
+                    .max();
+                abandoned_reason(newest, abandoned_after)
+            });
+            describe(&store, &layout, id, found, status, abandoned)
+        })
         .buffered(FETCH_CONCURRENCY)
         .collect()
         .await;
     let backups = entries.into_iter().collect::<Result<Vec<_>, _>>()?;
     Ok(json!({"cluster": cluster, "backups": backups}))
+}
+
+/// When each backup's open data uploads were initiated (Unix seconds, when known).
+pub fn upload_times(
+    layout: &Layout,
+    uploads: &[OpenUpload],
+) -> HashMap<BackupId, Vec<Option<i64>>> {
+    let mut out: HashMap<BackupId, Vec<Option<i64>>> = HashMap::new();
+    for u in uploads {
+        if let Some((id, DATA_OBJECT)) = layout.parse_key(&u.key) {
+            out.entry(id).or_default().push(u.initiated);
+        }
+    }
+    out
+}
+
+fn abandoned_reason(newest_upload: Option<time::OffsetDateTime>, after_hours: f64) -> String {
+    let since = newest_upload
+        .map(|t| format!(" since {}", rfc3339(t)))
+        .unwrap_or_default();
+    format!(
+        "multipart upload open{since}, longer than {}: its agent is gone; prune-backups aborts it",
+        retention::hours(after_hours)
+    )
 }
 
 /// `valkey-0` → `valkey/0` (ids hold the unit with its slash replaced).
@@ -69,8 +120,9 @@ async fn describe(
     layout: &Layout,
     id: BackupId,
     found: Found,
+    status: BackupStatus,
+    abandoned_reason: Option<String>,
 ) -> Result<Value, S3Error> {
-    let status = found.status().expect("grouped entries have a status");
     let mut entry = json!({
         "backup-id": id.to_string(),
         "status": status,
@@ -80,7 +132,7 @@ async fn describe(
         "finished-at": null,
         "source-version": null,
         "code": null,
-        "reason": null,
+        "reason": abandoned_reason,
         "verify-records": found.verify_records.len(),
         "last-verify": null,
     });
@@ -120,7 +172,7 @@ async fn describe(
                 entry["reason"] = json!(f.reason);
             }
         }
-        BackupStatus::Running | BackupStatus::Incomplete => {}
+        BackupStatus::Running | BackupStatus::Abandoned | BackupStatus::Incomplete => {}
     }
     Ok(entry)
 }

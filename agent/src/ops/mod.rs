@@ -30,6 +30,8 @@ pub struct AgentState {
     config: RwLock<Option<AgentConfig>>,
     running: Mutex<Option<LockHolder>>,
     last_backup: Mutex<Option<Value>>,
+    /// The restore between its `prepare` and `finish`/`abort` steps (it holds the lock).
+    pub restore: Mutex<Option<restore_backup::RestoreSession>>,
     /// Cancelled on SIGTERM: every long operation watches it.
     pub shutdown: CancellationToken,
 }
@@ -45,6 +47,7 @@ impl AgentState {
             config: RwLock::new(config),
             running: Mutex::new(None),
             last_backup: Mutex::new(None),
+            restore: Mutex::new(None),
             shutdown,
         })
     }

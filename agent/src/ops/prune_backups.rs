@@ -1,14 +1,432 @@
-//! `prune-backups`: retention by keep-last / keep-days (placeholder: being written).
+//! `prune-backups`: delete the backups a retention policy no longer keeps, and abort the
+//! multipart uploads of agents that are gone. A dry run unless `confirm` is true.
+//!
+//! What it never deletes: the newest finished backup; running backups; any backup with
+//! an object version under retention or legal hold (checked per version with HeadObject;
+//! when a version's lock state cannot be read the whole backup is skipped and the result
+//! says so); anything outside `<path>/<cluster>/` or outside a valid backup directory.
+//! The selection itself is [`crate::retention`]; this module does the I/O.
+//!
+//! A backup is deleted version by version (DeleteObject with VersionId on versioned
+//! buckets, so no delete marker is left; plain DeleteObject elsewhere), in an order that
+//! keeps every intermediate state honest if the prune is interrupted: `manifest.json`
+//! first (so a manifest never points to a deleted snapshot: the backup shows as
+//! `incomplete`), then verification records and any other object, then `data.rdb`, and
+//! `failure.json` last (a failed backup stays `failed` until its last object is gone).
+//!
+//! Deleting takes the unit lock, so a prune never races a backup or restore of this unit;
+//! a dry run reads only and takes no lock.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use serde_json::Value;
+use futures::stream::{self, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use tracing::{info, warn};
 
-use super::AgentState;
+use super::list_backups::upload_times;
+use super::{params, rfc3339, AgentState};
+use crate::backup_id::BackupId;
+use crate::config::keep_days_hint;
 use crate::error::OpError;
+use crate::lock::{LockHolder, UnitLock};
+use crate::retention::{self, Policy, Verdict, VersionLock};
+use crate::s3::{S3Error, Store};
+use crate::store::{
+    group, BackupStatus, Found, Layout, StoredVersion, DATA_OBJECT, FAILURE_OBJECT, MANIFEST_OBJECT,
+};
 
-pub async fn run(_state: &Arc<AgentState>, _raw: Value) -> Result<Value, OpError> {
-    Err(OpError::Internal(
-        "prune-backups is not implemented yet".into(),
-    ))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct PruneParams {
+    #[serde(default)]
+    keep_last: Option<u32>,
+    #[serde(default)]
+    keep_days: Option<f64>,
+    #[serde(default)]
+    confirm: bool,
+    #[serde(default)]
+    abandoned_after_hours: Option<f64>,
+}
+
+/// Lock-state reads (HeadObject) in flight at once.
+const HEAD_CONCURRENCY: usize = 8;
+
+pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> {
+    let p: PruneParams = params(raw)?;
+    let abandoned_after =
+        retention::abandoned_after_hours(p.abandoned_after_hours).map_err(OpError::BadRequest)?;
+    let config = state.config()?;
+    let s3 = config
+        .s3
+        .as_ref()
+        .ok_or_else(|| OpError::NotConfigured("no S3 storage is configured".into()))?;
+    // The s3-integrator's delete-older-than-days is the default keep-days.
+    let (keep_days, keep_days_from) = match (p.keep_last, p.keep_days) {
+        (None, None) => {
+            let hint = s3.delete_older_than_days.as_ref().and_then(keep_days_hint);
+            (
+                hint.map(|d| d as f64),
+                hint.map(|_| "s3.delete-older-than-days"),
+            )
+        }
+        (_, d) => (d, d.map(|_| "request")),
+    };
+    let policy = Policy::new(p.keep_last, keep_days).map_err(|e| {
+        if p.keep_last.is_none() && keep_days.is_none() {
+            OpError::BadRequest(format!(
+                "{e} (no s3.delete-older-than-days is configured to default to)"
+            ))
+        } else {
+            OpError::BadRequest(e)
+        }
+    })?;
+
+    let _held = if p.confirm {
+        Some(Held::acquire(state, &config.cluster).await?)
+    } else {
+        None
+    };
+
+    let store = Store::new(s3)?;
+    let layout = Layout::new(s3.clean_path(), &config.cluster);
+    let now = OffsetDateTime::now_utc();
+    let keys = store.list_keys(layout.prefix()).await?;
+    let uploads = store.list_uploads(layout.prefix()).await?;
+    let grouped: HashMap<BackupId, Found> = group(&layout, &keys, &uploads).into_iter().collect();
+    let initiated = upload_times(&layout, &uploads);
+    let backups: Vec<(BackupId, BackupStatus)> = grouped
+        .iter()
+        .map(|(id, found)| {
+            let status = found.status().expect("grouped entries have a status");
+            let times = initiated.get(id).map(Vec::as_slice).unwrap_or_default();
+            let status = retention::shown_status(status, id, times, now, abandoned_after);
+            (id.clone(), status)
+        })
+        .collect();
+    let decisions = retention::select(&backups, &policy, now);
+    let any_candidate = decisions
+        .iter()
+        .any(|d| matches!(d.verdict, Verdict::Delete(_)));
+    // Only decides how a `null` version id is named (see `inspect`).
+    let versioned = any_candidate && store.bucket_versioned().await?;
+
+    let mut out = Outcome::default();
+    for d in decisions {
+        let why = match d.verdict {
+            Verdict::Keep(why) => {
+                // An abandoned backup has nothing but its upload: it is reported under
+                // aborted-uploads, not as "kept".
+                if d.status != BackupStatus::Abandoned {
+                    out.kept
+                        .push(json!({"backup-id": d.id.as_str(), "status": d.status, "why": why}));
+                }
+                continue;
+            }
+            Verdict::Delete(why) => why,
+        };
+        if state.shutdown.is_cancelled() {
+            return Err(OpError::Cancelled);
+        }
+        let plan = match inspect(&store, &layout, versioned, &d.id, &keys, now).await {
+            Inspection::Delete(plan) => plan,
+            Inspection::Locked(reason) => {
+                out.kept.push(json!({
+                    "backup-id": d.id.as_str(), "status": d.status,
+                    "why": format!("{reason}; the policy alone would delete it ({why})"),
+                }));
+                continue;
+            }
+            Inspection::Unreadable(reason) => {
+                out.skipped
+                    .push(json!({"backup-id": d.id.as_str(), "status": d.status, "why": reason}));
+                continue;
+            }
+        };
+        let objects = plan
+            .iter()
+            .map(|v| v.key.as_str())
+            .collect::<BTreeSet<_>>()
+            .len();
+        if p.confirm {
+            if let Err(reason) = delete(&store, &layout, &d.id, &plan).await {
+                out.skipped
+                    .push(json!({"backup-id": d.id.as_str(), "status": d.status, "why": reason}));
+                continue;
+            }
+            info!(backup_id = %d.id, objects, versions = plan.len(), why = %why, "backup pruned");
+        }
+        out.deleted.push(json!({
+            "backup-id": d.id.as_str(), "status": d.status,
+            "objects": objects, "versions": plan.len(), "why": why,
+        }));
+    }
+
+    for u in &uploads {
+        let Some((id, _)) = layout.parse_key(&u.key) else {
+            continue;
+        };
+        if grouped.get(&id).is_some_and(|f| f.manifest)
+            || !retention::upload_is_abandoned(u.initiated, id.started_at(), now, abandoned_after)
+        {
+            continue;
+        }
+        let since = retention::upload_started(u.initiated, id.started_at());
+        if p.confirm {
+            if state.shutdown.is_cancelled() {
+                return Err(OpError::Cancelled);
+            }
+            if let Err(e) = store.abort_upload(&u.key, &u.upload_id).await {
+                warn!(backup_id = %id, error = %e, "could not abort an abandoned upload");
+                out.skipped.push(json!({
+                    "backup-id": id.as_str(), "status": "abandoned",
+                    "why": format!("could not abort its open upload: {e}"),
+                }));
+                continue;
+            }
+            info!(backup_id = %id, "abandoned multipart upload aborted");
+        }
+        out.aborted_uploads.push(json!({
+            "backup-id": id.as_str(),
+            "key": u.key,
+            "initiated": rfc3339(since),
+            "why": format!(
+                "open since {}, longer than {}, with no manifest: its agent is gone",
+                rfc3339(since),
+                retention::hours(abandoned_after)
+            ),
+        }));
+    }
+
+    Ok(json!({
+        "dry-run": !p.confirm,
+        "cluster": config.cluster,
+        "policy": {
+            "keep-last": policy.keep_last(),
+            "keep-days": policy.keep_days(),
+            "keep-days-from": keep_days_from,
+            "abandoned-after-hours": abandoned_after,
+        },
+        "deleted": out.deleted,
+        "kept": out.kept,
+        "skipped": out.skipped,
+        "aborted-uploads": out.aborted_uploads,
+    }))
+}
+
+#[derive(Default)]
+struct Outcome {
+    deleted: Vec<Value>,
+    kept: Vec<Value>,
+    skipped: Vec<Value>,
+    aborted_uploads: Vec<Value>,
+}
+
+/// The unit lock plus the `status` record of it, both released on drop.
+struct Held {
+    state: Arc<AgentState>,
+    _lock: UnitLock,
+}
+
+impl Held {
+    async fn acquire(state: &Arc<AgentState>, cluster: &str) -> Result<Held, OpError> {
+        let holder = LockHolder {
+            op: "prune-backups".into(),
+            backup_id: format!("prune of {cluster}"),
+            started_at: rfc3339(OffsetDateTime::now_utc()),
+            pid: std::process::id(),
+        };
+        let dir = state.state_dir.clone();
+        let for_lock = holder.clone();
+        let lock = tokio::task::spawn_blocking(move || UnitLock::try_acquire(&dir, &for_lock))
+            .await
+            .map_err(|e| OpError::Internal(e.to_string()))??;
+        state.set_running(Some(holder));
+        Ok(Held {
+            state: state.clone(),
+            _lock: lock,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.state.set_running(None);
+    }
+}
+
+/// What the store says about deleting one candidate.
+enum Inspection {
+    /// Every version, in deletion order.
+    Delete(Vec<StoredVersion>),
+    /// A version is under retention or legal hold: the backup stays whole.
+    Locked(String),
+    /// Versions or lock state could not be read: the backup is left alone.
+    Unreadable(String),
+}
+
+/// Lists every version of the backup's objects and reads each one's lock state.
+///
+/// Versions come from ListObjectVersions; a store that does not implement it (Garage)
+/// has one version per listed key. Every key of the backup's current listing is included
+/// even when a store's version listing misses it, so a backup is never reported deleted
+/// while objects remain. A version id `null` (an object written while versioning was
+/// off) is named only on buckets that have versioning: elsewhere some stores refuse a
+/// version id altogether.
+async fn inspect(
+    store: &Store,
+    layout: &Layout,
+    versioned: bool,
+    id: &BackupId,
+    keys: &[(String, u64)],
+    now: OffsetDateTime,
+) -> Inspection {
+    let prefix = layout.backup_prefix(id);
+    let mine = |key: &str| layout.parse_key(key).is_some_and(|(k, _)| &k == id);
+    let mut versions: Vec<StoredVersion> = match store.list_versions(&prefix).await {
+        Ok(v) => v
+            .into_iter()
+            .filter(|v| mine(&v.key))
+            .map(|mut v| {
+                if v.version_id.as_deref() == Some("null") && !versioned {
+                    v.version_id = None;
+                }
+                v
+            })
+            .collect(),
+        Err(S3Error::Other { .. }) => Vec::new(),
+        Err(e) => {
+            return Inspection::Unreadable(format!(
+                "cannot list its object versions ({e}); nothing deleted"
+            ))
+        }
+    };
+    let listed: BTreeSet<String> = versions
+        .iter()
+        .filter(|v| !v.delete_marker)
+        .map(|v| v.key.clone())
+        .collect();
+    for (key, _) in keys.iter().filter(|(k, _)| mine(k)) {
+        if !listed.contains(key) {
+            versions.push(StoredVersion {
+                key: key.clone(),
+                version_id: None,
+                delete_marker: false,
+            });
+        }
+    }
+    // Owned items: borrowing futures in a buffered stream trip the `Send` check of the
+    // server's spawned connection task.
+    let objects: Vec<(String, Option<String>)> = versions
+        .iter()
+        .filter(|v| !v.delete_marker)
+        .map(|v| (v.key.clone(), v.version_id.clone()))
+        .collect();
+    let heads: Vec<(String, Result<VersionLock, S3Error>)> = stream::iter(objects)
+        .map(|(key, version_id)| {
+            let store = store.clone();
+            async move {
+                let lock = store.version_lock(&key, version_id.as_deref()).await;
+                (key, lock)
+            }
+        })
+        .buffered(HEAD_CONCURRENCY)
+        .collect()
+        .await;
+    let mut locks = Vec::with_capacity(heads.len());
+    for (key, lock) in heads {
+        match lock {
+            Ok(l) => locks.push(l),
+            Err(e) => {
+                let object = key.strip_prefix(&prefix).unwrap_or(&key);
+                return Inspection::Unreadable(format!(
+                    "the lock state of {object} cannot be read ({e}); skipped, nothing deleted"
+                ));
+            }
+        }
+    }
+    if let Some(reason) = retention::lock_reason(&locks, now) {
+        return Inspection::Locked(reason);
+    }
+    let mut plan = versions;
+    plan.sort_by_key(|v| {
+        let object = v.key.strip_prefix(&prefix).unwrap_or(&v.key).to_owned();
+        (delete_rank(&object), object, !v.delete_marker)
+    });
+    Inspection::Delete(plan)
+}
+
+/// Deletion order; see the module docs for why.
+fn delete_rank(object: &str) -> u8 {
+    match object {
+        MANIFEST_OBJECT => 0,
+        DATA_OBJECT => 2,
+        FAILURE_OBJECT => 3,
+        _ => 1,
+    }
+}
+
+/// Deletes `plan` in order; on the first failure stops and says what is left.
+async fn delete(
+    store: &Store,
+    layout: &Layout,
+    id: &BackupId,
+    plan: &[StoredVersion],
+) -> Result<(), String> {
+    let prefix = layout.backup_prefix(id);
+    for (done, v) in plan.iter().enumerate() {
+        if let Err(e) = store.delete_version(&v.key, v.version_id.as_deref()).await {
+            let object = v.key.strip_prefix(&prefix).unwrap_or(&v.key);
+            warn!(backup_id = %id, object, error = %e, "prune stopped");
+            return Err(format!(
+                "deleting {object} failed ({e}) after {done} of {} versions; what is left stays listed",
+                plan.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manifest_goes_first_and_the_snapshot_and_failure_record_last() {
+        let mut objects = vec![
+            "failure.json",
+            "data.rdb",
+            "verify/20261122T000000Z-abcdef.json",
+            "manifest.json",
+        ];
+        objects.sort_by_key(|o| (delete_rank(o), o.to_string()));
+        assert_eq!(
+            objects,
+            vec![
+                "manifest.json",
+                "verify/20261122T000000Z-abcdef.json",
+                "data.rdb",
+                "failure.json"
+            ]
+        );
+    }
+
+    #[test]
+    fn params_refuse_unknown_keys_and_bad_values() {
+        let bad = [
+            json!({"keep-last": 1, "keep_last": 1}),
+            json!({"keep-last": -1}),
+            json!({"keep-last": 1.5}),
+            json!({"confirm": "yes"}),
+            json!({"cluster": "other"}),
+        ];
+        for raw in bad {
+            assert!(params::<PruneParams>(raw.clone()).is_err(), "{raw}");
+        }
+        let p: PruneParams = params(json!({"keep-days": 0.5, "confirm": true})).unwrap();
+        assert_eq!(p.keep_days, Some(0.5));
+        assert!(p.confirm && p.keep_last.is_none() && p.abandoned_after_hours.is_none());
+    }
 }

@@ -1,17 +1,294 @@
-//! placeholder
+//! `verify-backup`: prove a stored backup is intact, and with `load` that a server loads it.
+//!
+//! The check re-reads the object through [`download_checked`] (size, SHA-256, RDB
+//! trailer, CRC64 against the manifest). With `load`, the file goes to a scratch server
+//! of the same family (the server binary beside the configured cli, or `server`), which
+//! listens only on a Unix socket in a temporary directory, and its key counts per database
+//! are compared with the manifest. The outcome is written as a new object
+//! `verify/<time>.json` — never by changing the manifest — and `list-backups` shows the
+//! latest one. Backups of another cluster are verified read-only: no record is written.
 
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use tokio::process::Command;
+use tracing::{info, warn};
 
-use super::AgentState;
+use super::{params, rfc3339, AgentState};
+use crate::backup_id::BackupId;
 use crate::error::OpError;
-use crate::progress::EventSink;
+use crate::fetch::{download_checked, finished_manifest};
+use crate::progress::{EventSink, ProgressReporter};
+use crate::s3::Store;
+use crate::store::{Layout, ManifestV1, VerifyRecord, MANIFEST_FORMAT};
+use crate::valkey::{ValkeyCli, ValkeyError};
 
-pub async fn run(
-    _state: &Arc<AgentState>,
-    _raw: Value,
-    _events: EventSink,
-) -> Result<Value, OpError> {
-    Err(OpError::Internal("not implemented yet".into()))
+/// How long a scratch server may take to load a backup.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(1800);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct VerifyParams {
+    backup_id: String,
+    #[serde(default)]
+    source_cluster: Option<String>,
+    #[serde(default)]
+    load: bool,
+    /// The server binary for `load` (default: `valkey-server`/`redis-server` beside the cli).
+    #[serde(default)]
+    server: Option<PathBuf>,
+}
+
+pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Result<Value, OpError> {
+    let p: VerifyParams = params(raw)?;
+    let config = state.config()?;
+    let s3 = config
+        .s3
+        .clone()
+        .ok_or_else(|| OpError::NotConfigured("no S3 storage is configured".into()))?;
+    let id = BackupId::parse(&p.backup_id).map_err(|e| OpError::BadRequest(e.to_string()))?;
+    let cluster = match &p.source_cluster {
+        Some(c) => {
+            crate::config::validate_cluster(c)?;
+            c.clone()
+        }
+        None => config.cluster.clone(),
+    };
+    let own = cluster == config.cluster;
+    let server = match &p.server {
+        Some(s) => Some(s.clone()),
+        None if p.load => Some(server_beside(&config.valkey.cli)?),
+        None => None,
+    };
+    let store = Store::new(&s3)?;
+    let layout = Layout::new(s3.clean_path(), &cluster);
+    let manifest = finished_manifest(&store, &layout, &id).await?;
+    let mut reporter = ProgressReporter::new(events, Some(id.to_string()));
+
+    let scratch = tempfile::Builder::new()
+        .prefix("verify-")
+        .tempdir_in(&state.state_dir)
+        .map_err(|e| OpError::Internal(format!("scratch directory: {}", e.kind())))?;
+    let outcome = check(
+        &store,
+        &manifest,
+        p.load,
+        server.as_deref(),
+        &config.valkey.cli,
+        scratch.path(),
+        &mut reporter,
+        state,
+    )
+    .await;
+
+    let checked_at = OffsetDateTime::now_utc();
+    let (ok, code, reason, load) = match &outcome {
+        Ok(load) => (true, None, None, load.clone()),
+        Err(e) => (
+            false,
+            Some(e.code().as_str().to_owned()),
+            Some(e.to_string()),
+            None,
+        ),
+    };
+    let record = VerifyRecord {
+        format_version: MANIFEST_FORMAT,
+        backup_id: id.to_string(),
+        checked_at: rfc3339(checked_at),
+        unit: config.unit.clone(),
+        ok,
+        code,
+        reason,
+        size_bytes: manifest.stored_size_bytes,
+        sha256_ok: !matches!(&outcome, Err(OpError::Integrity(m)) if m.contains("SHA-256")),
+        crc64_ok: !matches!(&outcome, Err(OpError::Stream(_))),
+        load,
+        agent_version: crate::AGENT_VERSION.into(),
+    };
+    let record_key = if own {
+        let key = layout.verify_key(&id, checked_at);
+        if let Err(e) = store.put_record(&key, &record).await {
+            warn!(backup_id = %id, error = %e, "could not write the verification record");
+            return Err(e.into());
+        }
+        Some(key)
+    } else {
+        None
+    };
+    info!(backup_id = %id, ok, "verification finished");
+    outcome?;
+    Ok(json!({
+        "backup-id": id.to_string(),
+        "ok": true,
+        "checked-at": record.checked_at,
+        "size-bytes": manifest.stored_size_bytes,
+        "sha256": manifest.sha256,
+        "load": record.load,
+        "record-key": record_key,
+    }))
+}
+
+/// `valkey-server` or `redis-server` in the cli's directory.
+fn server_beside(cli: &Path) -> Result<PathBuf, OpError> {
+    let name = cli.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let server = if name.starts_with("redis") {
+        "redis-server"
+    } else {
+        "valkey-server"
+    };
+    let path = cli.with_file_name(server);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(OpError::BadRequest(format!(
+            "load needs a server binary: {} does not exist (pass server)",
+            path.display()
+        )))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn check(
+    store: &Store,
+    manifest: &ManifestV1,
+    load: bool,
+    server: Option<&Path>,
+    cli: &Path,
+    scratch: &Path,
+    reporter: &mut ProgressReporter,
+    state: &AgentState,
+) -> Result<Option<Value>, OpError> {
+    let rdb = scratch.join("dump.rdb");
+    if !load {
+        download_checked(
+            store,
+            manifest,
+            None,
+            reporter,
+            "verifying",
+            &state.shutdown,
+        )
+        .await?;
+        return Ok(None);
+    }
+    let mut file = tokio::fs::File::create(&rdb)
+        .await
+        .map_err(|e| OpError::Internal(format!("scratch file: {}", e.kind())))?;
+    download_checked(
+        store,
+        manifest,
+        Some(&mut file),
+        reporter,
+        "verifying",
+        &state.shutdown,
+    )
+    .await?;
+    drop(file);
+    let server = server.expect("resolved when load is set");
+    reporter.update("loading", manifest.stored_size_bytes, None, true);
+    let keys = load_in_scratch_server(server, cli, scratch, &state.shutdown).await?;
+    let expected: serde_json::Map<String, Value> = manifest
+        .keyspace_at_start
+        .iter()
+        .map(|(db, n)| (db.clone(), json!(n)))
+        .collect();
+    let matches = keys == expected;
+    if !matches && manifest.keyspace_exact {
+        return Err(OpError::Integrity(format!(
+            "the backup loads with key counts {} but the source had {} when it was taken",
+            Value::Object(keys),
+            Value::Object(expected)
+        )));
+    }
+    Ok(Some(json!({
+        "loaded": true,
+        "keys": keys,
+        "keys-at-backup": expected,
+        "keys-match": matches,
+        "keys-exact-at-backup": manifest.keyspace_exact,
+    })))
+}
+
+/// Starts a server on `scratch/dump.rdb`, listening only on a Unix socket, waits until it
+/// loaded, returns its key counts, and stops it.
+async fn load_in_scratch_server(
+    server: &Path,
+    cli: &Path,
+    scratch: &Path,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<serde_json::Map<String, Value>, OpError> {
+    let socket = scratch.join("s.sock");
+    let log = scratch.join("server.log");
+    let mut child = Command::new(server)
+        .env_clear()
+        .args(["--port", "0", "--unixsocket"])
+        .arg(&socket)
+        .args(["--unixsocketperm", "700", "--dir"])
+        .arg(scratch)
+        .args([
+            "--dbfilename",
+            "dump.rdb",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ])
+        .arg("--logfile")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            OpError::BadRequest(format!("cannot start {}: {}", server.display(), e.kind()))
+        })?;
+    let scratch_cli = ValkeyCli::scratch(cli.to_owned(), socket.clone());
+    let deadline = Instant::now() + LOAD_TIMEOUT;
+    let result = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let line = tail
+                .lines()
+                .rev()
+                .find(|l| l.contains('#'))
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            break Err(OpError::Valkey(ValkeyError::Cli {
+                detail: format!("the scratch server could not load the backup ({status}): {line}"),
+            }));
+        }
+        if socket.exists() {
+            match scratch_cli.info().await {
+                Ok(info) if !info.loading => {
+                    break Ok(info
+                        .keyspace
+                        .iter()
+                        .map(|(db, n)| (db.clone(), json!(n)))
+                        .collect());
+                }
+                _ => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            break Err(OpError::Valkey(ValkeyError::Cli {
+                detail: "the scratch server did not finish loading".into(),
+            }));
+        }
+        if cancel.is_cancelled() {
+            break Err(OpError::Cancelled);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    result
 }

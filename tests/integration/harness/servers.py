@@ -131,6 +131,20 @@ class ValkeyServer:
                 raise
         raise StartupError(f"{self.kind}: could not bind a free port in 3 attempts")
 
+    def start_again(self) -> ValkeyServer:
+        """Start once more on the same port and dir (after `stop()`), as a service restart
+        does: the agent under test keeps its configured address."""
+        assert self.port, "start() first"
+        self.proc = ManagedProcess(
+            self._argv(), self.log_path, cwd=self.dir, name=f"{self.kind}-server:{self.port}"
+        ).start()
+        try:
+            self.wait_ready(self.startup_timeout)
+        except BaseException:
+            self.proc.kill()
+            raise
+        return self
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Poll until the server answers INFO and has finished loading its dataset."""
         assert self.proc is not None

@@ -1,0 +1,629 @@
+//! Retention: which backups a policy keeps, which it would delete, and why.
+//!
+//! Pure logic, no I/O: `prune-backups` lists the store, hands the backups (id and status)
+//! and the policy to [`select`], then does the deleting itself. Keeping this apart means
+//! every rule (the newest finished backup always stays, running backups are never touched,
+//! failed ones follow the finished ones) is unit-tested without a store.
+//!
+//! A backup's age is the start time in its id (ids carry it, and the manifest records the
+//! same instant), so selection needs no record reads.
+
+use std::collections::HashSet;
+
+use time::OffsetDateTime;
+
+use crate::backup_id::BackupId;
+use crate::store::BackupStatus;
+
+/// The default for `abandoned-after-hours`: an upload open this long has no agent left.
+pub const DEFAULT_ABANDONED_AFTER_HOURS: f64 = 24.0;
+
+const SECS_PER_DAY: f64 = 86_400.0;
+const SECS_PER_HOUR: f64 = 3_600.0;
+
+/// A validated retention policy: at least one rule is set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    keep_last: Option<u32>,
+    keep_days: Option<f64>,
+}
+
+impl Policy {
+    /// `keep-last` keeps the N newest finished backups (N ≥ 1); `keep-days` keeps those
+    /// started less than D days ago (D ≥ 0). A backup is kept when either rule keeps it.
+    pub fn new(keep_last: Option<u32>, keep_days: Option<f64>) -> Result<Policy, String> {
+        if keep_last == Some(0) {
+            return Err("keep-last must be at least 1".into());
+        }
+        if let Some(d) = keep_days {
+            if !d.is_finite() || d < 0.0 {
+                return Err("keep-days must be a number of days, 0 or more".into());
+            }
+        }
+        if keep_last.is_none() && keep_days.is_none() {
+            return Err("give keep-last or keep-days".into());
+        }
+        Ok(Policy {
+            keep_last,
+            keep_days,
+        })
+    }
+
+    pub fn keep_last(&self) -> Option<u32> {
+        self.keep_last
+    }
+
+    pub fn keep_days(&self) -> Option<f64> {
+        self.keep_days
+    }
+}
+
+/// What the policy says about one backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Stays; the text says which rule keeps it.
+    Keep(String),
+    /// Outside the policy; the text says why. (The caller still checks Object Lock.)
+    Delete(String),
+}
+
+/// One backup's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub id: BackupId,
+    pub status: BackupStatus,
+    pub verdict: Verdict,
+}
+
+/// Applies `policy` at `now` to `backups` (any order); returns one decision per backup,
+/// newest first.
+///
+/// * Finished: kept when among the `keep-last` newest finished backups or younger than
+///   `keep-days`; the newest finished backup is kept whatever the policy.
+/// * Failed and incomplete: deleted when older than `keep-days`; with `keep-last` alone,
+///   when started before the oldest finished backup that is kept (they hold nothing a
+///   restore can use, but they are the record of what went wrong recently).
+/// * Running and abandoned: never deleted here (an open upload is aborted by the
+///   abandoned-upload rule, not by retention).
+pub fn select(
+    backups: &[(BackupId, BackupStatus)],
+    policy: &Policy,
+    now: OffsetDateTime,
+) -> Vec<Decision> {
+    let mut sorted: Vec<&(BackupId, BackupStatus)> = backups.iter().collect();
+    sorted.sort_by(|a, b| b.0.cmp(&a.0));
+    let finished: Vec<&BackupId> = sorted
+        .iter()
+        .filter(|(_, s)| *s == BackupStatus::Finished)
+        .map(|(id, _)| id)
+        .collect();
+    let newest_finished = finished.first().copied();
+    let by_last: HashSet<&BackupId> = match policy.keep_last {
+        Some(n) => finished.iter().take(n as usize).copied().collect(),
+        None => HashSet::new(),
+    };
+    let younger = |id: &BackupId| {
+        policy
+            .keep_days
+            .map(|d| age_secs(id, now) < d * SECS_PER_DAY)
+    };
+
+    let mut decisions = Vec::with_capacity(sorted.len());
+    let mut oldest_kept_finished: Option<&BackupId> = None;
+    for (id, status) in sorted.iter().filter(|(_, s)| *s == BackupStatus::Finished) {
+        let kept_by_last = policy.keep_last.map(|_| by_last.contains(id));
+        let kept_by_days = younger(id);
+        let mut keeps = Vec::new();
+        let mut drops = Vec::new();
+        match (kept_by_last, policy.keep_last) {
+            (Some(true), Some(1)) => keeps.push("the newest finished backup".into()),
+            (Some(false), Some(1)) => drops.push("not the newest finished backup".into()),
+            (Some(true), Some(n)) => keeps.push(format!("among the {n} newest finished backups")),
+            (Some(false), Some(n)) => {
+                drops.push(format!("not among the {n} newest finished backups"))
+            }
+            _ => {}
+        }
+        match (kept_by_days, policy.keep_days) {
+            (Some(true), Some(d)) => keeps.push(format!("younger than {}", days(d))),
+            (Some(false), Some(d)) => drops.push(format!("older than {}", days(d))),
+            _ => {}
+        }
+        let verdict = if !keeps.is_empty() {
+            Verdict::Keep(keeps.join(" and "))
+        } else if Some(id) == newest_finished {
+            Verdict::Keep("the newest finished backup is always kept".into())
+        } else {
+            // Days first: "older than 7 days and not among the 3 newest finished backups".
+            drops.reverse();
+            Verdict::Delete(drops.join(" and "))
+        };
+        if matches!(verdict, Verdict::Keep(_)) {
+            oldest_kept_finished = Some(id);
+        }
+        decisions.push(Decision {
+            id: id.clone(),
+            status: *status,
+            verdict,
+        });
+    }
+
+    for (id, status) in sorted.iter().filter(|(_, s)| *s != BackupStatus::Finished) {
+        let what = status_word(*status);
+        let verdict = match status {
+            BackupStatus::Running => Verdict::Keep(
+                "running: its upload is open; only the abandoned-upload rule touches it".into(),
+            ),
+            BackupStatus::Abandoned => Verdict::Keep(
+                "abandoned: no objects to delete; its open upload is aborted separately".into(),
+            ),
+            _ => match (policy.keep_days, oldest_kept_finished) {
+                (Some(d), _) => {
+                    if younger(id) == Some(true) {
+                        Verdict::Keep(format!("{what} backup younger than {}", days(d)))
+                    } else {
+                        Verdict::Delete(format!("{what} backup older than {}", days(d)))
+                    }
+                }
+                (None, Some(oldest)) => {
+                    if id.started_at() < oldest.started_at() {
+                        Verdict::Delete(format!(
+                            "{what} backup older than the oldest kept finished backup ({oldest})"
+                        ))
+                    } else {
+                        Verdict::Keep(format!(
+                            "{what} backup not older than the oldest kept finished backup ({oldest})"
+                        ))
+                    }
+                }
+                (None, None) => Verdict::Keep(format!(
+                    "{what} backup: no finished backup to compare with (give keep-days to prune it)"
+                )),
+            },
+        };
+        decisions.push(Decision {
+            id: id.clone(),
+            status: *status,
+            verdict,
+        });
+    }
+    decisions.sort_by(|a, b| b.id.cmp(&a.id));
+    decisions
+}
+
+/// The `abandoned-after-hours` parameter: default 24, a number of hours 0 or more.
+pub fn abandoned_after_hours(param: Option<f64>) -> Result<f64, String> {
+    match param {
+        None => Ok(DEFAULT_ABANDONED_AFTER_HOURS),
+        Some(h) if h.is_finite() && h >= 0.0 => Ok(h),
+        Some(_) => Err("abandoned-after-hours must be a number of hours, 0 or more".into()),
+    }
+}
+
+/// When an open upload started, as far as can be trusted: the store's `Initiated`, but
+/// never earlier than the start time in the backup's id (the agent creates the upload
+/// after it has named the backup, so an earlier date is a store's error: moto, for one,
+/// reports a fixed date in 2010). Unknown `Initiated`: the backup's start time.
+pub fn upload_started(initiated: Option<i64>, backup_started: OffsetDateTime) -> OffsetDateTime {
+    initiated
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .map_or(backup_started, |t| t.max(backup_started))
+}
+
+/// Whether an open multipart upload belongs to an agent that is gone: it started (see
+/// [`upload_started`]) at least `after_hours` ago. `0` makes every upload abandoned,
+/// whatever the difference between the store's clock and ours.
+pub fn upload_is_abandoned(
+    initiated: Option<i64>,
+    backup_started: OffsetDateTime,
+    now: OffsetDateTime,
+    after_hours: f64,
+) -> bool {
+    if after_hours <= 0.0 {
+        return true;
+    }
+    let since = upload_started(initiated, backup_started);
+    (now - since).as_seconds_f64() >= after_hours * SECS_PER_HOUR
+}
+
+/// The status shown for a backup: `running` becomes `abandoned` when every one of its
+/// open uploads is abandoned (see [`upload_is_abandoned`]).
+pub fn shown_status(
+    status: BackupStatus,
+    id: &BackupId,
+    upload_initiated: &[Option<i64>],
+    now: OffsetDateTime,
+    after_hours: f64,
+) -> BackupStatus {
+    if status == BackupStatus::Running
+        && !upload_initiated.is_empty()
+        && upload_initiated
+            .iter()
+            .all(|t| upload_is_abandoned(*t, id.started_at(), now, after_hours))
+    {
+        BackupStatus::Abandoned
+    } else {
+        status
+    }
+}
+
+/// The Object Lock state of one object version, as the store reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VersionLock {
+    /// `GOVERNANCE` or `COMPLIANCE`.
+    pub mode: Option<String>,
+    /// Unix seconds.
+    pub retain_until: Option<i64>,
+    pub legal_hold: bool,
+}
+
+/// Why a backup whose versions have these lock states must stay (`None`: nothing is
+/// locked). Any mode counts: the agent never bypasses governance retention.
+pub fn lock_reason(locks: &[VersionLock], now: OffsetDateTime) -> Option<String> {
+    let now = now.unix_timestamp();
+    let held = locks.iter().any(|l| l.legal_hold);
+    let retained = locks
+        .iter()
+        .filter(|l| l.retain_until.is_some_and(|t| t > now))
+        .max_by_key(|l| l.retain_until);
+    let retention = retained.map(|l| {
+        let until = l
+            .retain_until
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+            .map(crate::ops::rfc3339)
+            .unwrap_or_default();
+        match &l.mode {
+            Some(m) => format!("retained until {until} ({m})"),
+            None => format!("retained until {until}"),
+        }
+    });
+    match (held, retention) {
+        (true, Some(r)) => Some(format!("legal hold; {r}")),
+        (true, None) => Some("legal hold".into()),
+        (false, r) => r,
+    }
+}
+
+fn age_secs(id: &BackupId, now: OffsetDateTime) -> f64 {
+    (now - id.started_at()).as_seconds_f64()
+}
+
+fn status_word(s: BackupStatus) -> &'static str {
+    match s {
+        BackupStatus::Finished => "finished",
+        BackupStatus::Failed => "failed",
+        BackupStatus::Incomplete => "incomplete",
+        BackupStatus::Running => "running",
+        BackupStatus::Abandoned => "abandoned",
+    }
+}
+
+/// `7` → "7 days", `1` → "1 day", `0.5` → "0.5 days".
+pub fn days(d: f64) -> String {
+    plural(d, "day")
+}
+
+/// `24` → "24 hours", `1` → "1 hour".
+pub fn hours(h: f64) -> String {
+    plural(h, "hour")
+}
+
+fn plural(v: f64, unit: &str) -> String {
+    if v == 1.0 {
+        format!("1 {unit}")
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{} {unit}s", v as i64)
+    } else {
+        format!("{v} {unit}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+    use time::Duration;
+
+    const NOW: OffsetDateTime = datetime!(2026-11-21 12:00:00 UTC);
+
+    /// A backup started `days_ago` days before NOW.
+    fn b(days_ago: f64, status: BackupStatus) -> (BackupId, BackupStatus) {
+        let t = NOW - Duration::seconds_f64(days_ago * SECS_PER_DAY);
+        (BackupId::generate(t, "valkey/0").unwrap(), status)
+    }
+
+    fn verdicts(backups: &[(BackupId, BackupStatus)], p: &Policy) -> Vec<(f64, bool, String)> {
+        // (age in days, deleted?, reason), newest first
+        select(backups, p, NOW)
+            .into_iter()
+            .map(|d| {
+                let age = ((NOW - d.id.started_at()).as_seconds_f64() / SECS_PER_DAY * 100.0)
+                    .round()
+                    / 100.0;
+                match d.verdict {
+                    Verdict::Keep(r) => (age, false, r),
+                    Verdict::Delete(r) => (age, true, r),
+                }
+            })
+            .collect()
+    }
+
+    fn deleted_ages(backups: &[(BackupId, BackupStatus)], p: &Policy) -> Vec<f64> {
+        verdicts(backups, p)
+            .into_iter()
+            .filter(|v| v.1)
+            .map(|v| v.0)
+            .collect()
+    }
+
+    use BackupStatus::{Abandoned, Failed, Finished, Incomplete, Running};
+
+    #[test]
+    fn policy_needs_a_rule_and_sane_values() {
+        assert_eq!(
+            Policy::new(None, None).unwrap_err(),
+            "give keep-last or keep-days"
+        );
+        assert!(Policy::new(Some(0), None).is_err());
+        assert!(Policy::new(None, Some(-1.0)).is_err());
+        assert!(Policy::new(None, Some(f64::NAN)).is_err());
+        assert!(Policy::new(None, Some(f64::INFINITY)).is_err());
+        assert!(Policy::new(None, Some(0.0)).is_ok());
+        assert!(Policy::new(Some(1), None).is_ok());
+    }
+
+    #[test]
+    fn keep_last_keeps_the_n_newest_finished_and_says_why() {
+        let bs = [
+            b(1.0, Finished),
+            b(2.0, Finished),
+            b(3.0, Finished),
+            b(4.0, Finished),
+        ];
+        let v = verdicts(&bs, &Policy::new(Some(2), None).unwrap());
+        assert_eq!(
+            v,
+            vec![
+                (1.0, false, "among the 2 newest finished backups".into()),
+                (2.0, false, "among the 2 newest finished backups".into()),
+                (3.0, true, "not among the 2 newest finished backups".into()),
+                (4.0, true, "not among the 2 newest finished backups".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn keep_last_one_reads_naturally() {
+        let bs = [b(1.0, Finished), b(2.0, Finished)];
+        let v = verdicts(&bs, &Policy::new(Some(1), Some(0.0)).unwrap());
+        assert_eq!(v[0].2, "the newest finished backup");
+        assert_eq!(
+            v[1].2,
+            "older than 0 days and not the newest finished backup"
+        );
+    }
+
+    #[test]
+    fn keep_days_keeps_younger_backups_only() {
+        let bs = [
+            b(0.5, Finished),
+            b(6.9, Finished),
+            b(7.0, Finished),
+            b(30.0, Finished),
+        ];
+        let p = Policy::new(None, Some(7.0)).unwrap();
+        assert_eq!(deleted_ages(&bs, &p), vec![7.0, 30.0]);
+        let v = verdicts(&bs, &p);
+        assert_eq!(v[1].2, "younger than 7 days");
+        assert_eq!(v[2].2, "older than 7 days");
+    }
+
+    #[test]
+    fn either_rule_keeps_a_backup() {
+        let bs = [
+            b(1.0, Finished),
+            b(2.0, Finished),
+            b(10.0, Finished),
+            b(20.0, Finished),
+        ];
+        // keep-last 3 keeps the 10-day-old one although keep-days 7 would drop it.
+        let p = Policy::new(Some(3), Some(7.0)).unwrap();
+        let v = verdicts(&bs, &p);
+        assert_eq!(deleted_ages(&bs, &p), vec![20.0]);
+        assert_eq!(
+            v[0].2,
+            "among the 3 newest finished backups and younger than 7 days"
+        );
+        assert_eq!(v[2].2, "among the 3 newest finished backups");
+        assert_eq!(
+            v[3].2,
+            "older than 7 days and not among the 3 newest finished backups"
+        );
+        // keep-days 30 keeps everything that keep-last 1 would drop.
+        let p = Policy::new(Some(1), Some(30.0)).unwrap();
+        assert!(deleted_ages(&bs, &p).is_empty());
+    }
+
+    #[test]
+    fn the_newest_finished_backup_is_always_kept() {
+        let bs = [
+            b(1.0, Failed),
+            b(40.0, Finished),
+            b(50.0, Finished),
+            b(60.0, Incomplete),
+        ];
+        let p = Policy::new(None, Some(0.0)).unwrap();
+        let v = verdicts(&bs, &p);
+        assert_eq!(
+            v[1],
+            (
+                40.0,
+                false,
+                "the newest finished backup is always kept".into()
+            )
+        );
+        assert_eq!(deleted_ages(&bs, &p), vec![1.0, 50.0, 60.0]);
+        // Also when it is older than some failures and keep-days is 0.
+        assert!(!v[1].1);
+    }
+
+    #[test]
+    fn no_finished_backup_means_nothing_finished_to_delete() {
+        assert!(select(&[], &Policy::new(Some(1), None).unwrap(), NOW).is_empty());
+        let bs = [b(5.0, Failed), b(9.0, Incomplete)];
+        let p = Policy::new(Some(3), None).unwrap();
+        let v = verdicts(&bs, &p);
+        assert!(v.iter().all(|x| !x.1), "{v:?}");
+        assert!(v[0].2.contains("give keep-days"), "{v:?}");
+        // keep-days prunes them.
+        let p = Policy::new(Some(3), Some(7.0)).unwrap();
+        assert_eq!(deleted_ages(&bs, &p), vec![9.0]);
+    }
+
+    #[test]
+    fn failures_follow_keep_days_or_the_oldest_kept_finished_backup() {
+        let bs = [
+            b(1.0, Finished),
+            b(2.0, Failed),
+            b(3.0, Finished),
+            b(4.0, Incomplete),
+            b(5.0, Finished),
+            b(6.0, Failed),
+        ];
+        // keep-last 2 keeps the finished ones at 1 and 3 days; failures older than the
+        // 3-day one go, the 2-day failure stays.
+        let p = Policy::new(Some(2), None).unwrap();
+        let v = verdicts(&bs, &p);
+        assert_eq!(deleted_ages(&bs, &p), vec![4.0, 5.0, 6.0]);
+        assert!(
+            v[1].2
+                .starts_with("failed backup not older than the oldest kept"),
+            "{v:?}"
+        );
+        assert!(
+            v[3].2
+                .starts_with("incomplete backup older than the oldest kept"),
+            "{v:?}"
+        );
+        // With keep-days, failures follow the age rule alone.
+        let p = Policy::new(Some(2), Some(1.5)).unwrap();
+        let v = verdicts(&bs, &p);
+        assert_eq!(deleted_ages(&bs, &p), vec![2.0, 4.0, 5.0, 6.0]);
+        assert_eq!(v[1].2, "failed backup older than 1.5 days");
+    }
+
+    #[test]
+    fn running_and_abandoned_backups_are_never_deleted() {
+        let bs = [b(100.0, Running), b(200.0, Abandoned), b(300.0, Finished)];
+        let p = Policy::new(Some(1), Some(0.0)).unwrap();
+        let v = verdicts(&bs, &p);
+        assert!(v.iter().all(|x| !x.1), "{v:?}");
+        assert!(v[0].2.starts_with("running"));
+        assert!(v[1].2.starts_with("abandoned"));
+    }
+
+    #[test]
+    fn decisions_come_newest_first_whatever_the_input_order() {
+        let bs = [b(3.0, Finished), b(1.0, Failed), b(2.0, Finished)];
+        let p = Policy::new(Some(1), None).unwrap();
+        let ages: Vec<f64> = verdicts(&bs, &p).iter().map(|v| v.0).collect();
+        assert_eq!(ages, vec![1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn future_dated_backups_count_as_young() {
+        let bs = [b(-1.0, Finished), b(10.0, Finished), b(11.0, Finished)];
+        let p = Policy::new(None, Some(0.0)).unwrap();
+        assert_eq!(deleted_ages(&bs, &p), vec![10.0, 11.0]);
+    }
+
+    #[test]
+    fn abandoned_age_defaults_to_a_day_and_must_be_sane() {
+        assert_eq!(abandoned_after_hours(None), Ok(24.0));
+        assert_eq!(abandoned_after_hours(Some(0.0)), Ok(0.0));
+        assert_eq!(abandoned_after_hours(Some(1.5)), Ok(1.5));
+        assert!(abandoned_after_hours(Some(-1.0)).is_err());
+    }
+
+    #[test]
+    fn uploads_are_abandoned_after_the_age_limit() {
+        let started = NOW - Duration::hours(30);
+        let at = |h: i64| Some((NOW - Duration::hours(h)).unix_timestamp());
+        assert!(upload_is_abandoned(at(25), started, NOW, 24.0));
+        assert!(upload_is_abandoned(at(24), started, NOW, 24.0));
+        assert!(!upload_is_abandoned(at(23), started, NOW, 24.0));
+        // Unknown initiation time: the backup's start time stands in.
+        assert!(upload_is_abandoned(None, started, NOW, 24.0));
+        assert!(!upload_is_abandoned(None, started, NOW, 48.0));
+        // An upload cannot predate its backup: a store's older date does not count.
+        let young_backup = NOW - Duration::hours(1);
+        assert!(!upload_is_abandoned(at(20_000), young_backup, NOW, 24.0));
+        assert_eq!(upload_started(at(20_000), young_backup), young_backup);
+        assert_eq!(
+            upload_started(at(1), young_backup).unix_timestamp(),
+            at(1).unwrap()
+        );
+        // 0: everything, even an upload "from the future" (clock skew).
+        assert!(upload_is_abandoned(at(-1), NOW, NOW, 0.0));
+    }
+
+    #[test]
+    fn running_is_shown_as_abandoned_only_when_every_upload_is() {
+        let id = BackupId::generate(NOW - Duration::hours(30), "valkey/0").unwrap();
+        let old = Some((NOW - Duration::hours(30)).unix_timestamp());
+        let young = Some((NOW - Duration::hours(1)).unix_timestamp());
+        let shown = |s, ups: &[Option<i64>], h| shown_status(s, &id, ups, NOW, h);
+        assert_eq!(shown(Running, &[old], 24.0), Abandoned);
+        assert_eq!(shown(Running, &[old, young], 24.0), Running);
+        assert_eq!(shown(Running, &[young], 24.0), Running);
+        assert_eq!(shown(Running, &[young], 0.0), Abandoned);
+        assert_eq!(shown(Running, &[], 0.0), Running);
+        // Other statuses are what they are.
+        assert_eq!(shown(Failed, &[old], 0.0), Failed);
+        assert_eq!(shown(Finished, &[old], 0.0), Finished);
+    }
+
+    #[test]
+    fn locks_in_force_keep_a_backup_with_a_reason() {
+        let until = (NOW + Duration::days(1)).unix_timestamp();
+        let past = (NOW - Duration::days(1)).unix_timestamp();
+        let free = VersionLock::default();
+        let retained = VersionLock {
+            mode: Some("COMPLIANCE".into()),
+            retain_until: Some(until),
+            legal_hold: false,
+        };
+        let expired = VersionLock {
+            mode: Some("GOVERNANCE".into()),
+            retain_until: Some(past),
+            legal_hold: false,
+        };
+        let held = VersionLock {
+            legal_hold: true,
+            ..Default::default()
+        };
+        assert_eq!(lock_reason(&[], NOW), None);
+        assert_eq!(lock_reason(&[free.clone(), expired.clone()], NOW), None);
+        assert_eq!(
+            lock_reason(&[free.clone(), retained.clone()], NOW).as_deref(),
+            Some("retained until 2026-11-22T12:00:00Z (COMPLIANCE)")
+        );
+        assert_eq!(
+            lock_reason(&[held.clone(), free], NOW).as_deref(),
+            Some("legal hold")
+        );
+        assert_eq!(
+            lock_reason(&[held, retained, expired], NOW).as_deref(),
+            Some("legal hold; retained until 2026-11-22T12:00:00Z (COMPLIANCE)")
+        );
+    }
+
+    #[test]
+    fn units_read_naturally() {
+        assert_eq!(days(1.0), "1 day");
+        assert_eq!(days(7.0), "7 days");
+        assert_eq!(days(0.0), "0 days");
+        assert_eq!(days(0.5), "0.5 days");
+        assert_eq!(hours(24.0), "24 hours");
+    }
+}
