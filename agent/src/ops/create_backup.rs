@@ -38,6 +38,9 @@ use crate::valkey::{RdbProcess, ServerInfo, ValkeyCli};
 
 /// Read size from the cli's pipe.
 const READ_BUF: usize = 128 * 1024;
+/// Room past a part's size: one read plus the validator's held-back tail may land in a
+/// part buffer before it is cut, and a buffer must never reallocate (that would double it).
+const PART_SLACK: usize = READ_BUF + crate::rdb::HOLD_BACK;
 
 pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Result<Value, OpError> {
     let _: NoParams = params(raw)?;
@@ -148,7 +151,7 @@ impl BackupRun<'_> {
 
         let mut validator = RdbValidator::new();
         let mut sha = Sha256::new();
-        let mut part = BytesMut::with_capacity(part_size + READ_BUF);
+        let mut part = BytesMut::with_capacity(part_size + PART_SLACK);
         let mut buf = vec![0u8; READ_BUF];
         loop {
             let n = tokio::select! {
@@ -336,7 +339,7 @@ impl BackupRun<'_> {
 /// Splits off exactly `size` bytes as a part, keeping the rest in a fresh buffer so that
 /// every part owns one allocation of bounded size.
 fn take_part(part: &mut BytesMut, size: usize) -> Bytes {
-    let mut next = BytesMut::with_capacity(part.capacity().max(size + READ_BUF));
+    let mut next = BytesMut::with_capacity(size + PART_SLACK);
     next.extend_from_slice(&part[size..]);
     part.truncate(size);
     std::mem::replace(part, next).freeze()
