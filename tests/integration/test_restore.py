@@ -3,6 +3,7 @@ and a damaged backup is refused before anything is touched."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -94,6 +95,7 @@ def test_restore_with_appendonly_makes_the_backup_the_live_data(
     )
 
     prepared, committed, finished = _restore(a, server, backup_id)
+    assert finished["keys-match"] is True
     assert prepared["appendonly"] is True
     assert committed["previous-aof"] == str(server.dir / "appendonlydir.pre-restore")
     assert_same_dataset(expected, dataset_fingerprint(server))
@@ -217,9 +219,7 @@ def test_commit_needs_the_server_stopped_and_the_session_holds_the_lock(
     a = agent()
     a.request("configure", configure_params(server, moto, moto_bucket, cluster="s.redis"))
     backup_id = a.request("create-backup").expect_ok()["backup-id"]
-    prepared = a.request(
-        "restore-backup", {"step": "prepare", "backup-id": backup_id}
-    ).expect_ok()
+    prepared = a.request("restore-backup", {"step": "prepare", "backup-id": backup_id}).expect_ok()
     rid = prepared["restore-id"]
     err = a.request("create-backup").expect_error("busy")
     assert backup_id in err.message
@@ -254,7 +254,7 @@ def test_cli_restore_on_a_plain_machine(valkey_server, agent, moto, moto_bucket,
         f"pid=$(cat {pidfile}); {cli} -p {port} shutdown nosave; "
         "while [ -e /proc/$pid ]; do sleep 0.05; done"
     )
-    subprocess.run(start, shell=True, check=True)
+    subprocess.run(["/bin/sh", "-c", start], check=True)
     try:
         import valkey
 
@@ -283,10 +283,8 @@ def test_cli_restore_on_a_plain_machine(valkey_server, agent, moto, moto_bucket,
         assert c.mget("a", "b") == [b"1", b"2"]
     finally:
         if pidfile.exists():
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
 
 
 def test_verify_with_load_writes_a_record_and_list_shows_it(
