@@ -286,6 +286,12 @@ pub fn prune_summary(result: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
+    // 7.0 → "7", 0.5 → "0.5"
+    let num = |v: &Value| match v.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+        Some(f) => f.to_string(),
+        None => s(v),
+    };
     let dry = result["dry-run"] != Value::Bool(false);
     let policy = &result["policy"];
     let mut rules = Vec::new();
@@ -293,7 +299,7 @@ pub fn prune_summary(result: &Value) -> String {
         rules.push(format!("keep-last {}", s(&policy["keep-last"])));
     }
     if !policy["keep-days"].is_null() {
-        let mut r = format!("keep-days {}", s(&policy["keep-days"]));
+        let mut r = format!("keep-days {}", num(&policy["keep-days"]));
         if policy["keep-days-from"] == "s3.delete-older-than-days" {
             r.push_str(" (from s3.delete-older-than-days)");
         }
@@ -301,7 +307,7 @@ pub fn prune_summary(result: &Value) -> String {
     }
     rules.push(format!(
         "uploads abandoned after {} h",
-        s(&policy["abandoned-after-hours"])
+        num(&policy["abandoned-after-hours"])
     ));
     let mut out = format!("cluster: {}\n", s(&result["cluster"]));
     if dry {

@@ -259,6 +259,7 @@ impl BackupRun<'_> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // one record, assembled from every phase
     fn manifest(
         &self,
         info: &ServerInfo,

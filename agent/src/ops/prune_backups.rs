@@ -107,6 +107,8 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
         })
         .collect();
     let decisions = retention::select(&backups, &policy, now);
+    let status_of: HashMap<&BackupId, BackupStatus> =
+        backups.iter().map(|(i, s)| (i, *s)).collect();
     let any_candidate = decisions
         .iter()
         .any(|d| matches!(d.verdict, Verdict::Delete(_)));
@@ -181,7 +183,8 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
             if let Err(e) = store.abort_upload(&u.key, &u.upload_id).await {
                 warn!(backup_id = %id, error = %e, "could not abort an abandoned upload");
                 out.skipped.push(json!({
-                    "backup-id": id.as_str(), "status": "abandoned",
+                    "backup-id": id.as_str(),
+                    "status": status_of.get(&id).copied().unwrap_or(BackupStatus::Abandoned),
                     "why": format!("could not abort its open upload: {e}"),
                 }));
                 continue;
@@ -270,11 +273,12 @@ enum Inspection {
 /// Lists every version of the backup's objects and reads each one's lock state.
 ///
 /// Versions come from ListObjectVersions; a store that does not implement it (Garage)
-/// has one version per listed key. Every key of the backup's current listing is included
-/// even when a store's version listing misses it, so a backup is never reported deleted
-/// while objects remain. A version id `null` (an object written while versioning was
-/// off) is named only on buckets that have versioning: elsewhere some stores refuse a
-/// version id altogether.
+/// has one version per listed key. A key of the backup's current listing that the
+/// version listing misses is added as such on stores not known to keep versions (so a
+/// backup is never reported deleted while objects remain), and makes the backup skipped
+/// on those that do. A version id `null` (an object written while versioning was off) is
+/// named only on buckets that have versioning: elsewhere some stores refuse a version id
+/// altogether.
 async fn inspect(
     store: &Store,
     layout: &Layout,
@@ -296,7 +300,9 @@ async fn inspect(
                 v
             })
             .collect(),
-        Err(S3Error::Other { .. }) => Vec::new(),
+        // No version listing (Garage): one version per key. Not on a bucket known to keep
+        // versions, where deleting by key alone would leave them behind a delete marker.
+        Err(S3Error::Other { .. }) if !versioned => Vec::new(),
         Err(e) => {
             return Inspection::Unreadable(format!(
                 "cannot list its object versions ({e}); nothing deleted"
@@ -310,6 +316,12 @@ async fn inspect(
         .collect();
     for (key, _) in keys.iter().filter(|(k, _)| mine(k)) {
         if !listed.contains(key) {
+            if versioned {
+                let object = key.strip_prefix(&prefix).unwrap_or(key);
+                return Inspection::Unreadable(format!(
+                    "the store's version listing misses {object}; skipped, nothing deleted"
+                ));
+            }
             versions.push(StoredVersion {
                 key: key.clone(),
                 version_id: None,

@@ -1,0 +1,412 @@
+"""prune-backups against real stores: retention rules, Object Lock (retention and legal
+hold, per version), every version deleted without delete markers, dry runs that change
+nothing, lock states that cannot be read, and the upload a killed agent leaves open."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import http.client
+import http.server
+import json
+import threading
+import urllib.parse
+
+import pytest
+from checks import bucket_state, prefix_of
+from faults import cli_wrapper
+from harness import (
+    AgentProtocolError,
+    configure_params,
+    load_dataset,
+    unique_bucket_name,
+    wait_until,
+)
+
+MiB = 1024 * 1024
+
+# Backups "from 2020", made by copying a real backup's objects under older ids: real
+# objects in the real store, old enough for any policy without waiting days.
+OLD_FREE = "20200101T000000Z-valkey-0-aaaaaa"
+OLD_RETAINED = "20200102T000000Z-valkey-0-bbbbbb"
+OLD_HELD = "20200103T000000Z-valkey-0-cccccc"
+OLD_FAILED = "20200104T000000Z-valkey-0-dddddd"
+
+
+def _put(s3, bucket: str, key: str, body: bytes) -> str | None:
+    """PutObject with Content-MD5 (Object Lock buckets require it); the new VersionId."""
+    md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+    return s3.put_object(Bucket=bucket, Key=key, Body=body, ContentMD5=md5).get("VersionId")
+
+
+def _copy_backup(s3, bucket: str, prefix: str, src: str, dst: str) -> None:
+    """Every object of backup `src` again under the id `dst`."""
+    # The whole bucket is listed: moto's signature check mishandles a '/' in a prefix.
+    for key in [k for k in bucket_state(s3, bucket).keys if k.startswith(f"{prefix}{src}/")]:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        _put(s3, bucket, key.replace(f"/{src}/", f"/{dst}/"), body)
+
+
+def _failure_record(backup_id: str) -> bytes:
+    return json.dumps({"backup-id": backup_id, "code": "valkey-auth", "reason": "test"}).encode()
+
+
+def _listing(moto, bucket: str):
+    """The full state of a bucket: every version, every delete marker, every open upload."""
+    v = moto.object_versions(bucket)
+    uploads = moto.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return (
+        sorted((x["Key"], x["VersionId"], x["ETag"]) for x in v["Versions"]),
+        sorted((x["Key"], x["VersionId"]) for x in v["DeleteMarkers"]),
+        sorted((u["Key"], u["UploadId"]) for u in uploads),
+    )
+
+
+def _by_id(entries):
+    return {e["backup-id"]: e for e in entries}
+
+
+def _backup_agent(agent, valkey_server, store, bucket, cluster, **s3_extra):
+    server = valkey_server("valkey8")
+    load_dataset(server, size_mb=0.2, dbs=(0,), seed=9)
+    a = agent()
+    params = configure_params(server, store, bucket, cluster=cluster, s3_extra=s3_extra or None)
+    a.request("configure", params).expect_ok()
+    return a, params
+
+
+def test_prune_keeps_locked_and_newest_backups_and_deletes_every_version_of_the_rest(
+    agent, valkey_server, moto
+):
+    s3 = moto.client()
+    # Object Lock without a default rule: retention and legal hold are set per object below.
+    bucket = unique_bucket_name("vb-prune")
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    a, params = _backup_agent(agent, valkey_server, moto, bucket, "prune.valkey")
+    prefix = prefix_of(params)
+    # Ids sort by start second, then unit and random suffix: "newest" is the larger id.
+    older, newest = sorted(a.request("create-backup").expect_ok()["backup-id"] for _ in range(2))
+
+    for old in (OLD_FREE, OLD_RETAINED, OLD_HELD):
+        _copy_backup(s3, bucket, prefix, newest, old)
+    # A second version of OLD_FREE's snapshot and a verification record: all must go.
+    _put(s3, bucket, f"{prefix}{OLD_FREE}/data.rdb", b"an older version")
+    _put(s3, bucket, f"{prefix}{OLD_FREE}/verify/20200102T000000Z-abcdef.json", b"{}")
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    s3.put_object_retention(
+        Bucket=bucket,
+        Key=f"{prefix}{OLD_RETAINED}/data.rdb",
+        Retention={"Mode": "COMPLIANCE", "RetainUntilDate": until},
+    )
+    s3.put_object_legal_hold(
+        Bucket=bucket, Key=f"{prefix}{OLD_HELD}/manifest.json", LegalHold={"Status": "ON"}
+    )
+    _put(s3, bucket, f"{prefix}{OLD_FAILED}/failure.json", _failure_record(OLD_FAILED))
+    # Not ours, or not a backup: never touched.
+    foreign = [
+        f"{prefix}README.txt",
+        f"{prefix}not-an-id/data.rdb",
+        f"valkey/prune.valkey2/{OLD_FREE}/data.rdb",  # a sibling cluster sharing a prefix
+        f"valkey/other.valkey/{OLD_FREE}/manifest.json",
+    ]
+    for key in foreign:
+        _put(s3, bucket, key, b"x")
+    before = _listing(moto, bucket)
+
+    # Dry run: reports everything, changes nothing.
+    dry = a.request("prune-backups", {"keep-days": 0}).expect_ok()
+    assert dry["dry-run"] is True
+    assert dry["policy"] == {
+        "keep-last": None,
+        "keep-days": 0.0,
+        "keep-days-from": "request",
+        "abandoned-after-hours": 24.0,
+    }
+    would = _by_id(dry["deleted"])
+    assert set(would) == {older, OLD_FREE, OLD_FAILED}, dry
+    assert (would[OLD_FREE]["objects"], would[OLD_FREE]["versions"]) == (3, 4)
+    assert would[OLD_FAILED]["status"] == "failed"
+    assert all(e["why"] for e in dry["deleted"])
+    kept = _by_id(dry["kept"])
+    assert set(kept) == {newest, OLD_RETAINED, OLD_HELD}, dry
+    assert kept[newest]["why"] == "the newest finished backup is always kept"
+    assert kept[OLD_RETAINED]["why"].startswith("retained until "), kept
+    assert "(COMPLIANCE)" in kept[OLD_RETAINED]["why"]
+    assert kept[OLD_HELD]["why"].startswith("legal hold"), kept
+    assert dry["skipped"] == [] and dry["aborted-uploads"] == []
+    cli = a.cli("prune-backups", "--keep-days", "0")
+    assert cli.returncode == 0, cli.stderr
+    assert "DRY RUN" in cli.stdout and "would delete (3):" in cli.stdout, cli.stdout
+    assert f"{OLD_HELD}  finished: legal hold" in cli.stdout, cli.stdout
+    assert json.loads(a.cli("prune-backups", "--keep-days", "0", "--json").stdout) == dry
+    assert _listing(moto, bucket) == before
+    assert moto.delete_attempts(bucket) == []
+
+    # For real: the same decisions, and exactly those versions are deleted.
+    done = a.request("prune-backups", {"keep-days": 0, "confirm": True}).expect_ok()
+    assert done["dry-run"] is False
+    assert done["deleted"] == dry["deleted"]
+    assert [k["backup-id"] for k in done["kept"]] == [k["backup-id"] for k in dry["kept"]]
+    versions, markers, uploads = _listing(moto, bucket)
+    assert markers == [] and uploads == []
+    gone = {older, OLD_FREE, OLD_FAILED}
+    expected = [v for v in before[0] if not v[0].startswith(tuple(f"{prefix}{g}/" for g in gone))]
+    assert versions == expected
+    for key in foreign:
+        assert any(v[0] == key for v in versions), key
+    # One DeleteObject per version, each naming its version (so no delete marker).
+    attempts = moto.delete_attempts(bucket)
+    deleted_versions = [v for v in before[0] if v not in expected]
+    assert len(attempts) == len(deleted_versions) == sum(e["versions"] for e in done["deleted"])
+    assert all("versionId" in r.query_keys and r.status == 204 for r in attempts), attempts
+    assert {r.key for r in attempts} == {v[0] for v in deleted_versions}
+    # Manifest first (never a manifest without its snapshot), snapshot after the records.
+    order = [r.key.rsplit(f"{OLD_FREE}/", 1)[1] for r in attempts if f"/{OLD_FREE}/" in r.key]
+    assert order == ["manifest.json", "verify/20200102T000000Z-abcdef.json"] + ["data.rdb"] * 2
+
+    listed = a.request("list-backups").expect_ok()["backups"]
+    assert [(b["backup-id"], b["status"]) for b in listed] == [
+        (newest, "finished"),
+        (OLD_HELD, "finished"),
+        (OLD_RETAINED, "finished"),
+    ]
+    # Nothing is left to prune; a second confirmed run deletes nothing.
+    again = a.request("prune-backups", {"keep-days": 0, "confirm": True}).expect_ok()
+    assert again["deleted"] == [] and len(moto.delete_attempts(bucket)) == len(attempts)
+
+
+def test_compliance_default_retention_keeps_every_backup(agent, valkey_server, moto):
+    bucket = moto.create_object_lock_bucket(mode="COMPLIANCE", days=1)
+    a, params = _backup_agent(agent, valkey_server, moto, bucket, "locked.valkey")
+    first, newest = sorted(a.request("create-backup").expect_ok()["backup-id"] for _ in range(2))
+    _copy_backup(moto.client(), bucket, prefix_of(params), newest, OLD_FREE)
+    before = _listing(moto, bucket)
+    out = a.request("prune-backups", {"keep-last": 1, "confirm": True}).expect_ok()
+    assert out["deleted"] == [] and out["skipped"] == []
+    kept = _by_id(out["kept"])
+    assert kept[newest]["why"] == "the newest finished backup"
+    for locked in (first, OLD_FREE):
+        why = kept[locked]["why"]
+        assert why.startswith("retained until ") and "(COMPLIANCE)" in why, why
+        assert "the policy alone would delete it (not the newest finished backup)" in why
+    assert _listing(moto, bucket) == before
+    assert moto.delete_attempts(bucket) == []
+
+
+class _HeadDenyingProxy:
+    """An HTTP proxy in front of a real S3 server that answers HeadObject on keys holding
+    `needle` with 403, as a store does for a key without s3:GetObject; everything else is
+    forwarded untouched. (moto's own IAM cannot serve here: its signature check refuses
+    any listing whose prefix holds a '/', and the agent's always does.)"""
+
+    def __init__(self, upstream: str, needle: str):
+        target = urllib.parse.urlsplit(upstream)
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if self.command == "HEAD" and needle in urllib.parse.unquote(self.path):
+                    proxy.denied.append(self.path)
+                    self.send_response(403)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                skip = {"connection", "expect", "transfer-encoding"}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                self.send_response_only(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() in skip or (k.lower() == "content-length" and not self._head):
+                        continue
+                    self.send_header(k, v)
+                if not self._head:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if not self._head:
+                    self.wfile.write(data)
+
+            @property
+            def _head(self) -> bool:
+                return self.command == "HEAD"
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.denied: list[str] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_lock_state_that_cannot_be_read_skips_the_backup(agent, valkey_server, moto, moto_bucket):
+    s3 = moto.client()
+    proxy = _HeadDenyingProxy(moto.endpoint, needle=OLD_RETAINED)
+    try:
+        a, params = _backup_agent(
+            agent, valkey_server, moto, moto_bucket, "blind.valkey", endpoint=proxy.endpoint
+        )
+        prefix = prefix_of(params)
+        newest = a.request("create-backup").expect_ok()["backup-id"]
+        _copy_backup(s3, moto_bucket, prefix, newest, OLD_FREE)
+        _copy_backup(s3, moto_bucket, prefix, newest, OLD_RETAINED)
+        before = _listing(moto, moto_bucket)
+        for confirm in (False, True):
+            out = a.request("prune-backups", {"keep-days": 0, "confirm": confirm}).expect_ok()
+            assert [d["backup-id"] for d in out["deleted"]] == [OLD_FREE], out
+            assert [k["backup-id"] for k in out["kept"]] == [newest]
+            [skipped] = out["skipped"]
+            assert skipped["backup-id"] == OLD_RETAINED
+            why = skipped["why"]
+            assert "lock state of" in why and "cannot be read" in why and "403" in why, why
+            assert "nothing deleted" in why
+        assert proxy.denied
+    finally:
+        proxy.close()
+    after = _listing(moto, moto_bucket)
+    assert after[0] == [v for v in before[0] if f"/{OLD_FREE}/" not in v[0]]
+    assert all(OLD_FREE in r.key for r in moto.delete_attempts(moto_bucket))
+
+
+def test_prune_on_garage_deletes_plain_objects_and_defaults_to_delete_older_than_days(
+    agent, valkey_server, garage
+):
+    bucket = garage.create_bucket()
+    a, params = _backup_agent(
+        agent, valkey_server, garage, bucket, "garage.valkey", **{"delete-older-than-days": "7"}
+    )
+    s3 = garage.client()
+    prefix = prefix_of(params)
+    first, newest = sorted(a.request("create-backup").expect_ok()["backup-id"] for _ in range(2))
+    _copy_backup(s3, bucket, prefix, newest, OLD_FREE)
+    _put(s3, bucket, f"{prefix}{OLD_FAILED}/failure.json", _failure_record(OLD_FAILED))
+
+    # No rule given: the s3-integrator's delete-older-than-days is keep-days.
+    out = a.request("prune-backups", {"confirm": True}).expect_ok()
+    assert out["policy"]["keep-days"] == 7 and out["policy"]["keep-days-from"] == (
+        "s3.delete-older-than-days"
+    )
+    assert {d["backup-id"]: d["why"] for d in out["deleted"]} == {
+        OLD_FREE: "older than 7 days",
+        OLD_FAILED: "failed backup older than 7 days",
+    }
+    assert {k["backup-id"]: k["why"] for k in out["kept"]} == {
+        first: "younger than 7 days",
+        newest: "younger than 7 days",
+    }
+    state = bucket_state(s3, bucket, prefix)
+    assert not [k for k in state.keys if OLD_FREE in k or OLD_FAILED in k], state.keys
+
+    out = a.request("prune-backups", {"keep-last": 1, "confirm": True}).expect_ok()
+    assert [d["backup-id"] for d in out["deleted"]] == [first]
+    assert out["deleted"][0]["why"] == "not the newest finished backup"
+    state = bucket_state(s3, bucket, prefix)
+    assert {k.split("/")[2] for k in state.keys} == {newest}
+
+
+def test_prune_params_are_checked(agent, valkey_server, moto, moto_bucket):
+    a, _ = _backup_agent(agent, valkey_server, moto, moto_bucket, "params.valkey")
+    err = a.request("prune-backups").expect_error("bad-request")
+    assert "give keep-last or keep-days" in err.message
+    for bad in (
+        {"keep-last": 0},
+        {"keep-days": -1},
+        {"keep-last": 1, "abandoned-after-hours": -1},
+        {"keep-last": 1, "cluster": "other.valkey"},
+        {"keep-last": "3"},
+    ):
+        a.request("prune-backups", bad).expect_error("bad-request")
+    out = a.cli("prune-backups", "--keep-last", "0")
+    assert out.returncode == 1 and "bad-request" in out.stderr
+
+
+def test_upload_left_by_a_killed_agent_is_abandoned_then_aborted(
+    agent, valkey_server, moto, moto_bucket, tmp_path
+):
+    server = valkey_server("valkey8")
+    load_dataset(server, size_mb=12, dbs=(0,), seed=13)
+    marker = tmp_path / "go"
+    paused = cli_wrapper(tmp_path, server.cli, "pause", after_bytes=6 * MiB, marker=str(marker))
+    params = configure_params(
+        server, moto, moto_bucket, cluster="killed.valkey", backup={"part-size-bytes": 5 * MiB}
+    )
+    s3 = moto.client()
+    slow = agent()
+    slow.request(
+        "configure", dict(params, valkey=dict(params["valkey"], cli=str(paused)))
+    ).expect_ok()
+    pending = slow.request_async("create-backup")
+
+    def upload_open():
+        return (
+            marker.with_name("go.reached").exists()
+            and bucket_state(s3, moto_bucket, prefix_of(params)).uploads
+        )
+
+    [key] = wait_until(upload_open, timeout=30, what="an open multipart upload")
+    backup_id = key.split("/")[2]
+    # While the backup runs, a confirmed prune is refused; a dry run still reports.
+    slow.request("prune-backups", {"keep-last": 1, "confirm": True}).expect_error("busy")
+    dry = slow.request("prune-backups", {"keep-last": 1, "abandoned-after-hours": 0})
+    assert [e["backup-id"] for e in dry.expect_ok()["aborted-uploads"]] == [backup_id]
+
+    slow.kill()  # SIGKILL: nothing aborts the upload
+    marker.touch()  # let the paused wrapper run into the closed pipe and exit
+    with pytest.raises(AgentProtocolError):
+        pending.result(timeout=30)
+
+    a = agent()
+    a.request("configure", params).expect_ok()
+
+    def listed(hours):
+        out = a.request("list-backups", {"abandoned-after-hours": hours}).expect_ok()
+        return [(b["backup-id"], b["status"]) for b in out["backups"]]
+
+    assert listed(24) == [(backup_id, "running")]
+    assert listed(0) == [(backup_id, "abandoned")]
+    [entry] = a.request("list-backups", {"abandoned-after-hours": 0}).expect_ok()["backups"]
+    assert "prune-backups aborts it" in entry["reason"]
+
+    # Young uploads stay (default: 24 hours).
+    out = a.request("prune-backups", {"keep-last": 1, "confirm": True}).expect_ok()
+    assert out["aborted-uploads"] == []
+    assert _by_id(out["kept"])[backup_id]["why"].startswith("running")
+    before = _listing(moto, moto_bucket)
+    assert len(before[2]) == 1
+
+    dry = a.request("prune-backups", {"keep-last": 1, "abandoned-after-hours": 0}).expect_ok()
+    [would] = dry["aborted-uploads"]
+    assert (would["backup-id"], would["key"]) == (backup_id, key)
+    assert would["initiated"] and "its agent is gone" in would["why"]
+    assert dry["kept"] == [] and dry["deleted"] == []
+    assert _listing(moto, moto_bucket) == before
+    cli = a.cli("prune-backups", "--keep-last", "1", "--abandoned-after-hours", "0")
+    assert "would abort uploads (1):" in cli.stdout, cli.stdout
+
+    done = a.request(
+        "prune-backups", {"keep-last": 1, "abandoned-after-hours": 0, "confirm": True}
+    ).expect_ok()
+    assert done["aborted-uploads"] == dry["aborted-uploads"]
+    assert listed(0) == []
+    assert s3.list_multipart_uploads(Bucket=moto_bucket).get("Uploads", []) == []
+    aborts = [
+        r
+        for r in moto.requests(moto_bucket)
+        if r.method == "DELETE" and "uploadId" in r.query_keys and r.key == key
+    ]
+    assert len(aborts) == 1 and aborts[0].status == 204, aborts
+    assert moto.delete_attempts(moto_bucket) == []
