@@ -55,6 +55,9 @@ pub enum Command {
         /// Another cluster's backups (read-only).
         #[arg(long)]
         cluster: Option<String>,
+        /// An open upload older than this is shown as `abandoned` (default 24).
+        #[arg(long)]
+        abandoned_after_hours: Option<f64>,
     },
     /// Delete the backups the retention policy no longer keeps and abort the uploads of
     /// agents that are gone. A dry run (what would go, and why) unless --confirm.
@@ -182,11 +185,15 @@ pub async fn run(cli: Cli) -> i32 {
         Command::ListBackups {
             json: as_json,
             cluster,
+            abandoned_after_hours,
         } => {
-            let params = match cluster {
-                Some(c) => json!({"cluster": c}),
-                None => json!({}),
-            };
+            let mut params = json!({});
+            if let Some(c) = cluster {
+                params["cluster"] = json!(c);
+            }
+            if let Some(h) = abandoned_after_hours {
+                params["abandoned-after-hours"] = json!(h);
+            }
             let result = client_call(&cli.socket, "list-backups", params).await;
             if as_json {
                 return print_json(result);
