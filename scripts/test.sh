@@ -9,4 +9,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build -j2 --locked -p valkey-backup-agent
 cargo test -j2 --locked
-python3 -m pytest -q -p no:cacheprovider tests/unit tests/integration "$@"
+python3 -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/integration_charm "$@"
+"${VB_CACHE:-$HOME/.cache/valkey-backup}/charmcraft-venv/bin/python" -m pytest -q -p no:cacheprovider tests/charmcraft
