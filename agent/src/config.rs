@@ -268,6 +268,19 @@ impl AgentConfig {
         Ok(())
     }
 
+    /// The cluster an op reads: `other` (validated) when given, else this unit's own.
+    /// Reading another cluster's prefix is how a restore into a new cluster finds its
+    /// source; ops only ever write under their own.
+    pub fn cluster_or(&self, other: Option<&str>) -> Result<String, ConfigError> {
+        match other {
+            Some(c) => {
+                validate_cluster(c)?;
+                Ok(c.to_owned())
+            }
+            None => Ok(self.cluster.clone()),
+        }
+    }
+
     /// The stored configuration under `state_dir`, if any.
     pub fn load(state_dir: &Path) -> Result<Option<Self>, ConfigError> {
         let path = state_dir.join(CONFIG_FILE);
@@ -298,7 +311,7 @@ impl AgentConfig {
     }
 }
 
-pub fn validate_cluster(c: &str) -> Result<(), ConfigError> {
+fn validate_cluster(c: &str) -> Result<(), ConfigError> {
     let ok = !c.is_empty()
         && c.len() <= 128
         && c.bytes()

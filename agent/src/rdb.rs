@@ -387,7 +387,9 @@ mod tests {
         assert_eq!(d.finalize(), 0xe9c6d914c4b8d9ca);
         // The SIMD implementation agrees with the plain table one on odd lengths and
         // split updates.
-        let data: Vec<u8> = (0..100_003u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..100_003u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         for split in [0, 1, 15, 16, 17, 4096, 99_999] {
             let mut d = crc64_digest();
             d.update(&data[..split]);

@@ -44,13 +44,7 @@ const PART_SLACK: usize = READ_BUF + crate::rdb::HOLD_BACK;
 
 pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Result<Value, OpError> {
     let _: NoParams = params(raw)?;
-    let config = state.config()?;
-    let Some(s3) = config.s3.clone() else {
-        return Err(OpError::NotConfigured(
-            "no S3 storage is configured: relate the charm to an s3-integrator (or send configure with s3 settings)"
-                .into(),
-        ));
-    };
+    let (config, s3) = state.storage()?;
     let store = Store::new(&s3)?;
     let layout = Layout::new(s3.clean_path(), &config.cluster);
     let started = OffsetDateTime::now_utc();

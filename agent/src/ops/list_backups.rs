@@ -40,21 +40,9 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
     let p: ListParams = params(raw)?;
     let abandoned_after =
         retention::abandoned_after_hours(p.abandoned_after_hours).map_err(OpError::BadRequest)?;
-    let config = state.config()?;
-    let s3 = config
-        .s3
-        .as_ref()
-        .ok_or_else(|| OpError::NotConfigured("no S3 storage is configured".into()))?;
-    let cluster = match p.cluster {
-        Some(c) => {
-            let mut probe = config.clone();
-            probe.cluster = c.clone();
-            probe.validate()?;
-            c
-        }
-        None => config.cluster.clone(),
-    };
-    let store = Store::new(s3)?;
+    let (config, s3) = state.storage()?;
+    let cluster = config.cluster_or(p.cluster.as_deref())?;
+    let store = Store::new(&s3)?;
     let layout = Layout::new(s3.clean_path(), &cluster);
     let keys = store.list_keys(layout.prefix()).await?;
     let uploads = store.list_uploads(layout.prefix()).await?;

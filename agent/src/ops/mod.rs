@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, S3Settings};
 use crate::error::OpError;
 use crate::lock::LockHolder;
 use crate::progress::EventSink;
@@ -64,6 +64,19 @@ impl AgentState {
                         .into(),
                 )
             })
+    }
+
+    /// The configuration together with its S3 settings, or `not-configured` saying how to
+    /// provide them (the one message every storage op gives).
+    pub fn storage(&self) -> Result<(AgentConfig, S3Settings), OpError> {
+        let config = self.config()?;
+        let s3 = config.s3.clone().ok_or_else(|| {
+            OpError::NotConfigured(
+                "no S3 storage is configured: relate the charm to an s3-integrator (or send configure with s3 settings)"
+                    .into(),
+            )
+        })?;
+        Ok((config, s3))
     }
 
     pub fn config_if_any(&self) -> Option<AgentConfig> {

@@ -58,11 +58,7 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
     let p: PruneParams = params(raw)?;
     let abandoned_after =
         retention::abandoned_after_hours(p.abandoned_after_hours).map_err(OpError::BadRequest)?;
-    let config = state.config()?;
-    let s3 = config
-        .s3
-        .as_ref()
-        .ok_or_else(|| OpError::NotConfigured("no S3 storage is configured".into()))?;
+    let (config, s3) = state.storage()?;
     // The s3-integrator's delete-older-than-days is the default keep-days.
     let (keep_days, keep_days_from) = match (p.keep_last, p.keep_days) {
         (None, None) => {
@@ -90,7 +86,7 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
         None
     };
 
-    let store = Store::new(s3)?;
+    let store = Store::new(&s3)?;
     let layout = Layout::new(s3.clean_path(), &config.cluster);
     let now = OffsetDateTime::now_utc();
     let keys = store.list_keys(layout.prefix()).await?;

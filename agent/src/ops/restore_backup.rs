@@ -115,24 +115,14 @@ async fn prepare(
     p: RestoreParams,
     events: EventSink,
 ) -> Result<Value, OpError> {
-    let config = state.config()?;
-    let s3 = config
-        .s3
-        .clone()
-        .ok_or_else(|| OpError::NotConfigured("no S3 storage is configured".into()))?;
+    let (config, s3) = state.storage()?;
     let id = BackupId::parse(
         p.backup_id
             .as_deref()
             .ok_or_else(|| OpError::BadRequest("backup-id is required".into()))?,
     )
     .map_err(|e| OpError::BadRequest(e.to_string()))?;
-    let source_cluster = match p.source_cluster {
-        Some(c) => {
-            crate::config::validate_cluster(&c)?;
-            c
-        }
-        None => config.cluster.clone(),
-    };
+    let source_cluster = config.cluster_or(p.source_cluster.as_deref())?;
     let store = Store::new(&s3)?;
     let layout = Layout::new(s3.clean_path(), &source_cluster);
     let restore_id = format!("r{:08x}", rand::random::<u32>());

@@ -46,19 +46,9 @@ struct VerifyParams {
 
 pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Result<Value, OpError> {
     let p: VerifyParams = params(raw)?;
-    let config = state.config()?;
-    let s3 = config
-        .s3
-        .clone()
-        .ok_or_else(|| OpError::NotConfigured("no S3 storage is configured".into()))?;
+    let (config, s3) = state.storage()?;
     let id = BackupId::parse(&p.backup_id).map_err(|e| OpError::BadRequest(e.to_string()))?;
-    let cluster = match &p.source_cluster {
-        Some(c) => {
-            crate::config::validate_cluster(c)?;
-            c.clone()
-        }
-        None => config.cluster.clone(),
-    };
+    let cluster = config.cluster_or(p.source_cluster.as_deref())?;
     let own = cluster == config.cluster;
     let server = match &p.server {
         Some(s) => Some(s.clone()),
