@@ -64,6 +64,9 @@ def test_backup_is_the_exact_rdb_and_loads_with_the_same_data(
     assert manifest["unit"] == "valkey/0" and manifest["cluster"] == cluster
     assert manifest["source-kind"] == ("redis" if server_kind == "redis7" else "valkey")
     assert manifest["keyspace-at-start"]["db3"] > 0
+    # Diskless sync (the servers' default) ends the stream with a 40-byte EOF marker that
+    # `--rdb -` cannot strip from a pipe: the agent did, or the size checks above would fail.
+    assert manifest["eof-mark-stripped"] is True
 
     restored = valkey_server.from_rdb(server_kind, rdb)
     assert_same_dataset(expected, dataset_fingerprint(restored))
@@ -203,3 +206,21 @@ def test_cli_subcommands_do_what_the_socket_does(valkey_server, agent, moto, mot
     assert status["busy"] is False
     bad = a.cli("configure", "--file", str(tmp_path / "missing.json"))
     assert bad.returncode == 2 and "missing.json" in bad.stderr
+
+
+def test_disk_based_sync_has_no_eof_marker_and_is_stored_exactly(
+    valkey_server, agent, moto, moto_bucket, components, tmp_path
+):
+    # With repl-diskless-sync no the server sends a length-prefixed file instead of a
+    # stream ended by an EOF marker; both must store exactly the RDB.
+    server = valkey_server("valkey8", extra_args=["--repl-diskless-sync", "no"])
+    load_dataset(server, size_mb=8, seed=31)
+    a = agent()
+    _configure(a, server, moto, "disk.valkey", moto_bucket)
+    result = a.request("create-backup").expect_ok()
+    data = moto.client().get_object(Bucket=moto_bucket, Key=result["data-key"])["Body"].read()
+    rdb = tmp_path / "disk.rdb"
+    rdb.write_bytes(data)
+    assert check_rdb(components, rdb, tmp_path) == len(data) == result["size-bytes"]
+    manifest_key = result["data-key"].replace("data.rdb", "manifest.json")
+    assert get_json(moto.client(), moto_bucket, manifest_key)["eof-mark-stripped"] is False
