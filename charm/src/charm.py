@@ -640,9 +640,12 @@ class ValkeyBackupCharm(ops.CharmBase):
             )
             return
 
-        results = action_results(prepared, redact)
-        results.update(action_results(committed, redact))
-        results.update(action_results(finished, redact))
+        results: dict[str, Any] = {}
+        for step_result in (prepared, committed, finished):
+            # "next" tells a caller driving the steps by hand what to do next; the
+            # action has done every step, so it must not tell the operator to.
+            step_result.pop("next", None)
+            results.update(action_results(step_result, redact))
         results["backup-id"] = backup_id
         results["service"] = unit
         results["duration-seconds"] = f"{time.monotonic() - started:.1f}"
