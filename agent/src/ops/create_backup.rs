@@ -27,7 +27,6 @@ use super::{params, rfc3339, AgentState, NoParams};
 use crate::backup_id::BackupId;
 use crate::config::AgentConfig;
 use crate::error::OpError;
-use crate::lock::{LockHolder, UnitLock};
 use crate::parts::PartPlan;
 use crate::progress::{EventSink, ProgressReporter};
 use crate::rdb::{RdbValidator, Validated};
@@ -50,17 +49,7 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
     let started = OffsetDateTime::now_utc();
     let id =
         BackupId::generate(started, &config.unit).map_err(|e| OpError::Internal(e.to_string()))?;
-    let holder = LockHolder {
-        op: "create-backup".into(),
-        backup_id: id.to_string(),
-        started_at: rfc3339(started),
-        pid: std::process::id(),
-    };
-    let dir = state.state_dir.clone();
-    let lock_holder = holder.clone();
-    let lock = tokio::task::spawn_blocking(move || UnitLock::try_acquire(&dir, &lock_holder))
-        .await
-        .map_err(|e| OpError::Internal(e.to_string()))??;
+    let (lock, holder) = state.lock_unit("create-backup", id.to_string()).await?;
     state.set_running(Some(holder));
 
     let mut run = BackupRun {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, S3Settings};
 use crate::error::OpError;
-use crate::lock::LockHolder;
+use crate::lock::{LockHolder, UnitLock};
 use crate::progress::EventSink;
 use crate::protocol::Op;
 
@@ -85,6 +85,27 @@ impl AgentState {
 
     pub fn set_config(&self, config: AgentConfig) {
         *self.config.write().expect("config lock") = Some(config);
+    }
+
+    /// Takes the unit lock for `op` on `subject` (a backup id, or what is being done)
+    /// off the async workers; `busy` names the holder when another operation has it.
+    pub async fn lock_unit(
+        &self,
+        op: &str,
+        subject: String,
+    ) -> Result<(UnitLock, LockHolder), OpError> {
+        let holder = LockHolder {
+            op: op.to_owned(),
+            backup_id: subject,
+            started_at: rfc3339(time::OffsetDateTime::now_utc()),
+            pid: std::process::id(),
+        };
+        let dir = self.state_dir.clone();
+        let for_lock = holder.clone();
+        let lock = tokio::task::spawn_blocking(move || UnitLock::try_acquire(&dir, &for_lock))
+            .await
+            .map_err(|e| OpError::Internal(e.to_string()))??;
+        Ok((lock, holder))
     }
 
     pub fn running(&self) -> Option<LockHolder> {

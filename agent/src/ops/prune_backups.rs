@@ -31,7 +31,7 @@ use super::{params, rfc3339, AgentState};
 use crate::backup_id::BackupId;
 use crate::config::keep_days_hint;
 use crate::error::OpError;
-use crate::lock::{LockHolder, UnitLock};
+use crate::lock::UnitLock;
 use crate::retention::{self, Policy, Verdict, VersionLock};
 use crate::s3::{S3Error, Store};
 use crate::store::{
@@ -231,17 +231,9 @@ struct Held {
 
 impl Held {
     async fn acquire(state: &Arc<AgentState>, cluster: &str) -> Result<Held, OpError> {
-        let holder = LockHolder {
-            op: "prune-backups".into(),
-            backup_id: format!("prune of {cluster}"),
-            started_at: rfc3339(OffsetDateTime::now_utc()),
-            pid: std::process::id(),
-        };
-        let dir = state.state_dir.clone();
-        let for_lock = holder.clone();
-        let lock = tokio::task::spawn_blocking(move || UnitLock::try_acquire(&dir, &for_lock))
-            .await
-            .map_err(|e| OpError::Internal(e.to_string()))??;
+        let (lock, holder) = state
+            .lock_unit("prune-backups", format!("prune of {cluster}"))
+            .await?;
         state.set_running(Some(holder));
         Ok(Held {
             state: state.clone(),

@@ -30,14 +30,13 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use super::{params, rfc3339, AgentState};
+use super::{params, AgentState};
 use crate::backup_id::BackupId;
 use crate::error::OpError;
 use crate::fetch::{download_checked, finished_manifest};
-use crate::lock::{LockHolder, UnitLock};
+use crate::lock::UnitLock;
 use crate::progress::{EventSink, ProgressReporter};
 use crate::s3::Store;
 use crate::store::{Layout, ManifestV1};
@@ -127,16 +126,7 @@ async fn prepare(
     let layout = Layout::new(s3.clean_path(), &source_cluster);
     let restore_id = format!("r{:08x}", rand::random::<u32>());
 
-    let holder = LockHolder {
-        op: "restore-backup".into(),
-        backup_id: id.to_string(),
-        started_at: rfc3339(OffsetDateTime::now_utc()),
-        pid: std::process::id(),
-    };
-    let dir = state.state_dir.clone();
-    let lock = tokio::task::spawn_blocking(move || UnitLock::try_acquire(&dir, &holder))
-        .await
-        .map_err(|e| OpError::Internal(e.to_string()))??;
+    let (lock, _) = state.lock_unit("restore-backup", id.to_string()).await?;
 
     let manifest = finished_manifest(&store, &layout, &id).await?;
     let cli = ValkeyCli::new(config.valkey.clone());
