@@ -133,6 +133,11 @@ pub struct BackupTuning {
     pub part_size_bytes: u64,
     #[serde(default = "default_concurrency")]
     pub upload_concurrency: usize,
+    /// A backup whose cli sends nothing for this long is failed (a hung server must not
+    /// hold the unit's lock forever). Generous by default: with disk-based replication
+    /// the server writes the whole snapshot to disk before the first byte.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout_seconds: u64,
 }
 
 impl Default for BackupTuning {
@@ -140,6 +145,7 @@ impl Default for BackupTuning {
         BackupTuning {
             part_size_bytes: DEFAULT_PART_SIZE,
             upload_concurrency: DEFAULT_CONCURRENCY,
+            stall_timeout_seconds: default_stall_timeout(),
         }
     }
 }
@@ -155,6 +161,9 @@ fn default_part_size() -> u64 {
 }
 fn default_concurrency() -> usize {
     DEFAULT_CONCURRENCY
+}
+fn default_stall_timeout() -> u64 {
+    1800
 }
 
 /// Whether S3 paths are `endpoint/bucket/key` or `bucket.endpoint/key`.
@@ -257,6 +266,12 @@ impl AgentConfig {
             return Err(invalid(
                 "backup.part-size-bytes",
                 format!("must be between {MIN_PART_SIZE} and {MAX_PART_SIZE}"),
+            ));
+        }
+        if !(1..=86_400).contains(&t.stall_timeout_seconds) {
+            return Err(invalid(
+                "backup.stall-timeout-seconds",
+                "must be between 1 and 86400",
             ));
         }
         if !(1..=16).contains(&t.upload_concurrency) {

@@ -210,3 +210,32 @@ def test_configure_without_s3_keeps_valkey_and_refuses_backups(
     assert status["configured"] is True and status["s3-configured"] is False
     err = a.request("create-backup").expect_error("not-configured")
     assert "s3-integrator" in err.message
+
+
+def test_a_stalled_stream_fails_and_frees_the_lock(
+    valkey_server, agent, moto, moto_bucket, tmp_path, process_argvs
+):
+    # The cli sends 6 MiB and then nothing (the marker it waits for never appears): a
+    # hung server must not hold the unit's lock forever.
+    server = valkey_server("valkey8")
+    load_dataset(server, size_mb=10, seed=8)
+    a = agent()
+    params = configure_params(
+        server,
+        moto,
+        moto_bucket,
+        cluster="stall.valkey",
+        backup={**PART, "stall-timeout-seconds": 1},
+    )
+    params["valkey"]["cli"] = str(
+        cli_wrapper(
+            tmp_path, server.cli, "pause", after_bytes=6 * MiB, marker=str(tmp_path / "never")
+        )
+    )
+    a.request("configure", params).expect_ok()
+    err = a.request("create-backup", timeout=60).expect_error("valkey-error")
+    assert "no data from the cli for 1 s" in err.message
+    backup_id = failed_backup_id(a)
+    assert_failed_cleanly(moto.client(), moto_bucket, prefix_of(params), backup_id, "valkey-error")
+    _lock_is_free(a)
+    _no_cli_left(process_argvs)

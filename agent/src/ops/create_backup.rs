@@ -33,7 +33,7 @@ use crate::rdb::{RdbValidator, Validated};
 use crate::s3::Store;
 use crate::store::{FailureRecord, Layout, ManifestV1, MANIFEST_FORMAT};
 use crate::upload::ObjectUpload;
-use crate::valkey::{RdbProcess, ServerInfo, ValkeyCli};
+use crate::valkey::{RdbProcess, ServerInfo, ValkeyCli, ValkeyError};
 
 /// Read size from the cli's pipe.
 const READ_BUF: usize = 128 * 1024;
@@ -136,10 +136,19 @@ impl BackupRun<'_> {
         let mut sha = Sha256::new();
         let mut part = BytesMut::with_capacity(part_size + PART_SLACK);
         let mut buf = vec![0u8; READ_BUF];
+        let stall = std::time::Duration::from_secs(tuning.stall_timeout_seconds);
         loop {
             let n = tokio::select! {
                 _ = cancel.cancelled() => return Err(OpError::Cancelled),
-                r = stdout.read(&mut buf) => r.map_err(|e| OpError::Internal(format!("reading the cli's output: {}", e.kind())))?,
+                r = tokio::time::timeout(stall, stdout.read(&mut buf)) => match r {
+                    Ok(read) => read.map_err(|e| OpError::Internal(format!("reading the cli's output: {}", e.kind())))?,
+                    Err(_) => return Err(OpError::Valkey(ValkeyError::Cli {
+                        detail: format!(
+                            "no data from the cli for {} s (backup.stall-timeout-seconds); the server may be hung",
+                            stall.as_secs()
+                        ),
+                    })),
+                },
             };
             if n == 0 {
                 break;
