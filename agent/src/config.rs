@@ -213,6 +213,32 @@ impl S3Settings {
 const PEM_BEGIN: &str = "-----BEGIN CERTIFICATE-----";
 
 fn decode_pem(item: &str) -> Result<String, ConfigError> {
+    let pem = pem_text(item)?;
+    check_certificates(&pem)?;
+    Ok(pem)
+}
+
+/// Parses every certificate the way the TLS stack will, so that a malformed one is a
+/// `bad-request` at configure time rather than a failure deep inside the HTTP client.
+fn check_certificates(pem: &str) -> Result<(), ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let ders = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| invalid("s3.tls-ca-chain", "a certificate is not valid PEM"))?;
+    if ders.is_empty() {
+        return Err(invalid("s3.tls-ca-chain", "an item holds no certificate"));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for der in ders {
+        roots
+            .add(der)
+            .map_err(|_| invalid("s3.tls-ca-chain", "a certificate cannot be parsed"))?;
+    }
+    Ok(())
+}
+
+fn pem_text(item: &str) -> Result<String, ConfigError> {
     let trimmed = item.trim();
     if trimmed.contains(PEM_BEGIN) {
         return Ok(trimmed.to_owned());
@@ -250,10 +276,34 @@ impl AgentConfig {
             }
         })?;
         config.validate()?;
+        config.check_paths()?;
         Ok(config)
     }
 
-    /// Checks every field; see the README's configuration reference.
+    /// The files the configuration names exist (the cli is executable, TLS files are
+    /// there). Checked when a configuration arrives, not when a stored one is loaded:
+    /// a cli that vanished (a snap refresh) must not stop the agent from starting — the
+    /// operations that need it fail with a clear error, and a new `configure` can fix it.
+    pub fn check_paths(&self) -> Result<(), ConfigError> {
+        check_executable(&self.valkey.cli)?;
+        if let Some(tls) = &self.valkey.tls {
+            for (field, path) in [
+                ("valkey.tls.ca-file", &tls.ca_file),
+                ("valkey.tls.cert-file", &tls.cert_file),
+                ("valkey.tls.key-file", &tls.key_file),
+            ] {
+                if let Some(p) = path {
+                    if !p.is_file() {
+                        return Err(invalid(field, "file does not exist"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every field that needs no file system; see the README's configuration
+    /// reference.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_cluster(&self.cluster)?;
         validate_unit(&self.unit)?;
@@ -499,19 +549,8 @@ fn validate_valkey(v: &ValkeySettings) -> Result<(), ConfigError> {
             ));
         }
     }
-    check_executable(&v.cli)?;
-    if let Some(tls) = &v.tls {
-        for (field, path) in [
-            ("valkey.tls.ca-file", &tls.ca_file),
-            ("valkey.tls.cert-file", &tls.cert_file),
-            ("valkey.tls.key-file", &tls.key_file),
-        ] {
-            if let Some(p) = path {
-                if !p.is_file() {
-                    return Err(invalid(field, "file does not exist"));
-                }
-            }
-        }
+    if !v.cli.is_absolute() {
+        return Err(invalid("valkey.cli", "must be an absolute path"));
     }
     Ok(())
 }
@@ -613,13 +652,31 @@ mod tests {
         assert!(msg.starts_with("valkey.port:"), "{msg}");
     }
 
+    /// A real (self-signed, test-only) CA certificate.
+    const TEST_CA: &str = include_str!("testdata/ca.pem");
+
     #[test]
     fn ca_chain_accepts_pem_and_base64_of_pem() {
-        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
+        let pem = TEST_CA.trim();
         let b64 = base64::engine::general_purpose::STANDARD.encode(pem);
         for chain in [json!([pem]), json!([b64]), json!(pem)] {
             let c = AgentConfig::from_params(with(base(), "/s3/tls-ca-chain", chain)).unwrap();
             assert_eq!(c.s3.unwrap().ca_pems().unwrap(), vec![pem.to_string()]);
+        }
+    }
+
+    #[test]
+    fn malformed_certificates_are_refused_at_configure() {
+        let garbled = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
+        let not_der = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----",
+            base64::engine::general_purpose::STANDARD.encode(b"not a certificate at all")
+        );
+        for bad in [garbled.to_string(), not_der] {
+            let err = AgentConfig::from_params(with(base(), "/s3/tls-ca-chain", json!([bad])))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("s3.tls-ca-chain:"), "{err}");
         }
     }
 

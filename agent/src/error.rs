@@ -13,6 +13,44 @@ use crate::rdb::RdbError;
 use crate::s3::S3Error;
 use crate::valkey::ValkeyError;
 
+/// Which check a stored backup failed (recorded in verification records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// The object the manifest names is missing, or the manifest is not this backup's.
+    Object,
+    Size,
+    /// Header, trailer or CRC64 of the RDB itself.
+    Rdb,
+    Sha256,
+    /// The manifest's CRC64 differs from the RDB's.
+    Crc64,
+    /// A scratch server could not load it, or loaded other key counts.
+    Load,
+}
+
+impl Check {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::Object => "object",
+            Check::Size => "size",
+            Check::Rdb => "rdb",
+            Check::Sha256 => "sha256",
+            Check::Crc64 => "crc64",
+            Check::Load => "load",
+        }
+    }
+}
+
+impl OpError {
+    /// A failed check of a stored backup.
+    pub fn integrity(check: Check, message: impl Into<String>) -> Self {
+        OpError::Integrity {
+            check,
+            message: message.into(),
+        }
+    }
+}
+
 /// Any failure of an operation.
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -28,9 +66,9 @@ pub enum OpError {
     /// The restore's commit step needs the server stopped.
     #[error("{0}")]
     ValkeyRunning(String),
-    /// A stored backup does not match its manifest (size, SHA-256, CRC64).
-    #[error("{0}")]
-    Integrity(String),
+    /// A stored backup failed a check (size, RDB structure, SHA-256, CRC64, loading).
+    #[error("{message}")]
+    Integrity { check: Check, message: String },
     #[error("the agent is shutting down; the operation was cancelled")]
     Cancelled,
     #[error(transparent)]
@@ -57,7 +95,7 @@ impl OpError {
             OpError::Cancelled => ErrorCode::Cancelled,
             OpError::ValkeyReplica(_) => ErrorCode::ValkeyReplica,
             OpError::ValkeyRunning(_) => ErrorCode::ValkeyRunning,
-            OpError::Integrity(_) => ErrorCode::StreamInvalid,
+            OpError::Integrity { .. } => ErrorCode::StreamInvalid,
             OpError::Config(ConfigError::Invalid { .. } | ConfigError::Shape { .. }) => {
                 ErrorCode::BadRequest
             }

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::backup_id::BackupId;
-use crate::error::OpError;
+use crate::error::{Check, OpError};
 use crate::progress::ProgressReporter;
 use crate::rdb::RdbValidator;
 use crate::s3::{S3Error, Store};
@@ -27,6 +27,14 @@ pub async fn finished_manifest(
         .get_record::<ManifestV1>(&layout.manifest_key(id))
         .await?
     {
+        // A manifest names its own data key: one that is not this backup's own (copied
+        // or forged) would send a restore to read outside the backup's directory.
+        if m.backup_id != id.as_str() || m.data_key != layout.data_key(id) {
+            return Err(OpError::integrity(
+                Check::Object,
+                format!("the manifest of {id} does not describe {id}'s own data object"),
+            ));
+        }
         return Ok(m);
     }
     if let Some(f) = store
@@ -59,8 +67,8 @@ impl Checked {
 }
 
 /// Streams the backup's data, writing it to `out` if given, and checks it against the
-/// manifest. Any mismatch is `stream-invalid` (an [`OpError::Integrity`] or
-/// [`OpError::Stream`]).
+/// manifest. Any mismatch is an [`OpError::Integrity`] (`stream-invalid`) naming the
+/// check that failed.
 pub async fn download_checked(
     store: &Store,
     manifest: &ManifestV1,
@@ -80,10 +88,13 @@ pub async fn download_checked(
     {
         Ok(o) => o,
         Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-            return Err(OpError::Integrity(format!(
-                "the manifest of {} names {key}, which does not exist",
-                manifest.backup_id
-            )))
+            return Err(OpError::integrity(
+                Check::Object,
+                format!(
+                    "the manifest of {} names {key}, which does not exist",
+                    manifest.backup_id
+                ),
+            ))
         }
         Err(e) => return Err(store.classify("GetObject", key, e).into()),
     };
@@ -103,7 +114,9 @@ pub async fn download_checked(
                 detail: "connection lost while downloading the backup".into(),
             })
         })?;
-        validator.push(&chunk, |_| {})?;
+        validator
+            .push(&chunk, |_| {})
+            .map_err(|e| OpError::integrity(Check::Rdb, e.to_string()))?;
         sha.update(&chunk);
         bytes += chunk.len() as u64;
         if let Some(f) = out.as_deref_mut() {
@@ -114,27 +127,37 @@ pub async fn download_checked(
         reporter.update(phase, bytes, None, false);
     }
     if bytes != manifest.stored_size_bytes {
-        return Err(OpError::Integrity(format!(
-            "the stored object has {bytes} bytes but the manifest recorded {}: it is truncated or padded",
-            manifest.stored_size_bytes
-        )));
+        return Err(OpError::integrity(
+            Check::Size,
+            format!(
+                "the stored object has {bytes} bytes but the manifest recorded {}: it is truncated or padded",
+                manifest.stored_size_bytes
+            ),
+        ));
     }
-    let validated = validator.finish()?;
+    let validated = validator
+        .finish()
+        .map_err(|e| OpError::integrity(Check::Rdb, e.to_string()))?;
     if validated.eof_mark_stripped {
-        return Err(OpError::Integrity(
-            "the stored object has bytes after the RDB trailer".into(),
+        return Err(OpError::integrity(
+            Check::Rdb,
+            "the stored object has bytes after the RDB trailer",
         ));
     }
     let sha256 = hex::encode(sha.finalize());
     if sha256 != manifest.sha256 {
-        return Err(OpError::Integrity(format!(
-            "SHA-256 of the stored object ({sha256}) differs from the manifest ({}): the object was altered",
-            manifest.sha256
-        )));
+        return Err(OpError::integrity(
+            Check::Sha256,
+            format!(
+                "SHA-256 of the stored object ({sha256}) differs from the manifest ({}): the object was altered",
+                manifest.sha256
+            ),
+        ));
     }
     if format!("{:016x}", validated.crc64) != manifest.crc64 {
-        return Err(OpError::Integrity(
-            "the RDB's CRC64 differs from the manifest".into(),
+        return Err(OpError::integrity(
+            Check::Crc64,
+            "the RDB's CRC64 differs from the manifest",
         ));
     }
     reporter.update(phase, bytes, None, true);

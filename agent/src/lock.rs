@@ -47,11 +47,22 @@ fn busy_message(holder: &Option<LockHolder>) -> String {
     }
 }
 
-/// The held lock; dropping it releases it.
+/// The held lock; dropping it clears the holder record and releases it.
 #[derive(Debug)]
 pub struct UnitLock {
-    _flock: Flock<File>,
+    flock: Flock<File>,
 }
+
+impl Drop for UnitLock {
+    fn drop(&mut self) {
+        // An empty file means "nobody": a later `busy` never names a finished operation.
+        let _ = self.flock.set_len(0);
+    }
+}
+
+/// How often a refused acquire is retried: `probe` holds a shared lock for an instant,
+/// which must not turn into a spurious `busy`.
+const ACQUIRE_ATTEMPTS: u32 = 5;
 
 impl UnitLock {
     /// Takes the lock without waiting, or says who holds it. Blocking file I/O: call it
@@ -64,24 +75,33 @@ impl UnitLock {
             .truncate(false)
             .mode(0o600)
             .open(state_dir.join(LOCK_FILE))?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(mut flock) => {
-                let text = serde_json::to_vec(holder).map_err(std::io::Error::other)?;
-                flock.set_len(0)?;
-                flock.seek(SeekFrom::Start(0))?;
-                flock.write_all(&text)?;
-                flock.flush()?;
-                Ok(UnitLock { _flock: flock })
+        let mut file = file;
+        for attempt in 1..=ACQUIRE_ATTEMPTS {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(mut flock) => {
+                    let text = serde_json::to_vec(holder).map_err(std::io::Error::other)?;
+                    flock.set_len(0)?;
+                    flock.seek(SeekFrom::Start(0))?;
+                    flock.write_all(&text)?;
+                    flock.flush()?;
+                    return Ok(UnitLock { flock });
+                }
+                Err((f, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
+                    if attempt == ACQUIRE_ATTEMPTS {
+                        return Err(LockError::Busy(read_holder(f)));
+                    }
+                    file = f;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err((_, errno)) => return Err(LockError::Io(std::io::Error::from(errno))),
             }
-            Err((file, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
-                Err(LockError::Busy(read_holder(file)))
-            }
-            Err((_, errno)) => Err(LockError::Io(std::io::Error::from(errno))),
         }
+        unreachable!("the last attempt returns")
     }
 
     /// Whether some process holds the lock right now, and what it says it does. Takes a
-    /// shared lock for an instant, so it never blocks a real acquirer for long.
+    /// shared lock for an instant; `try_acquire` retries briefly so that this instant
+    /// never turns into a spurious `busy`.
     pub fn probe(state_dir: &Path) -> Option<Option<LockHolder>> {
         let file = OpenOptions::new()
             .read(true)
@@ -127,6 +147,8 @@ mod tests {
         assert!(UnitLock::probe(dir.path()).is_some());
         drop(lock);
         assert!(UnitLock::probe(dir.path()).is_none());
+        let text = std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
+        assert!(text.is_empty(), "a released lock names nobody: {text:?}");
         let again = UnitLock::try_acquire(dir.path(), &holder("B"));
         assert!(again.is_ok());
     }

@@ -130,6 +130,8 @@ pub enum RequestError {
     BadShape(String),
     #[error("unknown op {0:?}")]
     UnknownOp(String),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
 }
 
 impl RequestError {
@@ -138,6 +140,7 @@ impl RequestError {
         match self {
             RequestError::TooLarge => ErrorCode::RequestTooLarge,
             RequestError::UnknownOp(_) => ErrorCode::UnknownOp,
+            RequestError::ShuttingDown => ErrorCode::Cancelled,
             RequestError::BadJson(_) | RequestError::BadShape(_) => ErrorCode::BadRequest,
         }
     }

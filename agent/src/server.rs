@@ -3,8 +3,9 @@
 //!
 //! * The socket is created mode 0600 and the peer's uid is checked with `SO_PEERCRED`:
 //!   file modes alone can be loosened by accident, the peer check cannot.
-//! * A request line is read with a hard 1 MiB cap and a deadline, so a slow or hostile
-//!   client can hold neither memory nor a task forever.
+//! * A request line is read with a hard 1 MiB cap and a deadline, and every response
+//!   line is written with a deadline, so a slow or hostile client can hold neither
+//!   memory nor a task forever.
 //! * Every connection runs in its own task; a bad request gets an error line and the
 //!   server carries on.
 //! * SIGTERM cancels the shared token: the accept loop stops, running operations abort
@@ -33,6 +34,8 @@ pub const DEFAULT_SOCKET: &str = "/run/valkey-backup-agent/agent.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/valkey-backup-agent";
 /// How long a client may take to send its request line.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+/// How long one response line may take to reach a client.
+const WRITE_DEADLINE: Duration = Duration::from_secs(30);
 /// How long shutdown waits for operations to abort and record their failure.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 
@@ -74,10 +77,22 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
             prepare_dir(parent, 0o700)?;
         }
     }
-    let config = AgentConfig::load(&opts.state_dir)?;
-    if config.is_some() {
-        info!(state_dir = %opts.state_dir.display(), "loaded stored configuration");
-    }
+    // A stored configuration that cannot be used must not keep the agent from serving:
+    // it starts unconfigured and says why, and the next `configure` replaces it.
+    let config = match AgentConfig::load(&opts.state_dir) {
+        Ok(Some(c)) => {
+            info!(state_dir = %opts.state_dir.display(), "loaded stored configuration");
+            if let Err(e) = c.check_paths() {
+                warn!(error = %e, "the stored configuration names a missing file");
+            }
+            Some(c)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            error!(error = %e, "ignoring the stored configuration; send configure again");
+            None
+        }
+    };
     let listener = bind(&opts.socket).await?;
     let mut allowed = opts.allowed_uids.clone();
     allowed.push(0);
@@ -178,10 +193,13 @@ async fn handle(stream: UnixStream, state: Arc<AgentState>, allowed: &[u32]) {
     let (tx, mut rx) = mpsc::channel::<Event>(64);
     let writer = tokio::spawn(async move {
         // A vanished client must not stop the operation: keep draining, stop writing.
+        // A client that stops reading gets WRITE_DEADLINE per line, then is written off.
         let mut open = true;
         while let Some(event) = rx.recv().await {
-            if open && write_half.write_all(&event.to_line()).await.is_err() {
-                open = false;
+            if open {
+                let line = event.to_line();
+                let write = tokio::time::timeout(WRITE_DEADLINE, write_half.write_all(&line));
+                open = matches!(write.await, Ok(Ok(())));
             }
         }
         let _ = write_half.shutdown().await;
@@ -237,7 +255,7 @@ async fn read_request(
     // A silent client must hold up neither its task nor the agent's shutdown.
     let read = tokio::select! {
         _ = shutdown.cancelled() => {
-            return Err(RequestError::BadShape("the agent is shutting down".into()));
+            return Err(RequestError::ShuttingDown);
         }
         r = tokio::time::timeout(REQUEST_DEADLINE, reader.read_until(b'\n', &mut line)) => r,
     };

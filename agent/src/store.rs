@@ -268,9 +268,9 @@ pub struct VerifyRecord {
     pub ok: bool,
     pub code: Option<String>,
     pub reason: Option<String>,
+    /// The check that failed (`object`, `size`, `rdb`, `sha256`, `crc64`, `load`).
+    pub failed_check: Option<String>,
     pub size_bytes: u64,
-    pub sha256_ok: bool,
-    pub crc64_ok: bool,
     /// Present when the backup was loaded into a scratch server.
     pub load: Option<serde_json::Value>,
     pub agent_version: String,

@@ -230,13 +230,17 @@ impl ValkeyCli {
         }
     }
 
-    /// Whether a server answers on this address at all (PONG, or an error such as
-    /// NOAUTH that only a running server can give).
-    pub async fn answers(&self) -> bool {
+    /// Whether the server is definitely stopped: only a refused connection (or a missing
+    /// socket file) counts. Any answer — PONG, NOAUTH, LOADING, BUSY — a timeout or a cli
+    /// that cannot run means "not known to be stopped", because replacing a live
+    /// server's dump would be silently undone by its next save.
+    pub async fn is_stopped(&self) -> bool {
         match self.run(&["PING"]).await {
-            Ok(_) => true,
-            Err(ValkeyError::Auth { .. }) => true,
-            Err(_) => false,
+            Err(ValkeyError::Unreachable { detail, .. }) => {
+                let d = detail.to_ascii_lowercase();
+                d.contains("connection refused") || d.contains("no such file")
+            }
+            _ => false,
         }
     }
 

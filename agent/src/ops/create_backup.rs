@@ -49,8 +49,7 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
     let started = OffsetDateTime::now_utc();
     let id =
         BackupId::generate(started, &config.unit).map_err(|e| OpError::Internal(e.to_string()))?;
-    let (lock, holder) = state.lock_unit("create-backup", id.to_string()).await?;
-    state.set_running(Some(holder));
+    let guard = state.lock_unit("create-backup", id.to_string()).await?;
 
     let mut run = BackupRun {
         config: &config,
@@ -83,8 +82,7 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
             Err(err)
         }
     };
-    state.set_running(None);
-    drop(lock);
+    drop(guard);
     result
 }
 

@@ -89,11 +89,12 @@ impl AgentState {
 
     /// Takes the unit lock for `op` on `subject` (a backup id, or what is being done)
     /// off the async workers; `busy` names the holder when another operation has it.
+    /// While the guard lives, `status` reports the holder.
     pub async fn lock_unit(
-        &self,
+        self: &Arc<Self>,
         op: &str,
         subject: String,
-    ) -> Result<(UnitLock, LockHolder), OpError> {
+    ) -> Result<UnitGuard, OpError> {
         let holder = LockHolder {
             op: op.to_owned(),
             backup_id: subject,
@@ -105,7 +106,11 @@ impl AgentState {
         let lock = tokio::task::spawn_blocking(move || UnitLock::try_acquire(&dir, &for_lock))
             .await
             .map_err(|e| OpError::Internal(e.to_string()))??;
-        Ok((lock, holder))
+        self.set_running(Some(holder));
+        Ok(UnitGuard {
+            _lock: lock,
+            state: Arc::clone(self),
+        })
     }
 
     pub fn running(&self) -> Option<LockHolder> {
@@ -122,6 +127,19 @@ impl AgentState {
 
     pub fn set_last_backup(&self, summary: Value) {
         *self.last_backup.lock().expect("last lock") = Some(summary);
+    }
+}
+
+/// The unit lock held by one operation. Dropping it — on success, failure or panic —
+/// clears what `status` reports as running and releases the lock.
+pub struct UnitGuard {
+    _lock: UnitLock,
+    state: Arc<AgentState>,
+}
+
+impl Drop for UnitGuard {
+    fn drop(&mut self) {
+        self.state.set_running(None);
     }
 }
 

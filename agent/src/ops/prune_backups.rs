@@ -31,7 +31,6 @@ use super::{params, rfc3339, AgentState};
 use crate::backup_id::BackupId;
 use crate::config::keep_days_hint;
 use crate::error::OpError;
-use crate::lock::UnitLock;
 use crate::retention::{self, Policy, Verdict, VersionLock};
 use crate::s3::{S3Error, Store};
 use crate::store::{
@@ -81,7 +80,11 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
     })?;
 
     let _held = if p.confirm {
-        Some(Held::acquire(state, &config.cluster).await?)
+        Some(
+            state
+                .lock_unit("prune-backups", format!("prune of {}", config.cluster))
+                .await?,
+        )
     } else {
         None
     };
@@ -221,31 +224,6 @@ struct Outcome {
     kept: Vec<Value>,
     skipped: Vec<Value>,
     aborted_uploads: Vec<Value>,
-}
-
-/// The unit lock plus the `status` record of it, both released on drop.
-struct Held {
-    state: Arc<AgentState>,
-    _lock: UnitLock,
-}
-
-impl Held {
-    async fn acquire(state: &Arc<AgentState>, cluster: &str) -> Result<Held, OpError> {
-        let (lock, holder) = state
-            .lock_unit("prune-backups", format!("prune of {cluster}"))
-            .await?;
-        state.set_running(Some(holder));
-        Ok(Held {
-            state: state.clone(),
-            _lock: lock,
-        })
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.state.set_running(None);
-    }
 }
 
 /// What the store says about deleting one candidate.

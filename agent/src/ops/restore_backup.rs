@@ -32,11 +32,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use super::{params, AgentState};
+use super::{params, AgentState, UnitGuard};
 use crate::backup_id::BackupId;
+use crate::config::ValkeySettings;
 use crate::error::OpError;
 use crate::fetch::{download_checked, finished_manifest};
-use crate::lock::UnitLock;
 use crate::progress::{EventSink, ProgressReporter};
 use crate::s3::Store;
 use crate::store::{Layout, ManifestV1};
@@ -89,8 +89,10 @@ pub struct RestoreSession {
     committed: bool,
     previous: Option<PathBuf>,
     previous_aof: Option<PathBuf>,
+    /// The server as it was configured at `prepare`: later steps check the same one.
+    valkey: ValkeySettings,
     started: Instant,
-    _lock: UnitLock,
+    _guard: UnitGuard,
 }
 
 pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Result<Value, OpError> {
@@ -126,7 +128,7 @@ async fn prepare(
     let layout = Layout::new(s3.clean_path(), &source_cluster);
     let restore_id = format!("r{:08x}", rand::random::<u32>());
 
-    let (lock, _) = state.lock_unit("restore-backup", id.to_string()).await?;
+    let guard = state.lock_unit("restore-backup", id.to_string()).await?;
 
     let manifest = finished_manifest(&store, &layout, &id).await?;
     let cli = ValkeyCli::new(config.valkey.clone());
@@ -161,6 +163,7 @@ async fn prepare(
     };
     let target = dir.join(&dbfilename);
     let temp = dir.join(format!(".{dbfilename}.restore-{restore_id}.tmp"));
+    remove_stale_temps(&dir, &dbfilename).await;
 
     let mut reporter = ProgressReporter::new(events, Some(id.to_string()));
     let downloaded = download_to(
@@ -201,8 +204,9 @@ async fn prepare(
         committed: false,
         previous: None,
         previous_aof: None,
+        valkey: config.valkey.clone(),
         started: Instant::now(),
-        _lock: lock,
+        _guard: guard,
     };
     *state.restore.lock().expect("restore lock") = Some(session);
     spawn_watchdog(Arc::clone(state), restore_id);
@@ -259,16 +263,61 @@ fn chown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     .map_err(std::io::Error::from)
 }
 
+/// Aborts a prepared restore nobody continues, so a vanished caller cannot hold the
+/// unit's lock forever, and cleans up on shutdown. It looks once a minute rather than
+/// once at the deadline: a step in progress has the session out of the slot.
 fn spawn_watchdog(state: Arc<AgentState>, restore_id: String) {
     tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::time::sleep(SESSION_TIMEOUT) => {
-                warn!(restore_id = %restore_id, "restore session timed out; aborting it");
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = state.shutdown.cancelled() => {
+                    let _ = abort(&state, &restore_id).await;
+                    return;
+                }
             }
-            _ = state.shutdown.cancelled() => {}
+            let expired = match state.restore.lock().expect("restore lock").as_ref() {
+                Some(s) if s.restore_id == restore_id => s.started.elapsed() > SESSION_TIMEOUT,
+                Some(_) => return,
+                None => false,
+            };
+            if expired {
+                warn!(restore_id = %restore_id, "restore session timed out; aborting it");
+                let _ = abort(&state, &restore_id).await;
+                return;
+            }
         }
-        let _ = abort(&state, &restore_id).await;
     });
+}
+
+/// On shutdown: aborts whatever restore is prepared (its temp file goes; a committed
+/// restore's files stay), so nothing is left half-way when the agent stops.
+pub async fn abort_current(state: &Arc<AgentState>) {
+    let id = state
+        .restore
+        .lock()
+        .expect("restore lock")
+        .as_ref()
+        .map(|s| s.restore_id.clone());
+    if let Some(id) = id {
+        let _ = abort(state, &id).await;
+    }
+}
+
+/// Removes temp files of restores that a crash left behind (`.<dbfilename>.restore-*.tmp`).
+async fn remove_stale_temps(dir: &Path, dbfilename: &str) {
+    let prefix = format!(".{dbfilename}.restore-");
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".tmp") {
+            warn!(file = %name, "removing a temp file of an earlier, interrupted restore");
+            let _ = tokio::fs::remove_file(entry.path()).await;
+        }
+    }
 }
 
 /// Takes the session out of the state if `restore_id` names it.
@@ -297,11 +346,11 @@ async fn commit(state: &Arc<AgentState>, restore_id: &str) -> Result<Value, OpEr
             "this restore is already committed; start the server and send finish".into(),
         ));
     }
-    let config = state.config()?;
-    if ValkeyCli::new(config.valkey.clone()).answers().await {
+    if !ValkeyCli::new(session.valkey.clone()).is_stopped().await {
         put_back(state, session);
         return Err(OpError::ValkeyRunning(
-            "the server is still running: stop it, then send commit again".into(),
+            "the server is still running (or its state cannot be told): stop it, then send commit again"
+                .into(),
         ));
     }
     let outcome = tokio::task::spawn_blocking(move || {
@@ -326,34 +375,94 @@ async fn commit(state: &Arc<AgentState>, restore_id: &str) -> Result<Value, OpEr
 }
 
 /// Moves the verified file into place (and rebuilds the AOF directory). Blocking I/O.
+/// All or nothing: when a step fails, the steps already done are undone in reverse, so
+/// the server's files are as they were and the session can still be aborted.
 fn place_files(s: &mut RestoreSession) -> Result<(), OpError> {
+    let mut done: Vec<Undo> = Vec::new();
+    match place_steps(s, &mut done) {
+        Ok(()) => {
+            s.committed = true;
+            info!(restore_id = %s.restore_id, target = %s.target.display(), "restored dump placed");
+            Ok(())
+        }
+        Err(e) => {
+            for undo in done.into_iter().rev() {
+                if let Err(err) = undo.run() {
+                    warn!(error = %err, "could not undo a restore step; check the data directory");
+                }
+            }
+            s.previous = None;
+            s.previous_aof = None;
+            Err(e)
+        }
+    }
+}
+
+/// One step of `place_files` to take back.
+enum Undo {
+    Rename { from: PathBuf, to: PathBuf },
+    RemoveDir(PathBuf),
+}
+
+impl Undo {
+    fn run(self) -> std::io::Result<()> {
+        match self {
+            Undo::Rename { from, to } => std::fs::rename(from, to),
+            Undo::RemoveDir(dir) => std::fs::remove_dir_all(dir),
+        }
+    }
+}
+
+fn place_steps(s: &mut RestoreSession, done: &mut Vec<Undo>) -> Result<(), OpError> {
     let io = |what: &str, e: std::io::Error| OpError::Internal(format!("{what}: {}", e.kind()));
     if s.target.exists() {
         let previous = with_suffix(&s.target, ".pre-restore");
         std::fs::rename(&s.target, &previous).map_err(|e| io("keeping the previous dump", e))?;
+        done.push(Undo::Rename {
+            from: previous.clone(),
+            to: s.target.clone(),
+        });
         s.previous = Some(previous);
     }
     std::fs::rename(&s.temp, &s.target).map_err(|e| io("placing the restored dump", e))?;
-    s.committed = true;
+    done.push(Undo::Rename {
+        from: s.target.clone(),
+        to: s.temp.clone(),
+    });
     if let Some(aof) = s.aof.clone() {
         let aof_dir = s.dir.join(&aof.dirname);
         if aof_dir.exists() {
+            // The older backup of the AOF is replaced only after the current one is safe.
             let previous = with_suffix(&aof_dir, ".pre-restore");
+            let older = with_suffix(&aof_dir, ".pre-restore.old");
             if previous.exists() {
-                std::fs::remove_dir_all(&previous)
-                    .map_err(|e| io("removing an older AOF backup", e))?;
+                std::fs::rename(&previous, &older)
+                    .map_err(|e| io("keeping an older AOF backup", e))?;
+                done.push(Undo::Rename {
+                    from: older.clone(),
+                    to: previous.clone(),
+                });
             }
             std::fs::rename(&aof_dir, &previous).map_err(|e| io("keeping the previous AOF", e))?;
+            done.push(Undo::Rename {
+                from: previous.clone(),
+                to: aof_dir.clone(),
+            });
             s.previous_aof = Some(previous);
         }
-        build_aof_dir(&aof_dir, &aof, &s.target, &s.dir)
-            .map_err(|e| io("building the AOF directory", e))?;
+        if let Err(e) = build_aof_dir(&aof_dir, &aof, &s.target, &s.dir) {
+            let _ = std::fs::remove_dir_all(&aof_dir);
+            return Err(io("building the AOF directory", e));
+        }
+        done.push(Undo::RemoveDir(aof_dir.clone()));
+        let older = with_suffix(&aof_dir, ".pre-restore.old");
+        if older.exists() {
+            let _ = std::fs::remove_dir_all(&older);
+        }
     }
     std::fs::File::open(&s.dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing the data directory", e))?;
-    info!(restore_id = %s.restore_id, target = %s.target.display(), "restored dump placed");
-    Ok(())
+        .map_err(|e| io("syncing the data directory", e))
 }
 
 /// A multi-part AOF directory whose base is the restored RDB: what the server itself
@@ -399,8 +508,7 @@ async fn finish(
             "commit the restore before finishing it".into(),
         ));
     }
-    let config = state.config()?;
-    let cli = ValkeyCli::new(config.valkey.clone());
+    let cli = ValkeyCli::new(session.valkey.clone());
     let deadline =
         Instant::now() + Duration::from_secs(timeout.unwrap_or(DEFAULT_LOAD_TIMEOUT_SECS));
     let info = loop {
@@ -409,7 +517,11 @@ async fn finish(
             Ok(_) => "still loading".to_owned(),
             Err(e) => e.to_string(),
         };
-        if Instant::now() >= deadline || state.shutdown.is_cancelled() {
+        if state.shutdown.is_cancelled() {
+            put_back(state, session);
+            return Err(OpError::Cancelled);
+        }
+        if Instant::now() >= deadline {
             put_back(state, session);
             return Err(OpError::Valkey(crate::valkey::ValkeyError::Cli {
                 detail: format!(

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::{params, rfc3339, AgentState};
 use crate::backup_id::BackupId;
-use crate::error::OpError;
+use crate::error::{Check, OpError};
 use crate::fetch::{download_checked, finished_manifest};
 use crate::progress::{EventSink, ProgressReporter};
 use crate::s3::Store;
@@ -76,30 +76,32 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
     )
     .await;
 
-    let checked_at = OffsetDateTime::now_utc();
-    let (ok, code, reason, load) = match &outcome {
-        Ok(load) => (true, None, None, load.clone()),
-        Err(e) => (
-            false,
-            Some(e.code().as_str().to_owned()),
-            Some(e.to_string()),
-            None,
-        ),
+    // Only a verdict is recorded: a pass, or a failed check of the backup itself. A
+    // cancelled run or an unreachable store says nothing about the backup.
+    let failed_check = match &outcome {
+        Ok(_) => None,
+        Err(OpError::Integrity { check, .. }) => Some(*check),
+        Err(_) => {
+            drop_scratch(scratch).await;
+            return Err(outcome.expect_err("matched an error"));
+        }
     };
+    let checked_at = OffsetDateTime::now_utc();
+    let ok = failed_check.is_none();
     let record = VerifyRecord {
         format_version: MANIFEST_FORMAT,
         backup_id: id.to_string(),
         checked_at: rfc3339(checked_at),
         unit: config.unit.clone(),
         ok,
-        code,
-        reason,
+        code: outcome.as_ref().err().map(|e| e.code().as_str().to_owned()),
+        reason: outcome.as_ref().err().map(ToString::to_string),
+        failed_check: failed_check.map(|c| c.as_str().to_owned()),
         size_bytes: manifest.stored_size_bytes,
-        sha256_ok: !matches!(&outcome, Err(OpError::Integrity(m)) if m.contains("SHA-256")),
-        crc64_ok: !matches!(&outcome, Err(OpError::Stream(_))),
-        load,
+        load: outcome.as_ref().ok().cloned().flatten(),
         agent_version: crate::AGENT_VERSION.into(),
     };
+    drop_scratch(scratch).await;
     let record_key = if own {
         let key = layout.verify_key(&id, checked_at);
         if let Err(e) = store.put_record(&key, &record).await {
@@ -121,6 +123,11 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
         "load": record.load,
         "record-key": record_key,
     }))
+}
+
+/// Deletes the scratch directory (possibly a multi-GiB dump) off the async workers.
+async fn drop_scratch(scratch: tempfile::TempDir) {
+    let _ = tokio::task::spawn_blocking(move || drop(scratch)).await;
 }
 
 /// `valkey-server` or `redis-server` in the cli's directory.
@@ -189,11 +196,14 @@ async fn check(
         .collect();
     let matches = keys == expected;
     if !matches && manifest.keyspace_exact {
-        return Err(OpError::Integrity(format!(
-            "the backup loads with key counts {} but the source had {} when it was taken",
-            Value::Object(keys),
-            Value::Object(expected)
-        )));
+        return Err(OpError::integrity(
+            Check::Load,
+            format!(
+                "the backup loads with key counts {} but the source had {} when it was taken",
+                Value::Object(keys),
+                Value::Object(expected)
+            ),
+        ));
     }
     Ok(Some(json!({
         "loaded": true,
@@ -252,9 +262,10 @@ async fn load_in_scratch_server(
                 .unwrap_or("")
                 .trim()
                 .to_owned();
-            break Err(OpError::Valkey(ValkeyError::Cli {
-                detail: format!("the scratch server could not load the backup ({status}): {line}"),
-            }));
+            break Err(OpError::integrity(
+                Check::Load,
+                format!("the scratch server could not load the backup ({status}): {line}"),
+            ));
         }
         if socket.exists() {
             match scratch_cli.info().await {
