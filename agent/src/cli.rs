@@ -433,7 +433,14 @@ pub fn backups_table(result: &Value) -> String {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VALKEY_BACKUP_LOG")
+    // The operator's level applies to the agent; the HTTP and S3 stacks stay at `warn`,
+    // because their debug output carries request ids and endpoint details.
+    let level = std::env::var("VALKEY_BACKUP_LOG").unwrap_or_else(|_| "info".into());
+    let directives = format!(
+        "{level},aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_smithy_http_client=warn,\
+         aws_sdk_s3=warn,aws_runtime=warn,aws_sigv4=warn,hyper=warn,hyper_util=warn,h2=warn,rustls=warn"
+    );
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

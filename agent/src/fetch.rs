@@ -5,7 +5,6 @@
 //! (header, `0xFF` + CRC64 trailer, nothing after it) via the same [`RdbValidator`] the
 //! backup used. A single flipped or missing byte fails one of them.
 
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -58,12 +57,6 @@ pub struct Checked {
     pub bytes: u64,
     pub sha256: String,
     pub crc64: u64,
-}
-
-impl Checked {
-    pub fn to_json(&self) -> serde_json::Value {
-        json!({"size-bytes": self.bytes, "sha256": self.sha256, "crc64": format!("{:016x}", self.crc64)})
-    }
 }
 
 /// Streams the backup's data, writing it to `out` if given, and checks it against the

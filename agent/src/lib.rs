@@ -5,14 +5,21 @@
 //! * [`protocol`] — the JSON-lines request/response types spoken on the Unix socket.
 //! * [`error`] — the one place where module errors become stable protocol codes.
 //! * [`server`] — socket, peer check, dispatch and graceful shutdown.
-//! * [`ops`] — one module per operation (`status`, `configure`, `create-backup`, …).
-//! * [`config`] — validated, atomically stored configuration.
-//! * [`rdb`] — the pure streaming validator for RDB snapshots.
+//! * [`ops`] — one module per operation (`status`, `configure`, `create-backup`,
+//!   `list-backups`, `restore-backup`, `verify-backup`, `prune-backups`).
+//! * [`config`] — validated, atomically stored configuration; [`secret`] — values that
+//!   never format.
+//! * [`rdb`] — the pure streaming validator for RDB snapshots; [`parts`] — part-size
+//!   planning; [`backup_id`] — the id grammar.
 //! * [`valkey`] — running `valkey-cli`/`redis-cli` without leaking the password.
-//! * [`s3`], [`upload`], [`store`] — the S3 client, write-once multipart upload, and
-//!   the object layout (manifest, failure records, listing).
-//! * [`lock`] — the per-unit `flock` that keeps backups and restores from overlapping.
-//! * [`client`], [`cli`] — the socket client and the command line built on it.
+//! * [`s3`], [`upload`], [`store`], [`fetch`] — the S3 client, write-once multipart
+//!   upload, the object layout (manifest, failure and verify records, listing), and
+//!   reading a backup back with every check.
+//! * [`retention`] — the pure keep/delete decisions of pruning.
+//! * [`lock`] — the per-unit `flock` that keeps backups, restores and prunes apart.
+//! * [`progress`] — throttled progress events.
+//! * [`client`], [`cli`], [`restore_cli`] — the socket client and the command line built
+//!   on it.
 
 pub mod backup_id;
 pub mod cli;

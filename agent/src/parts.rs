@@ -51,7 +51,8 @@ impl PartPlan {
     }
 
     /// The largest stream this plan can store.
-    pub fn capacity(&self) -> u64 {
+    #[cfg(test)]
+    fn capacity(&self) -> u64 {
         self.part_size.saturating_mul(MAX_PARTS)
     }
 }

@@ -82,7 +82,6 @@ pub struct RdbValidator {
     header: [u8; HEADER_LEN],
     format: Option<RdbFormat>,
     received: u64,
-    released: u64,
     held: Vec<u8>,
     crc: Crc64Digest,
 }
@@ -100,20 +99,9 @@ impl RdbValidator {
             header: [0; HEADER_LEN],
             format: None,
             received: 0,
-            released: 0,
             held: Vec::with_capacity(HOLD_BACK * 2),
             crc: crc64_digest(),
         }
-    }
-
-    /// The header's format, once 9 bytes have been seen.
-    pub fn format(&self) -> Option<RdbFormat> {
-        self.format
-    }
-
-    /// Bytes received so far.
-    pub fn received(&self) -> u64 {
-        self.received
     }
 
     /// Feeds the next chunk. `release` is called (at most twice) with the bytes that are
@@ -149,7 +137,6 @@ impl RdbValidator {
             release(&chunk[..to_release]);
         }
         self.held.extend_from_slice(&chunk[to_release..]);
-        self.released += (from_held + to_release) as u64;
         debug_assert!(self.held.len() <= HOLD_BACK);
         Ok(())
     }

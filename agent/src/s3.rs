@@ -3,7 +3,8 @@
 //! The client is configured for the stores people actually run, not just AWS:
 //! path-style addressing by default, SDK checksums only where an operation requires one
 //! (many non-AWS stores reject the SDK's default CRC trailers; integrity comes from
-//! Content-MD5 instead), rustls with the operator's CA chain, bounded timeouts.
+//! Content-MD5 instead), rustls with the operator's CA chain, connect/read/attempt
+//! timeouts.
 //!
 //! Store errors are classified here, once, into [`S3Error`]. Its messages carry the S3
 //! error code and HTTP status but never the SDK's own text: that text can include
@@ -101,6 +102,9 @@ impl Store {
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
                     .read_timeout(Duration::from_secs(120))
+                    // One attempt of any request, a part upload included: long enough for
+                    // a large part on a slow link, short enough that a stalled upload ends.
+                    .operation_attempt_timeout(Duration::from_secs(900))
                     .build(),
             )
             .build();

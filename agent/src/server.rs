@@ -206,6 +206,7 @@ async fn handle(stream: UnixStream, state: Arc<AgentState>, allowed: &[u32]) {
     });
 
     let op = request.op;
+    tracing::debug!(peer_uid = uid, peer_pid = pid, op = op.as_str(), "request");
     let outcome = ops::dispatch(&state, op, request.params, tx.clone()).await;
     let (final_event, result_code, backup_id) = match outcome {
         Ok(data) => {

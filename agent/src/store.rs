@@ -4,7 +4,7 @@
 //! <path>/<cluster>/<backup-id>/data.rdb        the snapshot (completed only when valid)
 //! <path>/<cluster>/<backup-id>/manifest.json   written once after the data: "finished"
 //! <path>/<cluster>/<backup-id>/failure.json    written once instead, when it failed
-//! <path>/<cluster>/<backup-id>/verify/<t>.json one new object per verification
+//! <path>/<cluster>/<backup-id>/verify/<t>-<hex>.json one new object per verification
 //! ```
 //!
 //! Every record is written with `If-None-Match: *` and keys are unique by construction,
@@ -25,6 +25,8 @@ pub const DATA_OBJECT: &str = "data.rdb";
 pub const MANIFEST_OBJECT: &str = "manifest.json";
 pub const FAILURE_OBJECT: &str = "failure.json";
 pub const VERIFY_DIR: &str = "verify";
+/// The largest manifest, failure or verify record the agent will read.
+const MAX_RECORD_BYTES: i64 = 1024 * 1024;
 
 /// Where one cluster's backups live in the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +187,13 @@ impl Store {
                 return Err(self.classify("GetObject", key, e));
             }
         };
+        // Records are a few hundred bytes; anything huge under a record's name is not one
+        // (and must not be read into memory).
+        if out.content_length().unwrap_or(0) > MAX_RECORD_BYTES {
+            return Err(S3Error::BadRecord {
+                key: key.to_owned(),
+            });
+        }
         let body = out.body.collect().await.map_err(|_| S3Error::Unreachable {
             endpoint: self.endpoint.clone(),
             detail: "connection lost while reading an object".into(),
@@ -257,7 +266,7 @@ impl Store {
     }
 }
 
-/// The result of one `verify-backup` run, written once as `verify/<time>.json`.
+/// The result of one `verify-backup` run, written once as `verify/<time>-<hex>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct VerifyRecord {

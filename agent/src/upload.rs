@@ -98,6 +98,7 @@ impl ObjectUpload {
         }
         let number = self.next_part;
         self.next_part += 1;
+        tracing::debug!(key = %self.key, part = number, bytes = part.len(), in_flight = self.in_flight.len(), "uploading part");
         self.bytes += part.len() as u64;
         let store = self.store.clone();
         let key = self.key.clone();

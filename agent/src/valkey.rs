@@ -384,8 +384,7 @@ impl RdbProcess {
         Err(self.cli.classify(&self.stderr_tail(), status))
     }
 
-    /// Classifies the cli's failure from its stderr, for when the stream itself ended
-    /// badly and the exit status is known to be bad.
+    /// The last few KiB the cli wrote to stderr.
     pub fn stderr_tail(&self) -> String {
         let t = self.tail.lock().expect("stderr tail lock");
         String::from_utf8_lossy(&t.iter().copied().collect::<Vec<u8>>()).into_owned()

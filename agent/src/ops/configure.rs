@@ -15,6 +15,8 @@ use crate::error::OpError;
 use crate::s3::{S3Error, Store};
 
 pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> {
+    // One configure at a time: the stored file and the live configuration must agree.
+    let _serial = state.configuring.lock().await;
     // Validation stats the cli and TLS files: small blocking I/O, kept off the runtime.
     let config = tokio::task::spawn_blocking(move || AgentConfig::from_params(raw))
         .await

@@ -170,7 +170,12 @@ impl BackupRun<'_> {
         let process = self.process.as_mut().expect("spawned above");
         tokio::select! {
             _ = cancel.cancelled() => return Err(OpError::Cancelled),
-            r = process.wait() => r?,
+            r = tokio::time::timeout(stall, process.wait()) => match r {
+                Ok(exit) => exit?,
+                Err(_) => return Err(OpError::Valkey(ValkeyError::Cli {
+                    detail: "the cli closed its output but did not exit".into(),
+                })),
+            },
         }
         self.process = None;
         // Same counts before and after the snapshot: the manifest can state them as exact.

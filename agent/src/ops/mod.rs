@@ -30,6 +30,8 @@ pub struct AgentState {
     config: RwLock<Option<AgentConfig>>,
     running: Mutex<Option<LockHolder>>,
     last_backup: Mutex<Option<Value>>,
+    /// Serialises `configure` (validate, store, swap).
+    pub configuring: tokio::sync::Mutex<()>,
     /// The restore between its `prepare` and `finish`/`abort` steps (it holds the lock).
     pub restore: Mutex<Option<restore_backup::RestoreSession>>,
     /// Cancelled on SIGTERM: every long operation watches it.
@@ -48,6 +50,7 @@ impl AgentState {
             running: Mutex::new(None),
             last_backup: Mutex::new(None),
             restore: Mutex::new(None),
+            configuring: tokio::sync::Mutex::new(()),
             shutdown,
         })
     }

@@ -105,7 +105,21 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
             (id.clone(), status)
         })
         .collect();
-    let decisions = retention::select(&backups, &policy, now);
+    let mut decisions = retention::select(&backups, &policy, now);
+    // Data without a manifest is also what another unit's backup looks like in the moment
+    // between completing its upload and writing its manifest: young ones are left alone.
+    for d in &mut decisions {
+        let age_hours = (now - d.id.started_at()).as_seconds_f64() / 3600.0;
+        if d.status == BackupStatus::Incomplete
+            && matches!(d.verdict, Verdict::Delete(_))
+            && age_hours < abandoned_after.max(1.0)
+        {
+            d.verdict = Verdict::Keep(format!(
+                "incomplete for less than {}: it may still be finishing on another unit",
+                retention::hours(abandoned_after.max(1.0))
+            ));
+        }
+    }
     let status_of: HashMap<&BackupId, BackupStatus> =
         backups.iter().map(|(i, s)| (i, *s)).collect();
     let any_candidate = decisions
@@ -331,7 +345,9 @@ async fn inspect(
     let mut plan = versions;
     plan.sort_by_key(|v| {
         let object = v.key.strip_prefix(&prefix).unwrap_or(&v.key).to_owned();
-        (delete_rank(&object), object, !v.delete_marker)
+        // Real versions before delete markers: removing a marker first would bring an
+        // older version of, say, the manifest back into view if the prune stopped there.
+        (delete_rank(&object), object, v.delete_marker)
     });
     Inspection::Delete(plan)
 }

@@ -5,7 +5,7 @@
 //! of the same family (the server binary beside the configured cli, or `server`), which
 //! listens only on a Unix socket in a temporary directory, and its key counts per database
 //! are compared with the manifest. The outcome is written as a new object
-//! `verify/<time>.json` — never by changing the manifest — and `list-backups` shows the
+//! `verify/<time>-<hex>.json` — never by changing the manifest — and `list-backups` shows the
 //! latest one. Backups of another cluster are verified read-only: no record is written.
 
 use std::path::{Path, PathBuf};
