@@ -148,11 +148,18 @@ async fn prepare(
         )));
     }
     let aof = if cli.config_get("appendonly").await?.as_deref() == Some("yes") {
+        // Servers before Redis 7.0 keep one AOF file, not a manifest-driven directory; the
+        // restored RDB cannot become their AOF's base, so they are refused, not half-done.
+        let Some(dirname) = cli.config_get("appenddirname").await? else {
+            return Err(OpError::Valkey(crate::valkey::ValkeyError::Cli {
+                detail:
+                    "the server runs with appendonly yes but has no multi-part AOF (Redis < 7.0): \
+                         set appendonly no for the restore"
+                        .into(),
+            }));
+        };
         Some(AofLayout {
-            dirname: cli
-                .config_get("appenddirname")
-                .await?
-                .unwrap_or_else(|| "appendonlydir".into()),
+            dirname,
             filename: cli
                 .config_get("appendfilename")
                 .await?
