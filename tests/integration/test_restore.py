@@ -30,6 +30,18 @@ def _change_everything(server) -> None:
         c.set(f"after-backup-{db}", "x")
 
 
+def _save(server) -> None:
+    """SAVE once the fork that served the backup's replication stream has exited (it can
+    outlive the transfer by a moment, and SAVE refuses to run beside it)."""
+    c = server.client()
+    wait_until(
+        lambda: c.info("persistence")["rdb_bgsave_in_progress"] == 0,
+        timeout=30,
+        what="the replication fork to exit",
+    )
+    c.save()
+
+
 def _restore(a, server, backup_id, **extra):
     """prepare → stop → commit → start → finish, as the charm drives it."""
     prepared = a.request(
@@ -57,7 +69,7 @@ def test_round_trip_restores_exactly_the_backed_up_dataset(
     backup = a.request("create-backup").expect_ok()
     _change_everything(server)
     assert dataset_fingerprint(server) != expected
-    server.client().save()  # the live dump that the restore must keep aside
+    _save(server)  # the live dump that the restore must keep aside
     live = (server.dir / "dump.rdb").read_bytes()
 
     prepared, committed, finished = _restore(a, server, backup["backup-id"])
@@ -116,7 +128,7 @@ def test_damaged_object_is_refused_and_the_live_dump_untouched(
     params = configure_params(server, moto, moto_bucket, cluster="bad.valkey")
     a.request("configure", params).expect_ok()
     backup = a.request("create-backup").expect_ok()
-    server.client().save()  # a live dump.rdb that must survive
+    _save(server)  # a live dump.rdb that must survive
     live = (server.dir / "dump.rdb").read_bytes()
 
     s3 = moto.client()
