@@ -103,7 +103,9 @@ impl OpError {
             OpError::Lock(LockError::Busy(_)) => ErrorCode::Busy,
             OpError::Lock(LockError::Io(_)) => ErrorCode::Internal,
             OpError::Valkey(ValkeyError::Unreachable { .. }) => ErrorCode::ValkeyUnreachable,
-            OpError::Valkey(ValkeyError::Auth { .. }) => ErrorCode::ValkeyAuth,
+            OpError::Valkey(ValkeyError::Auth { .. } | ValkeyError::Permission { .. }) => {
+                ErrorCode::ValkeyAuth
+            }
             OpError::Valkey(ValkeyError::Cli { .. } | ValkeyError::Spawn { .. }) => {
                 ErrorCode::ValkeyError
             }

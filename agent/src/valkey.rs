@@ -33,6 +33,9 @@ pub enum ValkeyError {
     Unreachable { addr: String, detail: String },
     #[error("Valkey rejected the credentials: {detail}")]
     Auth { detail: String },
+    /// The credentials are right but the ACL user may not run what a backup needs.
+    #[error("the Valkey user lacks a permission backups need (+sync +psync +replconf +info +config|get): {detail}")]
+    Permission { detail: String },
     #[error("valkey-cli failed: {detail}")]
     Cli { detail: String },
     #[error("cannot run {cli}: {detail}")]
@@ -287,14 +290,15 @@ impl ValkeyCli {
     pub fn classify(&self, output: &str, status: std::process::ExitStatus) -> ValkeyError {
         let lower = output.to_ascii_lowercase();
         let line = last_meaningful_line(output);
+        if lower.contains("noperm") {
+            return ValkeyError::Permission { detail: line };
+        }
         if [
             "wrongpass",
             "noauth",
             "auth failed",
             "invalid password",
             "invalid username-password",
-            "-noperm",
-            "noperm",
         ]
         .iter()
         .any(|p| lower.contains(p))

@@ -239,3 +239,18 @@ def test_a_stalled_stream_fails_and_frees_the_lock(
     assert_failed_cleanly(moto.client(), moto_bucket, prefix_of(params), backup_id, "valkey-error")
     _lock_is_free(a)
     _no_cli_left(process_argvs)
+
+
+def test_acl_user_without_sync_rights_is_told_what_to_grant(
+    valkey_server, agent, moto, moto_bucket
+):
+    server = valkey_server("valkey8", username="backup", password="acl-pw")
+    server.client().execute_command("ACL", "SETUSER", "backup", "-sync", "-psync")
+    a = agent()
+    params = configure_params(server, moto, moto_bucket, cluster="acl.valkey")
+    a.request("configure", params).expect_ok()
+    err = a.request("create-backup").expect_error("valkey-auth")
+    assert "+sync" in err.message and "NOPERM" in err.message
+    assert_failed_cleanly(
+        moto.client(), moto_bucket, prefix_of(params), failed_backup_id(a), "valkey-auth"
+    )
