@@ -16,6 +16,8 @@
 //!   upload, the object layout (manifest, failure and verify records, listing), and
 //!   reading a backup back with every check.
 //! * [`retention`] — the pure keep/delete decisions of pruning.
+//! * [`datadir`] — the server's data directory, handled by descriptor (a restore runs as
+//!   root in a directory another user owns).
 //! * [`lock`] — the per-unit `flock` that keeps backups, restores and prunes apart.
 //! * [`progress`] — throttled progress events.
 //! * [`client`], [`cli`], [`restore_cli`] — the socket client and the command line built
@@ -25,6 +27,7 @@ pub mod backup_id;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod datadir;
 pub mod error;
 pub mod fetch;
 pub mod lock;

@@ -55,6 +55,8 @@ pub struct ServerInfo {
     pub keyspace: Vec<(String, u64)>,
     /// Whether the server is still loading its dataset.
     pub loading: bool,
+    /// The server's pid (in its own pid namespace).
+    pub process_id: Option<u32>,
 }
 
 impl ServerInfo {
@@ -74,6 +76,7 @@ impl ServerInfo {
                 "used_memory" => info.used_memory = v.parse().ok(),
                 "role" => info.role = Some(v.to_owned()),
                 "loading" => info.loading = v == "1",
+                "process_id" => info.process_id = v.parse().ok(),
                 k if k.starts_with("db") && k[2..].bytes().all(|b| b.is_ascii_digit()) => {
                     let keys = v
                         .split(',')

@@ -23,8 +23,8 @@
 //! A prepared session that nobody finishes is aborted after an hour, so a vanished
 //! caller cannot hold the unit's lock forever.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use tracing::{info, warn};
 use super::{params, AgentState, UnitGuard};
 use crate::backup_id::BackupId;
 use crate::config::ValkeySettings;
+use crate::datadir::{DataDir, Ownership};
 use crate::error::OpError;
 use crate::fetch::{download_checked, finished_manifest};
 use crate::progress::{EventSink, ProgressReporter};
@@ -82,9 +83,17 @@ pub struct RestoreSession {
     restore_id: String,
     manifest: ManifestV1,
     source_cluster: String,
-    dir: PathBuf,
+    /// The server's data directory, opened once: every step below is relative to it.
+    dir: DataDir,
+    /// `dbfilename`, and the verified download's name beside it until `commit`.
+    target_name: String,
+    temp_name: String,
+    /// The verified download, kept open: `commit` checks that the names still refer to
+    /// this very file, and the AOF base is linked from it, not from a name.
+    file: File,
+    /// Owner and mode the restored files get (those of the dump they replace).
+    owner: Ownership,
     target: PathBuf,
-    temp: PathBuf,
     aof: Option<AofLayout>,
     committed: bool,
     previous: Option<PathBuf>,
@@ -158,6 +167,11 @@ async fn prepare(
                         .into(),
             }));
         };
+        if dirname.is_empty() || dirname.contains('/') || dirname == "." || dirname == ".." {
+            return Err(OpError::Internal(format!(
+                "unexpected server appenddirname {dirname:?}: it must be a plain directory name"
+            )));
+        }
         Some(AofLayout {
             dirname,
             filename: cli
@@ -169,15 +183,21 @@ async fn prepare(
         None
     };
     let target = dir.join(&dbfilename);
-    let temp = dir.join(format!(".{dbfilename}.restore-{restore_id}.tmp"));
-    remove_stale_temps(&dir, &dbfilename).await;
+    let temp_name = format!(".{dbfilename}.restore-{restore_id}.tmp");
+    let server_user = info.process_id.and_then(server_process_user);
+    let (data_dir, owner, file) = {
+        let (dir, dbfilename, temp_name) = (dir.clone(), dbfilename.clone(), temp_name.clone());
+        tokio::task::spawn_blocking(move || open_target(&dir, &dbfilename, &temp_name, server_user))
+            .await
+            .map_err(|e| OpError::Internal(e.to_string()))??
+    };
 
     let mut reporter = ProgressReporter::new(events, Some(id.to_string()));
     let downloaded = download_to(
         &store,
         &manifest,
-        &temp,
-        &dir,
+        &file,
+        owner,
         &mut reporter,
         &state.shutdown,
     )
@@ -185,7 +205,9 @@ async fn prepare(
     let checked = match downloaded {
         Ok(c) => c,
         Err(e) => {
-            let _ = tokio::fs::remove_file(&temp).await;
+            if let Ok(true) = data_dir.refers_to(&temp_name, &file) {
+                let _ = data_dir.remove_file(&temp_name);
+            }
             return Err(e);
         }
     };
@@ -204,9 +226,12 @@ async fn prepare(
         restore_id: restore_id.clone(),
         manifest,
         source_cluster,
-        dir,
+        dir: data_dir,
+        target_name: dbfilename,
+        temp_name,
+        file,
+        owner,
         target,
-        temp,
         aof,
         committed: false,
         previous: None,
@@ -226,48 +251,83 @@ async fn required_config(cli: &ValkeyCli, name: &str) -> Result<String, OpError>
         .ok_or_else(|| OpError::Internal(format!("the server did not report its {name} setting")))
 }
 
-/// Downloads into `temp` (owned like the server's directory, so the server can read it)
-/// and fsyncs it.
+/// Opens the data directory, decides who will own the restored dump, removes temp
+/// files an interrupted restore left, and creates the new temp file (root-owned 0600
+/// until it is verified). Blocking I/O.
+fn open_target(
+    dir: &std::path::Path,
+    dbfilename: &str,
+    temp_name: &str,
+    server_user: Option<(u32, u32)>,
+) -> Result<(DataDir, Ownership, File), OpError> {
+    let io = |what: &str, e: std::io::Error| {
+        OpError::Internal(format!("{what} in {}: {e}", dir.display()))
+    };
+    let data_dir = DataDir::open(dir).map_err(|e| io("opening the data directory", e))?;
+    let dir_stat = data_dir
+        .stat()
+        .map_err(|e| io("reading the data directory", e))?;
+    let previous = data_dir
+        .entry(dbfilename)
+        .map_err(|e| io("looking at the current dump", e))?;
+    let owner = Ownership::for_restored_dump(previous.as_ref(), server_user, &dir_stat);
+    remove_stale_temps(&data_dir, dbfilename);
+    let file = data_dir
+        .create_new(temp_name)
+        .map_err(|e| io("creating the restore's temporary file", e))?;
+    Ok((data_dir, owner, file))
+}
+
+/// The user and group the server process runs as, from `/proc/<pid>` (the directory
+/// belongs to the process's effective ids). Only a process that is a Valkey or Redis
+/// server counts: a server on another host has a pid that means nothing here.
+fn server_process_user(pid: u32) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let argv0 = cmdline.split(|b| *b == 0).next()?;
+    let argv0 = String::from_utf8_lossy(argv0);
+    if !(argv0.contains("valkey-server") || argv0.contains("redis-server")) {
+        return None;
+    }
+    let meta = std::fs::metadata(format!("/proc/{pid}")).ok()?;
+    Some((meta.uid(), meta.gid()))
+}
+
+/// Downloads into the open temp file, checks it, fsyncs it, then gives it the restored
+/// dump's owner and mode through the descriptor (the name may have been swapped for a
+/// symlink by the directory's owner in the meantime: it is never used here).
 async fn download_to(
     store: &Store,
     manifest: &ManifestV1,
-    temp: &Path,
-    dir: &Path,
+    file: &File,
+    owner: Ownership,
     reporter: &mut ProgressReporter,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<crate::fetch::Checked, OpError> {
     let io = |e: std::io::Error| {
-        OpError::Internal(format!("preparing {}: {}", temp.display(), e.kind()))
+        OpError::Internal(format!(
+            "writing the restore's temporary file: {}",
+            e.kind()
+        ))
     };
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(temp)
-        .await
-        .map_err(io)?;
+    let mut out = tokio::fs::File::from_std(file.try_clone().map_err(io)?);
     let checked = download_checked(
         store,
         manifest,
-        Some(&mut file),
+        Some(&mut out),
         reporter,
         "downloading",
         cancel,
     )
     .await?;
-    file.sync_all().await.map_err(io)?;
-    let meta = tokio::fs::metadata(dir).await.map_err(io)?;
-    chown(temp, meta.uid(), meta.gid()).map_err(io)?;
+    out.sync_all().await.map_err(io)?;
+    drop(out);
+    let file = file.try_clone().map_err(io)?;
+    tokio::task::spawn_blocking(move || owner.apply(&file))
+        .await
+        .map_err(|e| OpError::Internal(e.to_string()))?
+        .map_err(io)?;
     Ok(checked)
-}
-
-fn chown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    nix::unistd::chown(
-        path,
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(gid)),
-    )
-    .map_err(std::io::Error::from)
 }
 
 /// Aborts a prepared restore nobody continues, so a vanished caller cannot hold the
@@ -312,17 +372,18 @@ pub async fn abort_current(state: &Arc<AgentState>) {
 }
 
 /// Removes temp files of restores that a crash left behind (`.<dbfilename>.restore-*.tmp`).
-async fn remove_stale_temps(dir: &Path, dbfilename: &str) {
+/// Unlinking never follows a symlink, so whatever has such a name only loses that name.
+fn remove_stale_temps(dir: &DataDir, dbfilename: &str) {
     let prefix = format!(".{dbfilename}.restore-");
-    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+    let Ok(entries) = std::fs::read_dir(dir.path()) else {
         return;
     };
-    while let Ok(Some(entry)) = entries.next_entry().await {
+    for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.starts_with(&prefix) && name.ends_with(".tmp") {
             warn!(file = %name, "removing a temp file of an earlier, interrupted restore");
-            let _ = tokio::fs::remove_file(entry.path()).await;
+            let _ = dir.remove_file(&name);
         }
     }
 }
@@ -394,7 +455,7 @@ fn place_files(s: &mut RestoreSession) -> Result<(), OpError> {
         }
         Err(e) => {
             for undo in done.into_iter().rev() {
-                if let Err(err) = undo.run() {
+                if let Err(err) = undo.run(&s.dir) {
                     warn!(error = %err, "could not undo a restore step; check the data directory");
                 }
             }
@@ -405,102 +466,121 @@ fn place_files(s: &mut RestoreSession) -> Result<(), OpError> {
     }
 }
 
-/// One step of `place_files` to take back.
+/// One step of `place_files` to take back (names in the data directory).
 enum Undo {
-    Rename { from: PathBuf, to: PathBuf },
-    RemoveDir(PathBuf),
+    Rename { from: String, to: String },
+    RemoveDir(String),
 }
 
 impl Undo {
-    fn run(self) -> std::io::Result<()> {
+    fn run(self, dir: &DataDir) -> std::io::Result<()> {
         match self {
-            Undo::Rename { from, to } => std::fs::rename(from, to),
-            Undo::RemoveDir(dir) => std::fs::remove_dir_all(dir),
+            Undo::Rename { from, to } => dir.rename(&from, &to),
+            Undo::RemoveDir(name) => dir.remove_tree(&name),
         }
     }
 }
 
 fn place_steps(s: &mut RestoreSession, done: &mut Vec<Undo>) -> Result<(), OpError> {
-    let io = |what: &str, e: std::io::Error| OpError::Internal(format!("{what}: {}", e.kind()));
-    if s.target.exists() {
-        let previous = with_suffix(&s.target, ".pre-restore");
-        std::fs::rename(&s.target, &previous).map_err(|e| io("keeping the previous dump", e))?;
+    let io = |what: &str, e: std::io::Error| OpError::Internal(format!("{what}: {e}"));
+    let dir = &s.dir;
+    // The verified file must still be the one under its temp name: the directory's owner
+    // could have swapped it since prepare.
+    if !dir
+        .refers_to(&s.temp_name, &s.file)
+        .map_err(|e| io("checking the verified file", e))?
+    {
+        return Err(OpError::Internal(format!(
+            "the verified download {} in {} was moved or replaced since prepare; abort and restore again",
+            s.temp_name,
+            dir.path().display()
+        )));
+    }
+    if dir
+        .entry(&s.target_name)
+        .map_err(|e| io("looking at the current dump", e))?
+        .is_some()
+    {
+        let previous = format!("{}.pre-restore", s.target_name);
+        dir.rename(&s.target_name, &previous)
+            .map_err(|e| io("keeping the previous dump", e))?;
         done.push(Undo::Rename {
             from: previous.clone(),
-            to: s.target.clone(),
+            to: s.target_name.clone(),
         });
-        s.previous = Some(previous);
+        s.previous = Some(dir.path().join(previous));
     }
-    std::fs::rename(&s.temp, &s.target).map_err(|e| io("placing the restored dump", e))?;
+    dir.rename(&s.temp_name, &s.target_name)
+        .map_err(|e| io("placing the restored dump", e))?;
     done.push(Undo::Rename {
-        from: s.target.clone(),
-        to: s.temp.clone(),
+        from: s.target_name.clone(),
+        to: s.temp_name.clone(),
     });
     if let Some(aof) = s.aof.clone() {
-        let aof_dir = s.dir.join(&aof.dirname);
-        if aof_dir.exists() {
+        let name = aof.dirname.clone();
+        if dir
+            .entry(&name)
+            .map_err(|e| io("looking at the AOF directory", e))?
+            .is_some()
+        {
             // The older backup of the AOF is replaced only after the current one is safe.
-            let previous = with_suffix(&aof_dir, ".pre-restore");
-            let older = with_suffix(&aof_dir, ".pre-restore.old");
-            if previous.exists() {
-                std::fs::rename(&previous, &older)
+            let previous = format!("{name}.pre-restore");
+            let older = format!("{name}.pre-restore.old");
+            if dir
+                .entry(&previous)
+                .map_err(|e| io("looking at an older AOF backup", e))?
+                .is_some()
+            {
+                dir.rename(&previous, &older)
                     .map_err(|e| io("keeping an older AOF backup", e))?;
                 done.push(Undo::Rename {
                     from: older.clone(),
                     to: previous.clone(),
                 });
             }
-            std::fs::rename(&aof_dir, &previous).map_err(|e| io("keeping the previous AOF", e))?;
+            dir.rename(&name, &previous)
+                .map_err(|e| io("keeping the previous AOF", e))?;
             done.push(Undo::Rename {
                 from: previous.clone(),
-                to: aof_dir.clone(),
+                to: name.clone(),
             });
-            s.previous_aof = Some(previous);
+            s.previous_aof = Some(dir.path().join(previous));
         }
-        if let Err(e) = build_aof_dir(&aof_dir, &aof, &s.target, &s.dir) {
-            let _ = std::fs::remove_dir_all(&aof_dir);
+        if let Err(e) = build_aof_dir(dir, &aof, &s.file, s.owner) {
+            if let Ok(Some(_)) = dir.entry(&name) {
+                let _ = dir.remove_tree(&name);
+            }
             return Err(io("building the AOF directory", e));
         }
-        done.push(Undo::RemoveDir(aof_dir.clone()));
-        let older = with_suffix(&aof_dir, ".pre-restore.old");
-        if older.exists() {
-            let _ = std::fs::remove_dir_all(&older);
+        done.push(Undo::RemoveDir(name.clone()));
+        let older = format!("{name}.pre-restore.old");
+        if let Ok(Some(_)) = dir.entry(&older) {
+            let _ = dir.remove_tree(&older);
         }
     }
-    std::fs::File::open(&s.dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing the data directory", e))
+    dir.sync().map_err(|e| io("syncing the data directory", e))
 }
 
 /// A multi-part AOF directory whose base is the restored RDB: what the server itself
-/// writes after a rewrite with an RDB preamble, so it loads exactly that dataset.
+/// writes after a rewrite with an RDB preamble, so it loads exactly that dataset. The
+/// base is linked from the verified file's descriptor, and every file is created new
+/// inside a directory this process just made and checked.
 fn build_aof_dir(
-    aof_dir: &Path,
+    dir: &DataDir,
     aof: &AofLayout,
-    rdb: &Path,
-    data_dir: &Path,
+    rdb: &File,
+    owner: Ownership,
 ) -> std::io::Result<()> {
-    std::fs::create_dir(aof_dir)?;
-    std::fs::set_permissions(aof_dir, std::fs::Permissions::from_mode(0o750))?;
+    let aof_dir = dir.create_dir(&aof.dirname, 0o750)?;
     let base_name = format!("{}.1.base.rdb", aof.filename);
-    let base = aof_dir.join(&base_name);
-    if std::fs::hard_link(rdb, &base).is_err() {
-        std::fs::copy(rdb, &base)?;
-    }
-    let manifest = aof_dir.join(format!("{}.manifest", aof.filename));
-    std::fs::write(&manifest, format!("file {base_name} seq 1 type b\n"))?;
-    let owner = std::fs::metadata(data_dir)?;
-    for p in [aof_dir, base.as_path(), manifest.as_path()] {
-        chown(p, owner.uid(), owner.gid())?;
-    }
-    std::fs::File::open(&manifest)?.sync_all()?;
-    std::fs::File::open(aof_dir)?.sync_all()
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
+    aof_dir.link_or_copy(rdb, &base_name, owner)?;
+    aof_dir.write_new(
+        &format!("{}.manifest", aof.filename),
+        format!("file {base_name} seq 1 type b\n").as_bytes(),
+        owner,
+    )?;
+    aof_dir.chown(owner)?;
+    aof_dir.sync()
 }
 
 async fn finish(
@@ -567,7 +647,10 @@ async fn finish(
 async fn abort(state: &Arc<AgentState>, restore_id: &str) -> Result<Value, OpError> {
     let session = take_session(state, restore_id)?;
     if !session.committed {
-        let _ = tokio::fs::remove_file(&session.temp).await;
+        // Only the file this restore created goes; whatever else has its name now stays.
+        if let Ok(true) = session.dir.refers_to(&session.temp_name, &session.file) {
+            let _ = session.dir.remove_file(&session.temp_name);
+        }
     }
     info!(restore_id = %restore_id, committed = session.committed, "restore aborted");
     Ok(json!({

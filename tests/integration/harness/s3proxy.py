@@ -1,0 +1,191 @@
+"""An HTTP proxy in front of a real S3 server that bends chosen requests.
+
+A real store cannot be made to lose an answer, reset a connection or stall halfway
+through a body on command; this proxy can, and everything it does not bend is forwarded
+to the real store untouched (the signature still checks: the Host header is kept).
+
+`S3Proxy(upstream).rule(fn)` installs a rule: `fn(request) -> Action | None` is asked for
+every request (`request.method`, `.path` (unquoted, no query), `.query` (dict),
+`.headers`); `None` forwards. Actions:
+
+- `Action.status(503)`: answer that status with an S3 error body, forward nothing;
+- `Action.reset()`: close the connection before forwarding anything;
+- `Action.lose_answer()`: forward, let the store carry the request out, then close the
+  connection without answering;
+- `Action.pause(after_bytes, gate)`: forward, send `after_bytes` of the answer's body,
+  set `gate.reached`, and wait until the test sets `gate.release` before sending the rest.
+
+`proxy.log` lists `(method, path, query, action-name)` of every request seen.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import socket
+import threading
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+_HOP = {"connection", "expect", "transfer-encoding", "keep-alive", "proxy-connection"}
+
+
+@dataclass
+class Gate:
+    """Two events: the proxy sets `reached`; the test sets `release`."""
+
+    reached: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Action:
+    name: str
+    status_code: int = 0
+    after_bytes: int = 0
+    gate: Gate | None = None
+
+    @staticmethod
+    def status(code: int) -> Action:
+        return Action("status", status_code=code)
+
+    @staticmethod
+    def reset() -> Action:
+        return Action("reset")
+
+    @staticmethod
+    def lose_answer() -> Action:
+        return Action("lose-answer")
+
+    @staticmethod
+    def pause(after_bytes: int, gate: Gate) -> Action:
+        return Action("pause", after_bytes=after_bytes, gate=gate)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+
+
+Rule = Callable[[Request], "Action | None"]
+
+# How long a paused answer waits for the test before going on anyway (a test that
+# forgot to release must not hang the suite).
+PAUSE_LIMIT_S = 120
+
+
+class S3Proxy:
+    def __init__(self, upstream: str):
+        target = urllib.parse.urlsplit(upstream)
+        self._host, self._port = target.hostname, target.port
+        self._rules: list[Rule] = []
+        self.log: list[tuple[str, str, dict[str, str], str]] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                split = urllib.parse.urlsplit(self.path)
+                req = Request(
+                    method=self.command,
+                    path=urllib.parse.unquote(split.path),
+                    query=dict(urllib.parse.parse_qsl(split.query, keep_blank_values=True)),
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                )
+                action = proxy._decide(req)
+                proxy.log.append((req.method, req.path, req.query, action.name))
+                if action.name == "status":
+                    payload = (
+                        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InjectedFault"
+                        f"</Code><Message>injected {action.status_code}</Message></Error>"
+                    ).encode()
+                    self.send_response_only(action.status_code)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if action.name == "reset":
+                    self._reset()
+                    return
+                conn = http.client.HTTPConnection(proxy._host, proxy._port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                if action.name == "lose-answer":
+                    resp.read()
+                    conn.close()
+                    self._reset()
+                    return
+                self.send_response_only(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() in _HOP or k.lower() == "content-length":
+                        continue
+                    self.send_header(k, v)
+                declared = resp.getheader("Content-Length")
+                if self.command == "HEAD":
+                    if declared is not None:
+                        self.send_header("Content-Length", declared)
+                    self.end_headers()
+                    resp.read()
+                    conn.close()
+                    return
+                data = resp.read()
+                conn.close()
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if action.name == "pause" and action.gate is not None:
+                    self.wfile.write(data[: action.after_bytes])
+                    self.wfile.flush()
+                    action.gate.reached.set()
+                    action.gate.release.wait(PAUSE_LIMIT_S)
+                    self.wfile.write(data[action.after_bytes :])
+                else:
+                    self.wfile.write(data)
+
+            def _reset(self) -> None:
+                # SO_LINGER 0: the peer sees a reset, not an orderly close.
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+                self.close_connection = True
+                self.connection.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def rule(self, fn: Rule) -> S3Proxy:
+        self._rules.append(fn)
+        return self
+
+    def _decide(self, req: Request) -> Action:
+        for fn in self._rules:
+            action = fn(req)
+            if action is not None:
+                return action
+        return Action("forward")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> S3Proxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,106 @@
+"""A hostile neighbour: the owner of the server's data directory (not root) tries to make
+the root agent change files it does not own, by swapping names during a restore."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from harness import configure_params, load_dataset, wait_until
+from harness.s3proxy import Action, Gate, S3Proxy
+
+NOBODY = 65534
+
+
+def _temp_names(server) -> list[str]:
+    return [n for n in os.listdir(server.dir) if n.startswith(".dump.rdb.restore-")]
+
+
+def test_a_symlink_swapped_in_during_the_download_is_never_chowned_or_placed(
+    valkey_server, agent, moto, moto_bucket, tmp_path
+):
+    # A root-only file the attacker would like to own.
+    victim = tmp_path / "root-only"
+    victim.write_bytes(b"secret")
+    victim.chmod(0o600)
+    server = valkey_server("valkey8")
+    load_dataset(server, size_mb=2, seed=3)
+    os.chown(server.dir, NOBODY, NOBODY)  # the data dir belongs to the "attacker"
+
+    gate = Gate()
+    with S3Proxy(moto.endpoint) as proxy:
+        proxy.rule(
+            lambda r: (
+                Action.pause(64 * 1024, gate)
+                if r.method == "GET" and r.path.endswith("/data.rdb")
+                else None
+            )
+        )
+        a = agent()
+        params = configure_params(
+            server,
+            moto,
+            moto_bucket,
+            cluster="hostile.valkey",
+            s3_extra={"endpoint": proxy.endpoint},
+        )
+        a.request("configure", params).expect_ok()
+        backup_id = a.request("create-backup").expect_ok()["backup-id"]
+
+        pending = a.request_async("restore-backup", {"step": "prepare", "backup-id": backup_id})
+        assert gate.reached.wait(60), "the restore never started downloading"
+        [temp] = _temp_names(server)
+        os.rename(server.dir / temp, server.dir / "moved-away")
+        os.symlink(victim, server.dir / temp)
+        gate.release.set()
+        prepared = pending.result(120).expect_ok()
+
+    st = os.lstat(victim)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o600)
+    assert victim.read_bytes() == b"secret"
+    # The file the agent verified is what it gave away; it kept its checked bytes.
+    assert os.lstat(server.dir / "moved-away").st_size == prepared["size-bytes"]
+
+    server.stop()
+    err = a.request(
+        "restore-backup", {"step": "commit", "restore-id": prepared["restore-id"]}
+    ).expect_error("internal")
+    assert "moved or replaced" in err.message
+    # Nothing was placed: the planted symlink did not become the dump.
+    assert not (server.dir / "dump.rdb").is_symlink()
+    a.request("restore-backup", {"step": "abort", "restore-id": prepared["restore-id"]}).expect_ok()
+    assert (server.dir / temp).is_symlink()  # abort removes only what it created
+    assert victim.read_bytes() == b"secret"
+
+
+def test_the_restored_dump_gets_the_owner_and_mode_of_the_dump_it_replaces(
+    valkey_server, agent, moto, moto_bucket
+):
+    server = valkey_server("valkey9")
+    load_dataset(server, size_mb=1, seed=4)
+    a = agent()
+    a.request("configure", configure_params(server, moto, moto_bucket, cluster="own.valkey"))
+    backup_id = a.request("create-backup").expect_ok()["backup-id"]
+    c = server.client()
+    wait_until(
+        lambda: c.info("persistence")["rdb_bgsave_in_progress"] == 0,
+        timeout=30,
+        what="the replication fork to exit",
+    )
+    c.save()
+    dump = server.dir / "dump.rdb"
+    os.chown(dump, NOBODY, NOBODY)
+    dump.chmod(0o640)
+
+    prepared = a.request("restore-backup", {"step": "prepare", "backup-id": backup_id}).expect_ok()
+    server.stop()
+    a.request(
+        "restore-backup", {"step": "commit", "restore-id": prepared["restore-id"]}
+    ).expect_ok()
+    st = os.lstat(dump)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY, NOBODY, 0o640)
+    server.start_again()
+    finished = a.request(
+        "restore-backup", {"step": "finish", "restore-id": prepared["restore-id"]}
+    ).expect_ok()
+    assert finished["keys-match"] is True
