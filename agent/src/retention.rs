@@ -80,7 +80,8 @@ pub struct Decision {
 ///
 /// * Finished: kept when among the `keep-last` newest finished backups or younger than
 ///   `keep-days`; the newest finished backup is kept whatever the policy.
-/// * Failed and incomplete: deleted when older than `keep-days`; with `keep-last` alone,
+/// * Failed, incomplete and damaged (a manifest without a restorable backup behind it):
+///   deleted when older than `keep-days`; with `keep-last` alone,
 ///   when started before the oldest finished backup that is kept (they hold nothing a
 ///   restore can use, but they are the record of what went wrong recently).
 /// * Running and abandoned: never deleted here (an open upload is aborted by the
@@ -293,6 +294,7 @@ fn status_word(s: BackupStatus) -> &'static str {
         BackupStatus::Finished => "finished",
         BackupStatus::Failed => "failed",
         BackupStatus::Incomplete => "incomplete",
+        BackupStatus::Damaged => "damaged",
         BackupStatus::Running => "running",
         BackupStatus::Abandoned => "abandoned",
     }
@@ -356,7 +358,7 @@ mod tests {
             .collect()
     }
 
-    use BackupStatus::{Abandoned, Failed, Finished, Incomplete, Running};
+    use BackupStatus::{Abandoned, Damaged, Failed, Finished, Incomplete, Running};
 
     #[test]
     fn policy_needs_a_rule_and_sane_values() {
@@ -390,6 +392,32 @@ mod tests {
                 (4.0, true, "not among the 2 newest finished backups".into()),
             ]
         );
+    }
+
+    #[test]
+    fn a_damaged_newest_backup_never_takes_the_place_of_the_newest_restorable_one() {
+        // The newest backup has a manifest but no restorable data: keep-last 1 must keep
+        // the older, intact backup, and the damaged one ranks with failed ones.
+        let bs = [b(1.0, Damaged), b(2.0, Finished), b(3.0, Finished)];
+        let v = verdicts(&bs, &Policy::new(Some(1), None).unwrap());
+        assert_eq!(
+            v,
+            vec![
+                (
+                    1.0,
+                    false,
+                    "damaged backup not older than the oldest kept finished backup (".to_owned()
+                        + bs[1].0.as_str()
+                        + ")"
+                ),
+                (2.0, false, "the newest finished backup".into()),
+                (3.0, true, "not the newest finished backup".into()),
+            ]
+        );
+        // With every finished-looking backup damaged, nothing counts as the newest.
+        let bs = [b(1.0, Damaged), b(2.0, Damaged)];
+        let p = Policy::new(None, Some(0.0)).unwrap();
+        assert_eq!(deleted_ages(&bs, &p), vec![1.0, 2.0]);
     }
 
     #[test]

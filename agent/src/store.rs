@@ -130,6 +130,42 @@ pub struct ManifestV1 {
     pub agent_version: String,
 }
 
+impl ManifestV1 {
+    /// Why a backup with this manifest cannot be restored (`None`: it can, as far as the
+    /// listing tells): the manifest must describe its own backup and data key, and the
+    /// data object must exist with the manifest's size. A manifest alone proves nothing:
+    /// the data may have been removed by hand, or the manifest copied from elsewhere.
+    pub fn unrestorable_reason(
+        &self,
+        layout: &Layout,
+        id: &BackupId,
+        data_size: Option<u64>,
+    ) -> Option<String> {
+        if self.backup_id != id.as_str() || self.data_key != layout.data_key(id) {
+            return Some(format!(
+                "its manifest does not describe {id}'s own data object (copied or forged)"
+            ));
+        }
+        match data_size {
+            None => Some(format!("{DATA_OBJECT} is missing")),
+            Some(n) if n != self.stored_size_bytes => Some(format!(
+                "{DATA_OBJECT} has {n} bytes but the manifest recorded {}",
+                self.stored_size_bytes
+            )),
+            Some(_) => None,
+        }
+    }
+}
+
+/// What the manifest of a backup that has one turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManifestCheck {
+    /// It parses, describes the backup, and the data object has its size.
+    Restorable(Box<ManifestV1>),
+    /// Anything else; the text says what is wrong.
+    Damaged(String),
+}
+
 /// Why a backup failed, written once instead of a manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -203,6 +239,33 @@ impl Store {
             .map_err(|_| S3Error::BadRecord {
                 key: key.to_owned(),
             })
+    }
+
+    /// Reads the manifest of backup `id` and checks it against the data object's listed
+    /// size (see [`ManifestV1::unrestorable_reason`]). A manifest that cannot be parsed
+    /// is `Damaged`; access and reachability errors are returned.
+    pub async fn check_manifest(
+        &self,
+        layout: &Layout,
+        id: &BackupId,
+        data_size: Option<u64>,
+    ) -> Result<ManifestCheck, S3Error> {
+        match self
+            .get_record::<ManifestV1>(&layout.manifest_key(id))
+            .await
+        {
+            Ok(Some(m)) => Ok(match m.unrestorable_reason(layout, id, data_size) {
+                None => ManifestCheck::Restorable(Box::new(m)),
+                Some(why) => ManifestCheck::Damaged(why),
+            }),
+            Ok(None) => Ok(ManifestCheck::Damaged(format!(
+                "{MANIFEST_OBJECT} disappeared while it was being read"
+            ))),
+            Err(S3Error::BadRecord { .. }) => Ok(ManifestCheck::Damaged(format!(
+                "{MANIFEST_OBJECT} cannot be parsed (truncated or not a manifest)"
+            ))),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every key under `prefix`.
@@ -298,8 +361,12 @@ pub struct OpenUpload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackupStatus {
-    /// A manifest exists.
+    /// A manifest exists. (Listing and pruning read it: unless it parses, describes the
+    /// backup and its data object has the recorded size, the backup is `Damaged`.)
     Finished,
+    /// A manifest exists but the backup cannot be restored (see
+    /// [`ManifestV1::unrestorable_reason`]). Never counted as a finished backup.
+    Damaged,
     /// A failure record exists.
     Failed,
     /// A multipart upload is open and nothing else was written yet.

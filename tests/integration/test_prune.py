@@ -41,10 +41,16 @@ def _put(s3, bucket: str, key: str, body: bytes) -> str | None:
 
 
 def _copy_backup(s3, bucket: str, prefix: str, src: str, dst: str) -> None:
-    """Every object of backup `src` again under the id `dst`."""
+    """Every object of backup `src` again under the id `dst`; the manifest is rewritten to
+    describe `dst` (a manifest that names another backup is not restorable)."""
     # The whole bucket is listed: moto's signature check mishandles a '/' in a prefix.
     for key in [k for k in bucket_state(s3, bucket).keys if k.startswith(f"{prefix}{src}/")]:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        if key.endswith("/manifest.json"):
+            manifest = json.loads(body)
+            manifest["backup-id"] = dst
+            manifest["data-key"] = manifest["data-key"].replace(f"/{src}/", f"/{dst}/")
+            body = json.dumps(manifest).encode()
         _put(s3, bucket, key.replace(f"/{src}/", f"/{dst}/"), body)
 
 
@@ -410,3 +416,41 @@ def test_upload_left_by_a_killed_agent_is_abandoned_then_aborted(
     ]
     assert len(aborts) == 1 and aborts[0].status == 204, aborts
     assert moto.delete_attempts(moto_bucket) == []
+
+
+@pytest.mark.parametrize("damage", ["data-removed", "manifest-truncated", "data-truncated"])
+def test_prune_never_deletes_the_newest_restorable_backup(
+    damage, agent, valkey_server, moto, moto_bucket
+):
+    # The newest backup has a manifest but cannot be restored; the only intact backup is
+    # older. keep-last 1 must keep the intact one, and list-backups must say which is which.
+    s3 = moto.client()
+    a, params = _backup_agent(agent, valkey_server, moto, moto_bucket, "damaged.valkey")
+    prefix = prefix_of(params)
+    newest = a.request("create-backup").expect_ok()["backup-id"]
+    _copy_backup(s3, moto_bucket, prefix, newest, OLD_FREE)  # intact, older
+    data_key, manifest_key = f"{prefix}{newest}/data.rdb", f"{prefix}{newest}/manifest.json"
+    if damage == "data-removed":
+        s3.delete_object(Bucket=moto_bucket, Key=data_key)
+    elif damage == "manifest-truncated":
+        body = s3.get_object(Bucket=moto_bucket, Key=manifest_key)["Body"].read()
+        _put(s3, moto_bucket, manifest_key, body[: len(body) // 2])
+    else:
+        body = s3.get_object(Bucket=moto_bucket, Key=data_key)["Body"].read()
+        _put(s3, moto_bucket, data_key, body[:-100])
+
+    listed = {b["backup-id"]: b for b in a.request("list-backups").expect_ok()["backups"]}
+    assert listed[OLD_FREE]["status"] == "finished"
+    assert listed[newest]["status"] == "damaged"
+    assert listed[newest]["reason"].startswith("not restorable: "), listed[newest]
+
+    out = a.request("prune-backups", {"keep-last": 1, "confirm": True}).expect_ok()
+    assert out["deleted"] == []
+    kept = {k["backup-id"]: k for k in out["kept"]}
+    assert kept[OLD_FREE]["why"] == "the newest finished backup"
+    assert kept[newest]["status"] == "damaged"
+    assert "not restorable" in kept[newest]["why"]
+    keys = bucket_state(s3, moto_bucket).keys
+    assert f"{prefix}{OLD_FREE}/data.rdb" in keys and f"{prefix}{OLD_FREE}/manifest.json" in keys
+    # The intact backup is what a restore gets.
+    a.request("verify-backup", {"backup-id": OLD_FREE}).expect_ok()

@@ -20,7 +20,7 @@ use crate::error::OpError;
 use crate::retention;
 use crate::s3::{S3Error, Store};
 use crate::store::{
-    group, BackupStatus, FailureRecord, Found, Layout, ManifestV1, OpenUpload, VerifyRecord,
+    group, BackupStatus, FailureRecord, Found, Layout, ManifestCheck, OpenUpload, VerifyRecord,
     DATA_OBJECT,
 };
 
@@ -126,10 +126,15 @@ async fn describe(
     });
     match status {
         BackupStatus::Finished => {
-            let got = store
-                .get_record::<ManifestV1>(&layout.manifest_key(&id))
-                .await;
-            if let Some(m) = readable(got, &mut entry)? {
+            let m = match store.check_manifest(layout, &id, found.data_size).await? {
+                ManifestCheck::Restorable(m) => Some(m),
+                ManifestCheck::Damaged(why) => {
+                    entry["status"] = json!(BackupStatus::Damaged);
+                    entry["reason"] = json!(format!("not restorable: {why}"));
+                    None
+                }
+            };
+            if let Some(m) = m {
                 entry["unit"] = json!(m.unit);
                 entry["size-bytes"] = json!(m.stored_size_bytes);
                 entry["started-at"] = json!(m.started_at);
@@ -160,7 +165,10 @@ async fn describe(
                 entry["reason"] = json!(f.reason);
             }
         }
-        BackupStatus::Running | BackupStatus::Abandoned | BackupStatus::Incomplete => {}
+        BackupStatus::Running
+        | BackupStatus::Abandoned
+        | BackupStatus::Incomplete
+        | BackupStatus::Damaged => {}
     }
     Ok(entry)
 }

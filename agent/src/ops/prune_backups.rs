@@ -1,7 +1,9 @@
 //! `prune-backups`: delete the backups a retention policy no longer keeps, and abort the
 //! multipart uploads of agents that are gone. A dry run unless `confirm` is true.
 //!
-//! What it never deletes: the newest finished backup; running backups; any backup with
+//! What it never deletes: the newest restorable backup (a manifest counts only when it
+//! parses, describes its backup and the data object has the recorded size; otherwise
+//! the backup is `damaged` and ranks with failed ones); running backups; any backup with
 //! an object version under retention or legal hold (checked per version with HeadObject;
 //! when a version's lock state cannot be read the whole backup is skipped and the result
 //! says so); anything outside `<path>/<cluster>/` or outside a valid backup directory.
@@ -34,7 +36,8 @@ use crate::error::OpError;
 use crate::retention::{self, Policy, Verdict, VersionLock};
 use crate::s3::{S3Error, Store};
 use crate::store::{
-    group, BackupStatus, Found, Layout, StoredVersion, DATA_OBJECT, FAILURE_OBJECT, MANIFEST_OBJECT,
+    group, BackupStatus, Found, Layout, ManifestCheck, StoredVersion, DATA_OBJECT, FAILURE_OBJECT,
+    MANIFEST_OBJECT,
 };
 
 #[derive(Deserialize)]
@@ -96,7 +99,7 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
     let uploads = store.list_uploads(layout.prefix()).await?;
     let grouped: HashMap<BackupId, Found> = group(&layout, &keys, &uploads).into_iter().collect();
     let initiated = upload_times(&layout, &uploads);
-    let backups: Vec<(BackupId, BackupStatus)> = grouped
+    let listed: Vec<(BackupId, BackupStatus)> = grouped
         .iter()
         .map(|(id, found)| {
             let status = found.status().expect("grouped entries have a status");
@@ -105,7 +108,26 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
             (id.clone(), status)
         })
         .collect();
+    // "Finished" must mean restorable before any rule counts it: a manifest whose data is
+    // gone, or that does not parse, must not take the place of the newest backup.
+    let damaged = damaged_backups(&store, &layout, &grouped, &listed).await?;
+    let backups: Vec<(BackupId, BackupStatus)> = listed
+        .into_iter()
+        .map(|(id, status)| match damaged.contains_key(&id) {
+            true => (id, BackupStatus::Damaged),
+            false => (id, status),
+        })
+        .collect();
     let mut decisions = retention::select(&backups, &policy, now);
+    for d in &mut decisions {
+        if let Some(why) = damaged.get(&d.id) {
+            match &mut d.verdict {
+                Verdict::Keep(w) | Verdict::Delete(w) => {
+                    *w = format!("{w} (not restorable: {why})")
+                }
+            }
+        }
+    }
     // Data without a manifest is also what another unit's backup looks like in the moment
     // between completing its upload and writing its manifest: young ones are left alone.
     for d in &mut decisions {
@@ -230,6 +252,44 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
         "skipped": out.skipped,
         "aborted-uploads": out.aborted_uploads,
     }))
+}
+
+/// Manifest reads in flight at once while checking finished backups.
+const MANIFEST_CONCURRENCY: usize = 16;
+
+/// The backups listed as finished whose manifest does not make them restorable, with
+/// the reason (see [`crate::store::ManifestV1::unrestorable_reason`]).
+async fn damaged_backups(
+    store: &Store,
+    layout: &Layout,
+    grouped: &HashMap<BackupId, Found>,
+    listed: &[(BackupId, BackupStatus)],
+) -> Result<HashMap<BackupId, String>, OpError> {
+    let finished: Vec<(BackupId, Option<u64>)> = listed
+        .iter()
+        .filter(|(_, s)| *s == BackupStatus::Finished)
+        .map(|(id, _)| (id.clone(), grouped.get(id).and_then(|f| f.data_size)))
+        .collect();
+    let checks: Vec<(BackupId, Result<ManifestCheck, S3Error>)> = stream::iter(finished)
+        .map(|(id, size)| {
+            let store = store.clone();
+            let layout = layout.clone();
+            async move {
+                let check = store.check_manifest(&layout, &id, size).await;
+                (id, check)
+            }
+        })
+        .buffer_unordered(MANIFEST_CONCURRENCY)
+        .collect()
+        .await;
+    let mut damaged = HashMap::new();
+    for (id, check) in checks {
+        if let ManifestCheck::Damaged(why) = check? {
+            warn!(backup_id = %id, why = %why, "a backup with a manifest is not restorable");
+            damaged.insert(id, why);
+        }
+    }
+    Ok(damaged)
 }
 
 #[derive(Default)]
