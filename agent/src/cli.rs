@@ -387,6 +387,8 @@ pub fn backups_table(result: &Value) -> String {
     for b in rows {
         let detail = if b["status"] == "failed" {
             format!("{}: {}", s(&b["code"]), s(&b["reason"]))
+        } else if b["status"] == "damaged" {
+            s(&b["reason"])
         } else {
             s(&b["source-version"])
         };
