@@ -211,6 +211,12 @@ impl DataDir {
         std::os::unix::fs::fchown(&self.fd, Some(owner.uid), Some(owner.gid))
     }
 
+    /// Bytes an unprivileged user may still write on this directory's filesystem.
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let st = nix::sys::statvfs::fstatvfs(&self.fd)?;
+        Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+    }
+
     /// Makes renames and creations in this directory durable.
     pub fn sync(&self) -> io::Result<()> {
         Ok(nix::unistd::fsync(&self.fd)?)

@@ -66,6 +66,9 @@ pub enum OpError {
     /// The restore's commit step needs the server stopped.
     #[error("{0}")]
     ValkeyRunning(String),
+    /// The filesystem a restore writes to has too little free space.
+    #[error("{0}")]
+    NoSpace(String),
     /// A stored backup failed a check (size, RDB structure, SHA-256, CRC64, loading).
     #[error("{message}")]
     Integrity { check: Check, message: String },
@@ -95,6 +98,7 @@ impl OpError {
             OpError::Cancelled => ErrorCode::Cancelled,
             OpError::ValkeyReplica(_) => ErrorCode::ValkeyReplica,
             OpError::ValkeyRunning(_) => ErrorCode::ValkeyRunning,
+            OpError::NoSpace(_) => ErrorCode::NoSpace,
             OpError::Integrity { .. } => ErrorCode::StreamInvalid,
             OpError::Config(ConfigError::Invalid { .. } | ConfigError::Shape { .. }) => {
                 ErrorCode::BadRequest

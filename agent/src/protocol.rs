@@ -33,6 +33,8 @@ pub enum ErrorCode {
     S3Conflict,
     S3Error,
     NotFound,
+    /// The restore's target filesystem has no room for the backup.
+    NoSpace,
     Cancelled,
     Internal,
 }
@@ -59,6 +61,7 @@ impl ErrorCode {
             ErrorCode::S3Conflict => "s3-conflict",
             ErrorCode::S3Error => "s3-error",
             ErrorCode::NotFound => "not-found",
+            ErrorCode::NoSpace => "no-space",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Internal => "internal",
         }

@@ -70,6 +70,7 @@ ACTION_HINTS = {
     "valkey-auth": "check valkey-username and the valkey-password secret",
     "valkey-unreachable": "check valkey-host, valkey-port and the valkey-tls options",
     "not-found": "run list-backups to see the backups that exist",
+    "no-space": "free space in the server's data directory, then run the restore again",
     "unknown-op": "the installed agent does not know this action; upgrade the charm",
     "s3-access-denied": "check the s3-integrator's credentials secret",
     "s3-no-bucket": "check the s3-integrator's bucket",

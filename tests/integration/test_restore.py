@@ -320,3 +320,52 @@ def test_verify_with_load_writes_a_record_and_list_shows_it(
     a.request("verify-backup", {"backup-id": backup_id}).expect_ok()
     keys = bucket_state(moto.client(), moto_bucket, prefix_of(params)).keys
     assert sum("/verify/" in k for k in keys) == 2
+
+
+def test_an_out_of_range_finish_timeout_is_refused_and_the_session_survives(
+    valkey_server, agent, moto, moto_bucket
+):
+    server = valkey_server("valkey8")
+    server.client().set("k", "v")
+    a = agent()
+    a.request("configure", configure_params(server, moto, moto_bucket, cluster="t.valkey"))
+    backup_id = a.request("create-backup").expect_ok()["backup-id"]
+    rid = a.request("restore-backup", {"step": "prepare", "backup-id": backup_id}).expect_ok()[
+        "restore-id"
+    ]
+    server.stop()
+    a.request("restore-backup", {"step": "commit", "restore-id": rid}).expect_ok()
+    server.start_again()
+    for bad in (2**64 - 1, 0, 86_401):
+        err = a.request(
+            "restore-backup", {"step": "finish", "restore-id": rid, "timeout-seconds": bad}
+        ).expect_error("bad-request")
+        assert "timeout-seconds" in err.message
+    # The committed session was not lost: finish still completes it.
+    done = a.request("restore-backup", {"step": "finish", "restore-id": rid}).expect_ok()
+    assert done["keys"] == {"db0": 1}
+
+
+def test_a_restore_that_would_not_fit_is_refused_before_anything_is_written(
+    valkey_server, agent, moto, moto_bucket, tmp_path
+):
+    # The server's dir is a small filesystem of its own: the backup plus the agent's
+    # 64 MiB headroom does not fit there.
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=66m", "tmpfs", str(small)], check=True)
+    try:
+        server = valkey_server("valkey8", extra_args=["--dir", str(small)])
+        load_dataset(server, size_mb=3, seed=2)
+        a = agent()
+        a.request("configure", configure_params(server, moto, moto_bucket, cluster="nf.valkey"))
+        backup = a.request("create-backup").expect_ok()
+        err = a.request(
+            "restore-backup", {"step": "prepare", "backup-id": backup["backup-id"]}
+        ).expect_error("no-space")
+        assert str(small) in err.message and "nothing was changed" in err.message
+        assert os.listdir(small) == []
+        a.request("create-backup").expect_ok()  # the lock was released
+    finally:
+        valkey_server.stop_all()
+        subprocess.run(["umount", str(small)], check=True)

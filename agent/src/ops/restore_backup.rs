@@ -47,6 +47,12 @@ use crate::valkey::ValkeyCli;
 const SESSION_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long `finish` waits for the server to load by default.
 const DEFAULT_LOAD_TIMEOUT_SECS: u64 = 600;
+/// The longest `finish` may be told to wait (a day): input never reaches time arithmetic
+/// unbounded.
+const MAX_LOAD_TIMEOUT_SECS: u64 = 86_400;
+/// Free space a restore leaves on the data directory's filesystem beyond the download,
+/// so the live server is never starved of room by the restore itself.
+const SPACE_HEADROOM: u64 = 64 * 1024 * 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -100,6 +106,8 @@ pub struct RestoreSession {
     previous_aof: Option<PathBuf>,
     /// The server as it was configured at `prepare`: later steps check the same one.
     valkey: ValkeySettings,
+    /// Cancels the session's watchdog when the session ends (finish, abort, timeout).
+    _watchdog: tokio_util::sync::DropGuard,
     started: Instant,
     _guard: UnitGuard,
 }
@@ -109,8 +117,21 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
     match p.step {
         Step::Prepare => prepare(state, p, events).await,
         Step::Commit => commit(state, session_id(&p)?).await,
-        Step::Finish => finish(state, session_id(&p)?, p.timeout_seconds).await,
+        Step::Finish => {
+            let timeout = load_timeout(p.timeout_seconds)?;
+            finish(state, session_id(&p)?, timeout).await
+        }
         Step::Abort => abort(state, session_id(&p)?).await,
+    }
+}
+
+/// `timeout-seconds` of `finish`: 1 to a day, 600 when absent.
+fn load_timeout(param: Option<u64>) -> Result<Duration, OpError> {
+    match param.unwrap_or(DEFAULT_LOAD_TIMEOUT_SECS) {
+        t @ 1..=MAX_LOAD_TIMEOUT_SECS => Ok(Duration::from_secs(t)),
+        t => Err(OpError::BadRequest(format!(
+            "timeout-seconds must be from 1 to {MAX_LOAD_TIMEOUT_SECS}, not {t}"
+        ))),
     }
 }
 
@@ -185,11 +206,14 @@ async fn prepare(
     let target = dir.join(&dbfilename);
     let temp_name = format!(".{dbfilename}.restore-{restore_id}.tmp");
     let server_user = info.process_id.and_then(server_process_user);
+    let needed = manifest.stored_size_bytes;
     let (data_dir, owner, file) = {
         let (dir, dbfilename, temp_name) = (dir.clone(), dbfilename.clone(), temp_name.clone());
-        tokio::task::spawn_blocking(move || open_target(&dir, &dbfilename, &temp_name, server_user))
-            .await
-            .map_err(|e| OpError::Internal(e.to_string()))??
+        tokio::task::spawn_blocking(move || {
+            open_target(&dir, &dbfilename, &temp_name, server_user, needed)
+        })
+        .await
+        .map_err(|e| OpError::Internal(e.to_string()))??
     };
 
     let mut reporter = ProgressReporter::new(events, Some(id.to_string()));
@@ -222,6 +246,7 @@ async fn prepare(
         "appendonly": aof.is_some(),
         "next": "stop the server, then send step commit",
     });
+    let ended = tokio_util::sync::CancellationToken::new();
     let session = RestoreSession {
         restore_id: restore_id.clone(),
         manifest,
@@ -237,11 +262,12 @@ async fn prepare(
         previous: None,
         previous_aof: None,
         valkey: config.valkey.clone(),
+        _watchdog: ended.clone().drop_guard(),
         started: Instant::now(),
         _guard: guard,
     };
     *state.restore.lock().expect("restore lock") = Some(session);
-    spawn_watchdog(Arc::clone(state), restore_id);
+    spawn_watchdog(Arc::clone(state), restore_id, ended);
     Ok(result)
 }
 
@@ -259,6 +285,7 @@ fn open_target(
     dbfilename: &str,
     temp_name: &str,
     server_user: Option<(u32, u32)>,
+    needed: u64,
 ) -> Result<(DataDir, Ownership, File), OpError> {
     let io = |what: &str, e: std::io::Error| {
         OpError::Internal(format!("{what} in {}: {e}", dir.display()))
@@ -272,6 +299,18 @@ fn open_target(
         .map_err(|e| io("looking at the current dump", e))?;
     let owner = Ownership::for_restored_dump(previous.as_ref(), server_user, &dir_stat);
     remove_stale_temps(&data_dir, dbfilename);
+    let free = data_dir
+        .free_bytes()
+        .map_err(|e| io("reading the free space", e))?;
+    if free < needed.saturating_add(SPACE_HEADROOM) {
+        return Err(OpError::NoSpace(format!(
+            "{} has {} MiB free but the backup needs {} MiB (plus {} MiB headroom): free space there, then restore again; nothing was changed",
+            dir.display(),
+            free >> 20,
+            needed.div_ceil(1 << 20),
+            SPACE_HEADROOM >> 20,
+        )));
+    }
     let file = data_dir
         .create_new(temp_name)
         .map_err(|e| io("creating the restore's temporary file", e))?;
@@ -332,11 +371,17 @@ async fn download_to(
 
 /// Aborts a prepared restore nobody continues, so a vanished caller cannot hold the
 /// unit's lock forever, and cleans up on shutdown. It looks once a minute rather than
-/// once at the deadline: a step in progress has the session out of the slot.
-fn spawn_watchdog(state: Arc<AgentState>, restore_id: String) {
+/// once at the deadline: a step in progress has the session out of the slot. It ends
+/// with the session (the session holds the guard of `ended`).
+fn spawn_watchdog(
+    state: Arc<AgentState>,
+    restore_id: String,
+    ended: tokio_util::sync::CancellationToken,
+) {
     tokio::spawn(async move {
         loop {
             tokio::select! {
+                _ = ended.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(60)) => {}
                 _ = state.shutdown.cancelled() => {
                     let _ = abort(&state, &restore_id).await;
@@ -586,7 +631,7 @@ fn build_aof_dir(
 async fn finish(
     state: &Arc<AgentState>,
     restore_id: &str,
-    timeout: Option<u64>,
+    timeout: Duration,
 ) -> Result<Value, OpError> {
     let session = take_session(state, restore_id)?;
     if !session.committed {
@@ -596,8 +641,7 @@ async fn finish(
         ));
     }
     let cli = ValkeyCli::new(session.valkey.clone());
-    let deadline =
-        Instant::now() + Duration::from_secs(timeout.unwrap_or(DEFAULT_LOAD_TIMEOUT_SECS));
+    let deadline = Instant::now() + timeout;
     let info = loop {
         let last = match cli.info().await {
             Ok(info) if !info.loading => break info,
@@ -665,4 +709,23 @@ async fn abort(state: &Arc<AgentState>, restore_id: &str) -> Result<Value, OpErr
             "nothing was changed"
         },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_timeout_is_bounded_before_any_arithmetic() {
+        assert_eq!(load_timeout(None).unwrap(), Duration::from_secs(600));
+        assert_eq!(load_timeout(Some(1)).unwrap(), Duration::from_secs(1));
+        assert_eq!(
+            load_timeout(Some(86_400)).unwrap(),
+            Duration::from_secs(86_400)
+        );
+        for bad in [0, 86_401, u64::MAX] {
+            let err = load_timeout(Some(bad)).unwrap_err();
+            assert_eq!(err.code().as_str(), "bad-request", "{bad}");
+        }
+    }
 }
