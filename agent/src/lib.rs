@@ -4,7 +4,8 @@
 //!
 //! * [`protocol`] — the JSON-lines request/response types spoken on the Unix socket.
 //! * [`error`] — the one place where module errors become stable protocol codes.
-//! * [`server`] — socket, peer check, dispatch and graceful shutdown.
+//! * [`server`] — socket, peer check, dispatch and graceful shutdown; [`access`] — which
+//!   peer may run which operation.
 //! * [`ops`] — one module per operation (`status`, `configure`, `create-backup`,
 //!   `list-backups`, `restore-backup`, `verify-backup`, `prune-backups`).
 //! * [`config`] — validated, atomically stored configuration; [`secret`] — values that
@@ -23,6 +24,7 @@
 //! * [`client`], [`cli`], [`restore_cli`] — the socket client and the command line built
 //!   on it.
 
+pub mod access;
 pub mod backup_id;
 pub mod cli;
 pub mod client;

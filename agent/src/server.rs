@@ -1,8 +1,10 @@
 //! The Unix-socket server: accept, check the peer, read one request, dispatch, answer,
 //! and shut down cleanly.
 //!
-//! * The socket is created mode 0600 and the peer's uid is checked with `SO_PEERCRED`:
-//!   file modes alone can be loosened by accident, the peer check cannot.
+//! * The peer's uid is checked with `SO_PEERCRED` and decides what it may do
+//!   ([`crate::access`]). The socket is mode 0600, or 0666 when `--allow-uid` names
+//!   operators (the peer check, not the file mode, keeps everyone else out; a socket
+//!   directory the agent creates is then 0711 so that they can reach it).
 //! * A request line is read with a hard 1 MiB cap and a deadline, and every response
 //!   line is written with a deadline, so a slow or hostile client can hold neither
 //!   memory nor a task forever.
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::access::{authorize, role_of};
 use crate::config::AgentConfig;
 use crate::ops::{self, AgentState};
 use crate::protocol::{parse_request, ErrorCode, Event, RequestError, MAX_REQUEST_BYTES};
@@ -72,9 +75,10 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
 /// Runs until `shutdown` is cancelled.
 pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), ServeError> {
     prepare_dir(&opts.state_dir, 0o700)?;
+    let operators = !opts.allowed_uids.is_empty();
     if let Some(parent) = opts.socket.parent() {
         if !parent.exists() {
-            prepare_dir(parent, 0o700)?;
+            prepare_dir(parent, if operators { 0o711 } else { 0o700 })?;
         }
     }
     // A stored configuration that cannot be used must not keep the agent from serving:
@@ -93,10 +97,11 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
             None
         }
     };
-    let listener = bind(&opts.socket).await?;
-    let mut allowed = opts.allowed_uids.clone();
-    allowed.push(0);
-    allowed.push(nix::unistd::geteuid().as_raw());
+    let listener = bind(&opts.socket, if operators { 0o666 } else { 0o600 }).await?;
+    let allowed = Arc::new(Peers {
+        own_uid: nix::unistd::geteuid().as_raw(),
+        operators: opts.allowed_uids.clone(),
+    });
     let state = AgentState::new(opts.state_dir.clone(), config, shutdown.clone());
     let tracker = TaskTracker::new();
     info!(socket = %opts.socket.display(), version = crate::AGENT_VERSION, "agent serving");
@@ -107,7 +112,7 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let state = Arc::clone(&state);
-                    let allowed = allowed.clone();
+                    let allowed = Arc::clone(&allowed);
                     tracker.spawn(async move { handle(stream, state, &allowed).await });
                 }
                 Err(e) => {
@@ -139,7 +144,7 @@ fn prepare_dir(dir: &Path, mode: u32) -> Result<(), ServeError> {
 }
 
 /// Binds the socket, replacing a stale one but never a live agent's.
-async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+async fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
             return Err(ServeError::InUse(path.to_owned()));
@@ -147,12 +152,19 @@ async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
         std::fs::remove_file(path).map_err(io_err(path))?;
     }
     let listener = UnixListener::bind(path).map_err(io_err(path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
     Ok(listener)
 }
 
+/// The uids the socket serves besides root.
+struct Peers {
+    own_uid: u32,
+    /// `--allow-uid`: served with the operator role.
+    operators: Vec<u32>,
+}
+
 /// Serves one connection: one request, its events, one final line.
-async fn handle(stream: UnixStream, state: Arc<AgentState>, allowed: &[u32]) {
+async fn handle(stream: UnixStream, state: Arc<AgentState>, allowed: &Peers) {
     let started = Instant::now();
     let (uid, pid) = match stream.peer_cred() {
         Ok(c) => (c.uid(), c.pid()),
@@ -162,7 +174,7 @@ async fn handle(stream: UnixStream, state: Arc<AgentState>, allowed: &[u32]) {
         }
     };
     let (read_half, mut write_half) = stream.into_split();
-    if !allowed.contains(&uid) {
+    let Some(role) = role_of(uid, allowed.own_uid, &allowed.operators) else {
         let line = Event::Error {
             code: ErrorCode::PermissionDenied,
             message: "this socket serves only root and the agent's own user".into(),
@@ -171,7 +183,7 @@ async fn handle(stream: UnixStream, state: Arc<AgentState>, allowed: &[u32]) {
         let _ = write_half.write_all(&line).await;
         info!(target: "audit", peer_uid = uid, peer_pid = pid, op = "-", result = "permission-denied", "refused peer");
         return;
-    }
+    };
 
     let request = match read_request(read_half, &state.shutdown).await {
         Ok(r) => r,
@@ -189,6 +201,17 @@ async fn handle(stream: UnixStream, state: Arc<AgentState>, allowed: &[u32]) {
             return;
         }
     };
+
+    if let Err(why) = authorize(role, request.op, &request.params) {
+        let line = Event::Error {
+            code: ErrorCode::PermissionDenied,
+            message: why,
+        }
+        .to_line();
+        let _ = write_half.write_all(&line).await;
+        info!(target: "audit", peer_uid = uid, peer_pid = pid, op = request.op.as_str(), result = "permission-denied", "refused operation");
+        return;
+    }
 
     let (tx, mut rx) = mpsc::channel::<Event>(64);
     let writer = tokio::spawn(async move {

@@ -351,7 +351,7 @@ PEER_CLIENT = textwrap.dedent(
         print(json.dumps({"uid": os.getuid(), "connect-errno": exc.errno}))
         sys.exit(0)
     try:
-        s.sendall(b'{"v": 1, "op": "status"}\\n')
+        s.sendall(sys.argv[2].encode() + b"\\n")
     except OSError:
         pass  # the agent may answer and close before reading
     data = b""
@@ -368,9 +368,12 @@ PEER_CLIENT = textwrap.dedent(
 )
 
 
-def _ask_as_nobody(python: str, sock: Path) -> dict[str, Any]:
+def _ask_as_nobody(
+    python: str, sock: Path, op: str = "status", params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    request = json.dumps({"v": 1, "op": op, "params": params or {}})
     res = subprocess.run(
-        [python, "-I", "-c", PEER_CLIENT, str(sock)],
+        [python, "-I", "-c", PEER_CLIENT, str(sock), request],
         user=NOBODY,
         group=NOBODY,
         extra_groups=[],
@@ -422,9 +425,10 @@ def test_peer_with_another_uid_is_refused(world_dir):
         # Root is still served, and the agent is fine.
         assert_serving(a)
 
-        # Control: an agent that allows uid 65534 serves the very same client.
+        # Control: an agent that allows uid 65534 serves the very same client (its socket
+        # is 0666: the peer check keeps everyone else out).
         allowing.start()
-        allowing.socket_path.chmod(0o666)
+        assert stat.S_IMODE(allowing.socket_path.stat().st_mode) == 0o666
         out = _ask_as_nobody(python, allowing.socket_path)
         lines = [json.loads(line) for line in out["reply"].splitlines() if line.strip()]
         assert lines and lines[-1]["event"] == "result", out
@@ -609,3 +613,39 @@ def test_second_backup_is_busy_and_names_the_running_one(
     again = a.request("create-backup", timeout=120)
     assert_framed(again)
     assert again.expect_ok()["backup-id"] != backup_id
+
+
+def _last_line(out: dict[str, Any]) -> dict[str, Any]:
+    lines = [json.loads(line) for line in out["reply"].splitlines() if line.strip()]
+    assert lines, out
+    return lines[-1]
+
+
+def test_an_allowed_uid_is_an_operator_never_an_admin(world_dir, tmp_path):
+    # --allow-uid may read and back up, but never configure (it names the executable root
+    # runs), restore, delete, or name an executable for verify --load.
+    python = _python_for_nobody()
+    a = Agent(world_dir / "op", extra_args=["--allow-uid", str(NOBODY)])
+    try:
+        a.start()
+        config_before = (a.state_dir / "config.json").exists()
+        refused = [
+            ("configure", {"cluster": "x.y", "unit": "x/0", "valkey": {"cli": "/tmp/evil"}}),
+            ("restore-backup", {"step": "prepare", "backup-id": "20200101T000000Z-v-0-abcdef"}),
+            ("prune-backups", {"keep-last": 1, "confirm": True}),
+            ("verify-backup", {"backup-id": "20200101T000000Z-v-0-abcdef", "server": "/tmp/x"}),
+        ]
+        for op, params in refused:
+            last = _last_line(_ask_as_nobody(python, a.socket_path, op, params))
+            assert last["event"] == "error" and last["code"] == "permission-denied", (op, last)
+            assert "reserved to root" in last["message"]
+        assert (a.state_dir / "config.json").exists() == config_before
+        # Allowed ops reach the op itself (here: not configured yet), not the access check.
+        for op, params in [("list-backups", {}), ("prune-backups", {"keep-last": 1})]:
+            last = _last_line(_ask_as_nobody(python, a.socket_path, op, params))
+            assert last["event"] == "error" and last["code"] == "not-configured", (op, last)
+        assert "refused operation" in a.log_text()
+        # Root still configures.
+        assert_serving(a)
+    finally:
+        a.cleanup()
