@@ -39,7 +39,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/valkey-backup-agent";
 const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 /// How long one response line may take to reach a client.
 const WRITE_DEADLINE: Duration = Duration::from_secs(30);
-/// How long shutdown waits for operations to abort and record their failure.
+/// How long shutdown waits for operations to abort and record their failure. The charm's
+/// systemd unit (charm/src/service.py) allows 30 s more before it kills the agent.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 
 /// How to run the server.

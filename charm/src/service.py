@@ -59,6 +59,11 @@ class AgentPaths:
         return cls(socket=Path(socket)) if socket else cls()
 
 
+# How long the agent itself waits for running operations to abort on SIGTERM
+# (agent/src/server.rs, SHUTDOWN_GRACE).
+AGENT_SHUTDOWN_GRACE_S = 60
+
+
 def render_unit(paths: AgentPaths) -> str:
     """The systemd unit that runs the agent.
 
@@ -66,7 +71,9 @@ def render_unit(paths: AgentPaths) -> str:
     can even reach the socket (the agent also checks the peer's uid). The agent runs as
     root because a restore writes into the Valkey server's data directory, whoever owns
     it. ``KillMode=mixed`` sends SIGTERM to the agent alone first, so that it can kill
-    the cli and abort an open multipart upload itself before systemd kills the rest.
+    the cli and abort an open multipart upload itself before systemd kills the rest;
+    ``TimeoutStopSec`` is longer than the agent's own 60 s shutdown grace
+    (``AGENT_SHUTDOWN_GRACE_S``), so systemd never kills it while it is still cleaning up.
     """
     runtime_dir = paths.socket.parent
     return f"""\
@@ -87,7 +94,7 @@ UMask=0077
 Restart=on-failure
 RestartSec=5
 KillMode=mixed
-TimeoutStopSec=60
+TimeoutStopSec={AGENT_SHUTDOWN_GRACE_S + 30}
 NoNewPrivileges=yes
 ProtectSystem=full
 PrivateTmp=yes

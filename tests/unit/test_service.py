@@ -41,6 +41,9 @@ def test_unit_runs_serve_with_the_socket_and_state_dir_and_a_private_socket_dir(
     assert "StateDirectoryMode=0700\n" in unit
     assert "UMask=0077\n" in unit
     assert "KillMode=mixed\n" in unit
+    # Longer than the agent's own 60 s shutdown grace: systemd must not cut the cleanup.
+    [stop] = [line for line in unit.splitlines() if line.startswith("TimeoutStopSec=")]
+    assert int(stop.split("=")[1]) > 60
     assert "Restart=on-failure\n" in unit
     assert "WantedBy=multi-user.target" in unit
 
