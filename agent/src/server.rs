@@ -99,6 +99,11 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
         }
     };
     let listener = bind(&opts.socket, if operators { 0o666 } else { 0o600 }).await?;
+    // Before serving: what an agent killed mid-verify left (a scratch server, a dump copy).
+    let state_dir = opts.state_dir.clone();
+    let _ =
+        tokio::task::spawn_blocking(move || ops::verify_backup::clean_leftover_scratch(&state_dir))
+            .await;
     let allowed = Arc::new(Peers {
         own_uid: nix::unistd::geteuid().as_raw(),
         operators: opts.allowed_uids.clone(),

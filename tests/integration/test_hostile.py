@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 
 from harness import configure_params, load_dataset, wait_until
 from harness.s3proxy import Action, Gate, S3Proxy
@@ -104,3 +105,56 @@ def test_the_restored_dump_gets_the_owner_and_mode_of_the_dump_it_replaces(
         "restore-backup", {"step": "finish", "restore-id": prepared["restore-id"]}
     ).expect_ok()
     assert finished["keys-match"] is True
+
+
+_SLOW_SERVER = """#!{python}
+import os, sys, time
+marker = {marker!r}
+with open(marker + ".reached", "w") as fh:
+    fh.write(str(os.getpid()))
+while not os.path.exists(marker):
+    time.sleep(0.01)
+os.execv({real!r}, [{real!r}, *sys.argv[1:]])
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_sigkill_during_verify_load_leaves_no_scratch_server_and_a_restart_cleans_up(
+    valkey_server, agent, moto, moto_bucket, components, tmp_path
+):
+    server = valkey_server("valkey8")
+    load_dataset(server, size_mb=1, seed=6)
+    a = agent()
+    a.request("configure", configure_params(server, moto, moto_bucket, cluster="kill.valkey"))
+    backup_id = a.request("create-backup").expect_ok()["backup-id"]
+    # A scratch "server" that waits before it becomes the real one: the moment to kill.
+    marker = tmp_path / "go"
+    wrapper = tmp_path / "slow-server"
+    wrapper.write_text(
+        _SLOW_SERVER.format(
+            python=sys.executable, marker=str(marker), real=str(components.server_for("valkey8"))
+        )
+    )
+    wrapper.chmod(0o755)
+    a.request_async("verify-backup", {"backup-id": backup_id, "load": True, "server": str(wrapper)})
+    reached = tmp_path / "go.reached"
+    wait_until(lambda: reached.exists() and reached.read_text(), timeout=60, what="scratch start")
+    scratch_pid = int(reached.read_text())
+    scratch_dirs = [p for p in a.state_dir.iterdir() if p.name.startswith("verify-")]
+    assert scratch_dirs and (scratch_dirs[0] / "dump.rdb").exists()
+    try:
+        a.kill()
+        wait_until(lambda: not _alive(scratch_pid), timeout=10, what="the scratch server to die")
+        a.start()
+        assert not [p for p in a.state_dir.iterdir() if p.name.startswith("verify-")]
+        assert "removing a scratch directory" in a.log_text()
+    finally:
+        if _alive(scratch_pid):
+            os.kill(scratch_pid, 9)

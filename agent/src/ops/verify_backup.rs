@@ -61,7 +61,7 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
     let mut reporter = ProgressReporter::new(events, Some(id.to_string()));
 
     let scratch = tempfile::Builder::new()
-        .prefix("verify-")
+        .prefix(SCRATCH_PREFIX)
         .tempdir_in(&state.state_dir)
         .map_err(|e| OpError::Internal(format!("scratch directory: {}", e.kind())))?;
     let outcome = check(
@@ -123,6 +123,43 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
         "load": record.load,
         "record-key": record_key,
     }))
+}
+
+/// The prefix of scratch directories in the state directory.
+const SCRATCH_PREFIX: &str = "verify-";
+/// The scratch server's pid, written beside its dump.
+const SCRATCH_PIDFILE: &str = "server.pid";
+
+/// At startup: removes the scratch directories (each possibly a full copy of a dump) and
+/// kills the scratch servers that an agent killed in the middle of `verify --load` left.
+/// A pid counts only while its command line still names that scratch directory. Blocking.
+pub fn clean_leftover_scratch(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(SCRATCH_PREFIX) {
+            continue;
+        }
+        let dir = entry.path();
+        if let Some(pid) = std::fs::read_to_string(dir.join(SCRATCH_PIDFILE))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let needle = dir.as_os_str().as_encoded_bytes();
+            if cmdline.windows(needle.len()).any(|w| w == needle) {
+                warn!(pid, dir = %dir.display(), "killing a scratch server an earlier agent left");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        warn!(dir = %dir.display(), "removing a scratch directory an earlier agent left");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// Deletes the scratch directory (possibly a multi-GiB dump) off the async workers.
@@ -224,7 +261,23 @@ async fn load_in_scratch_server(
 ) -> Result<serde_json::Map<String, Value>, OpError> {
     let socket = scratch.join("s.sock");
     let log = scratch.join("server.log");
-    let mut child = Command::new(server)
+    let mut command = Command::new(server);
+    // The scratch server dies with the agent, even a SIGKILLed one (kill_on_drop needs the
+    // agent alive to run). If the agent died before the call took effect, exit at once.
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        let parent = std::process::id() as libc::pid_t;
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
         .env_clear()
         .args(["--port", "0", "--unixsocket"])
         .arg(&socket)
@@ -250,6 +303,10 @@ async fn load_in_scratch_server(
         .map_err(|e| {
             OpError::BadRequest(format!("cannot start {}: {}", server.display(), e.kind()))
         })?;
+    if let Some(pid) = child.id() {
+        // For the next start's cleanup (see `clean_leftover_scratch`).
+        let _ = tokio::fs::write(scratch.join(SCRATCH_PIDFILE), pid.to_string()).await;
+    }
     let scratch_cli = ValkeyCli::scratch(cli.to_owned(), socket.clone());
     let deadline = Instant::now() + LOAD_TIMEOUT;
     let result = loop {
