@@ -85,6 +85,29 @@ impl Layout {
         )
     }
 
+    /// Whether `object` (a key's part after the backup id) is named like the records
+    /// [`Layout::verify_key`] writes: `verify/<YYYYMMDDTHHMMSSZ>-<6 hex>.json`. Anything
+    /// else under `verify/` is a stray key and is never read as a verification.
+    pub fn is_verify_record(object: &str) -> bool {
+        let Some(name) = object
+            .strip_prefix(VERIFY_DIR)
+            .and_then(|r| r.strip_prefix('/'))
+            .and_then(|r| r.strip_suffix(".json"))
+        else {
+            return false;
+        };
+        let b = name.as_bytes();
+        b.len() == 23
+            && b[..8].iter().all(u8::is_ascii_digit)
+            && b[8] == b'T'
+            && b[9..15].iter().all(u8::is_ascii_digit)
+            && b[15] == b'Z'
+            && b[16] == b'-'
+            && b[17..]
+                .iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    }
+
     /// Splits a listed key into its backup id and the rest; `None` for keys that are not
     /// inside a valid backup directory (they are ignored, never touched).
     pub fn parse_key<'k>(&self, key: &'k str) -> Option<(BackupId, &'k str)> {
@@ -424,9 +447,7 @@ pub fn group(
             MANIFEST_OBJECT => found.manifest = true,
             FAILURE_OBJECT => found.failure = true,
             DATA_OBJECT => found.data_size = Some(*size),
-            o if o.starts_with("verify/") && o.ends_with(".json") => {
-                found.verify_records.push(o.to_owned())
-            }
+            o if Layout::is_verify_record(o) => found.verify_records.push(o.to_owned()),
             _ => {}
         }
     }
@@ -591,6 +612,25 @@ mod tests {
     const B: &str = "20261121T193100Z-valkey-1-bbbbbb";
     const C: &str = "20261121T193200Z-valkey-0-cccccc";
     const D: &str = "20261121T193300Z-valkey-0-dddddd";
+
+    #[test]
+    fn only_names_the_agent_writes_count_as_verification_records() {
+        let layout = Layout::new("p", "c");
+        let id = BackupId::parse("20261121T193000Z-valkey-0-abcdef").unwrap();
+        let key = layout.verify_key(&id, time::OffsetDateTime::now_utc());
+        let (_, object) = layout.parse_key(&key).unwrap();
+        assert!(Layout::is_verify_record(object), "{object}");
+        for stray in [
+            "verify/zzzz.json",
+            "verify/29991231T235959Z-FFFFFF.json",
+            "verify/29991231T235959Z-ffffff.json.bak",
+            "verify/x/20261121T193000Z-abcdef.json",
+            "verify/20261121T193000Z-abcdeg.json",
+            "verify20261121T193000Z-abcdef.json",
+        ] {
+            assert!(!Layout::is_verify_record(stray), "{stray}");
+        }
+    }
 
     #[test]
     fn layout_builds_and_parses_keys_inside_its_prefix_only() {

@@ -3,10 +3,12 @@ the root agent change files it does not own, by swapping names during a restore.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
 
+from checks import get_json, prefix_of
 from harness import configure_params, load_dataset, wait_until
 from harness.s3proxy import Action, Gate, S3Proxy
 
@@ -158,3 +160,32 @@ def test_sigkill_during_verify_load_leaves_no_scratch_server_and_a_restart_clean
     finally:
         if _alive(scratch_pid):
             os.kill(scratch_pid, 9)
+
+
+def test_stray_or_foreign_verification_records_do_not_hide_the_real_one(
+    valkey_server, agent, moto, moto_bucket
+):
+    server = valkey_server("redis7")
+    server.client().set("k", "v")
+    a = agent()
+    params = configure_params(server, moto, moto_bucket, cluster="stray.valkey")
+    a.request("configure", params).expect_ok()
+    bid = a.request("create-backup").expect_ok()["backup-id"]
+    real = a.request("verify-backup", {"backup-id": bid}).expect_ok()
+    s3 = moto.client()
+    base = f"{prefix_of(params)}{bid}/verify/"
+    foreign = get_json(s3, moto_bucket, real["record-key"])
+    foreign.update({"backup-id": "20200101T000000Z-valkey-0-abcdef", "ok": False})
+    for name, body in [
+        ("zzzz.json", b"not a record"),  # sorts after every real name
+        ("29991231T235959Z-ffffff.json", b"{truncated"),
+        ("29991231T235958Z-fffffe.json", json.dumps(foreign).encode()),
+    ]:
+        s3.put_object(Bucket=moto_bucket, Key=base + name, Body=body)
+    [entry] = a.request("list-backups").expect_ok()["backups"]
+    assert entry["status"] == "finished"
+    assert entry["last-verify"] == {
+        "checked-at": get_json(s3, moto_bucket, real["record-key"])["checked-at"],
+        "ok": True,
+        "code": None,
+    }

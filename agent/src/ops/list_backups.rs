@@ -33,6 +33,10 @@ struct ListParams {
     abandoned_after_hours: Option<f64>,
 }
 
+/// How many of a backup's newest verification records are read to find one that is
+/// really its own.
+const VERIFY_RECORDS_TRIED: usize = 3;
+
 /// Records fetched at once while listing.
 const FETCH_CONCURRENCY: usize = 8;
 
@@ -143,14 +147,24 @@ async fn describe(
                 entry["rdb-version"] = json!(m.rdb_version);
                 entry["sha256"] = json!(m.sha256);
             }
-            // Names sort by time, so the last one is the latest verification.
-            if let Some(newest) = found.verify_records.iter().max() {
-                let key = format!("{}{newest}", layout.backup_prefix(&id));
-                let got = store.get_record::<VerifyRecord>(&key).await;
-                if let Some(v) = readable(got, &mut entry)? {
-                    entry["last-verify"] = json!({
-                        "checked-at": v.checked_at, "ok": v.ok, "code": v.code,
-                    });
+            // Names sort by time, so the newest comes first. A record that does not
+            // parse or names another backup (copied, forged) is passed over, so that it
+            // cannot hide the real latest verification; a few are tried at most.
+            let mut names: Vec<&String> = found.verify_records.iter().collect();
+            names.sort_unstable_by(|a, b| b.cmp(a));
+            for name in names.into_iter().take(VERIFY_RECORDS_TRIED) {
+                let key = format!("{}{name}", layout.backup_prefix(&id));
+                match store.get_record::<VerifyRecord>(&key).await {
+                    Ok(Some(v)) if v.backup_id == id.as_str() => {
+                        entry["last-verify"] = json!({
+                            "checked-at": v.checked_at, "ok": v.ok, "code": v.code,
+                        });
+                        break;
+                    }
+                    Ok(_) | Err(S3Error::BadRecord { .. }) => {
+                        tracing::warn!(backup_id = %id, record = %name, "ignoring a verification record that is not this backup's");
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
