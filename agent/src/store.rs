@@ -657,7 +657,8 @@ mod tests {
         let keys = vec![
             k(A, "data.rdb"),
             k(A, "manifest.json"),
-            k(A, "verify/20261122T000000Z.json"),
+            k(A, "verify/20261122T000000Z-0a1b2c.json"),
+            k(A, "verify/not-a-record.json"),
             k(B, "failure.json"),
             k(C, "data.rdb"),
             ("p/c/garbage/data.rdb".into(), 1),
