@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::MetricsSettings;
 use crate::parts::{DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE, MAX_PART_SIZE, MIN_PART_SIZE};
+use crate::schedule::{RetentionSettings, Schedule, ScheduleSettings};
 use crate::secret::Secret;
 
 const CONFIG_FILE: &str = "config.json";
@@ -52,6 +54,15 @@ pub struct AgentConfig {
     pub valkey: ValkeySettings,
     #[serde(default)]
     pub backup: BackupTuning,
+    /// Scheduled backups (see [`crate::schedule`]); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSettings>,
+    /// Pruning after every successful scheduled backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSettings>,
+    /// The Prometheus endpoint (see [`crate::metrics`]); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSettings>,
 }
 
 /// S3 settings, as the s3-integrator names them.
@@ -330,7 +341,7 @@ impl AgentConfig {
                 "must be between 1 and 16",
             ));
         }
-        Ok(())
+        validate_automation(self)
     }
 
     /// The cluster an op reads: `other` (validated) when given, else this unit's own.
@@ -374,6 +385,27 @@ impl AgentConfig {
         std::fs::File::open(state_dir)?.sync_all()?;
         Ok(())
     }
+}
+
+/// The `schedule`, `retention` and `metrics` sections.
+fn validate_automation(c: &AgentConfig) -> Result<(), ConfigError> {
+    if let Some(s) = &c.schedule {
+        Schedule::parse(&s.cron).map_err(|e| invalid("schedule.cron", e.to_string()))?;
+        if s.primary_delay_seconds > 86_400 {
+            return Err(invalid(
+                "schedule.primary-delay-seconds",
+                "must be at most 86400",
+            ));
+        }
+    }
+    if let Some(r) = &c.retention {
+        crate::retention::Policy::new(r.keep_last, r.keep_days)
+            .map_err(|e| invalid("retention", e))?;
+    }
+    if let Some(m) = &c.metrics {
+        m.addr().map_err(|e| invalid("metrics.listen", e))?;
+    }
+    Ok(())
 }
 
 fn validate_cluster(c: &str) -> Result<(), ConfigError> {

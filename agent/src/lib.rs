@@ -17,6 +17,9 @@
 //!   upload, the object layout (manifest, failure and verify records, listing), and
 //!   reading a backup back with every check.
 //! * [`retention`] — the pure keep/delete decisions of pruning.
+//! * [`schedule`] — the pure side of scheduled backups (cron, slots, claims, who claims);
+//!   [`scheduler`] — the task that takes them; [`metrics`] — Prometheus numbers and the
+//!   `/metrics` endpoint.
 //! * [`datadir`] — the server's data directory, handled by descriptor (a restore runs as
 //!   root in a directory another user owns).
 //! * [`lock`] — the per-unit `flock` that keeps backups, restores and prunes apart.
@@ -33,6 +36,7 @@ pub mod datadir;
 pub mod error;
 pub mod fetch;
 pub mod lock;
+pub mod metrics;
 pub mod ops;
 pub mod parts;
 pub mod progress;
@@ -41,6 +45,8 @@ pub mod rdb;
 pub mod restore_cli;
 pub mod retention;
 pub mod s3;
+pub mod schedule;
+pub mod scheduler;
 pub mod secret;
 pub mod server;
 pub mod store;

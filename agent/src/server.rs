@@ -110,6 +110,11 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
     });
     let state = AgentState::new(opts.state_dir.clone(), config, shutdown.clone());
     let tracker = TaskTracker::new();
+    tracker.spawn(crate::scheduler::run(Arc::clone(&state), shutdown.clone()));
+    tracker.spawn(crate::metrics::run_endpoint(
+        Arc::clone(&state),
+        shutdown.clone(),
+    ));
     info!(socket = %opts.socket.display(), version = crate::AGENT_VERSION, "agent serving");
 
     loop {

@@ -51,6 +51,8 @@ pub struct ServerInfo {
     pub used_memory: Option<u64>,
     /// `master` or `slave`.
     pub role: Option<String>,
+    /// A replica's `master_link_status` (`up` → true); `None` on a primary.
+    pub master_link_up: Option<bool>,
     /// Key counts per database (`db0` → n) at the time of `INFO`.
     pub keyspace: Vec<(String, u64)>,
     /// Whether the server is still loading its dataset.
@@ -75,6 +77,7 @@ impl ServerInfo {
                 "server_name" if v == "valkey" => info.kind = "valkey".into(),
                 "used_memory" => info.used_memory = v.parse().ok(),
                 "role" => info.role = Some(v.to_owned()),
+                "master_link_status" => info.master_link_up = Some(v == "up"),
                 "loading" => info.loading = v == "1",
                 "process_id" => info.process_id = v.parse().ok(),
                 k if k.starts_with("db") && k[2..].bytes().all(|b| b.is_ascii_digit()) => {

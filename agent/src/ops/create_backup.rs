@@ -23,9 +23,9 @@ use time::OffsetDateTime;
 use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
-use super::{params, rfc3339, AgentState, NoParams};
+use super::{params, rfc3339, AgentState, NoParams, UnitGuard};
 use crate::backup_id::BackupId;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, S3Settings};
 use crate::error::OpError;
 use crate::parts::PartPlan;
 use crate::progress::{EventSink, ProgressReporter};
@@ -44,18 +44,33 @@ const PART_SLACK: usize = READ_BUF + crate::rdb::HOLD_BACK;
 pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Result<Value, OpError> {
     let _: NoParams = params(raw)?;
     let (config, s3) = state.storage()?;
-    let store = Store::new(&s3)?;
-    let layout = Layout::new(s3.clean_path(), &config.cluster);
     let started = OffsetDateTime::now_utc();
     let id =
         BackupId::generate(started, &config.unit).map_err(|e| OpError::Internal(e.to_string()))?;
     let guard = state.lock_unit("create-backup", id.to_string()).await?;
+    backup(state, &config, &s3, &id, started, guard, events).await
+}
 
+/// Takes backup `id` while `guard` holds the unit lock, and releases it at the end. The
+/// one backup path: `create-backup` and the scheduler (which must hold the lock before it
+/// claims a slot) both come here, so both record the same outcome, objects and metrics.
+pub async fn backup(
+    state: &Arc<AgentState>,
+    config: &AgentConfig,
+    s3: &S3Settings,
+    id: &BackupId,
+    started: OffsetDateTime,
+    guard: UnitGuard,
+    events: EventSink,
+) -> Result<Value, OpError> {
+    let store = Store::new(s3)?;
+    let layout = Layout::new(s3.clean_path(), &config.cluster);
+    state.metrics.backup_started(started.unix_timestamp());
     let mut run = BackupRun {
-        config: &config,
+        config,
         store: &store,
         layout: &layout,
-        id: &id,
+        id,
         started,
         phase: "connecting",
         bytes: 0,
@@ -64,12 +79,18 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
         reporter: ProgressReporter::new(events, Some(id.to_string())),
     };
     let outcome = run.execute(state).await;
+    let elapsed = run.reporter.elapsed().as_secs_f64();
     let result = match outcome {
         Ok(data) => {
             state.set_last_backup(json!({
                 "backup-id": id.to_string(), "status": "finished",
                 "finished-at": data["finished-at"].clone(), "code": null,
             }));
+            state.metrics.backup_succeeded(
+                OffsetDateTime::now_utc().unix_timestamp(),
+                elapsed,
+                data["size-bytes"].as_u64().unwrap_or(0),
+            );
             Ok(data)
         }
         Err(err) => {
@@ -79,10 +100,12 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
                 "backup-id": id.to_string(), "status": "failed",
                 "finished-at": rfc3339(OffsetDateTime::now_utc()), "code": err.code().as_str(),
             }));
+            state.metrics.backup_failed(err.code().as_str(), elapsed);
             Err(err)
         }
     };
     drop(guard);
+    state.metrics.save().await;
     result
 }
 

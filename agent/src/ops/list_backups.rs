@@ -71,7 +71,10 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
         .collect()
         .await;
     let backups = entries.into_iter().collect::<Result<Vec<_>, _>>()?;
-    Ok(json!({"cluster": cluster, "backups": backups}))
+    let schedule = state
+        .schedule_report()
+        .to_json(state.metrics.snapshot().last_success, now);
+    Ok(json!({"cluster": cluster, "backups": backups, "schedule": schedule}))
 }
 
 /// When each backup's open data uploads were initiated (Unix seconds, when known).

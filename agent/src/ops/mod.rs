@@ -36,6 +36,14 @@ pub struct AgentState {
     pub restore: Mutex<Option<restore_backup::RestoreSession>>,
     /// Cancelled on SIGTERM: every long operation watches it.
     pub shutdown: CancellationToken,
+    /// What this unit's backups did, for `/metrics` (see [`crate::metrics`]).
+    pub metrics: crate::metrics::Metrics,
+    /// Why the metrics endpoint is not serving, when it should.
+    metrics_error: Mutex<Option<String>>,
+    /// What the scheduler last did and will do next, for `status` and `list-backups`.
+    pub schedule: Mutex<crate::scheduler::Report>,
+    /// Bumped on every `configure`, so the scheduler and the endpoint follow it.
+    config_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl AgentState {
@@ -44,6 +52,7 @@ impl AgentState {
         config: Option<AgentConfig>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let state_dir_for_metrics = state_dir.clone();
         Arc::new(AgentState {
             state_dir,
             config: RwLock::new(config),
@@ -52,6 +61,10 @@ impl AgentState {
             restore: Mutex::new(None),
             configuring: tokio::sync::Mutex::new(()),
             shutdown,
+            metrics: crate::metrics::Metrics::load(&state_dir_for_metrics),
+            metrics_error: Mutex::new(None),
+            schedule: Mutex::new(crate::scheduler::Report::default()),
+            config_changed: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -88,6 +101,28 @@ impl AgentState {
 
     pub fn set_config(&self, config: AgentConfig) {
         *self.config.write().expect("config lock") = Some(config);
+        self.config_changed.send_modify(|n| *n += 1);
+    }
+
+    /// Tells about every later `configure` (the scheduler and the metrics endpoint
+    /// re-read the configuration when it changes).
+    pub fn subscribe_config(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.config_changed.subscribe()
+    }
+
+    pub fn metrics_error(&self) -> Option<String> {
+        self.metrics_error
+            .lock()
+            .expect("metrics error lock")
+            .clone()
+    }
+
+    pub fn set_metrics_error(&self, error: Option<String>) {
+        *self.metrics_error.lock().expect("metrics error lock") = error;
+    }
+
+    pub fn schedule_report(&self) -> crate::scheduler::Report {
+        self.schedule.lock().expect("schedule lock").clone()
     }
 
     /// Takes the unit lock for `op` on `subject` (a backup id, or what is being done)

@@ -40,24 +40,30 @@ use crate::store::{
     MANIFEST_OBJECT,
 };
 
-#[derive(Deserialize)]
+/// What to prune: the op's params, and what the scheduler asks for after a backup.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct PruneParams {
+pub struct PruneParams {
     #[serde(default)]
-    keep_last: Option<u32>,
+    pub keep_last: Option<u32>,
     #[serde(default)]
-    keep_days: Option<f64>,
+    pub keep_days: Option<f64>,
     #[serde(default)]
-    confirm: bool,
+    pub confirm: bool,
     #[serde(default)]
-    abandoned_after_hours: Option<f64>,
+    pub abandoned_after_hours: Option<f64>,
 }
 
 /// Lock-state reads (HeadObject) in flight at once.
 const HEAD_CONCURRENCY: usize = 8;
 
 pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> {
-    let p: PruneParams = params(raw)?;
+    prune(state, params(raw)?).await
+}
+
+/// The whole prune, dry run or not: `prune-backups` and the scheduler's retention after
+/// a backup both run exactly this (same selection, same safety, same unit lock).
+pub async fn prune(state: &Arc<AgentState>, p: PruneParams) -> Result<Value, OpError> {
     let abandoned_after =
         retention::abandoned_after_hours(p.abandoned_after_hours).map_err(OpError::BadRequest)?;
     let (config, s3) = state.storage()?;

@@ -35,5 +35,12 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
         "running": running.map(|h| json!({"op": h.op, "backup-id": h.backup_id, "started-at": h.started_at})),
         "last-backup": state.last_backup(),
         "memory-bound-bytes": memory_bound,
+        "schedule": state.schedule_report().to_json(
+            state.metrics.snapshot().last_success,
+            time::OffsetDateTime::now_utc(),
+        ),
+        "metrics": config.as_ref().and_then(|c| c.metrics.as_ref()).map(|m| json!({
+            "listen": m.listen, "error": state.metrics_error(),
+        })),
     }))
 }

@@ -114,6 +114,8 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
     };
     info!(backup_id = %id, ok, "verification finished");
     outcome?;
+    state.metrics.verify_succeeded(checked_at.unix_timestamp());
+    state.metrics.save().await;
     Ok(json!({
         "backup-id": id.to_string(),
         "ok": true,

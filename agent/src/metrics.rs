@@ -1,0 +1,437 @@
+//! Prometheus metrics: what this unit's backups did, and an HTTP endpoint that serves
+//! them at `/metrics` when `configure` has `"metrics": {"listen": "<addr>:<port>"}`.
+//!
+//! * The numbers live in [`Metrics`] (updated by `create-backup`, `verify-backup` and the
+//!   scheduler, whoever started them) and are kept in `metrics.json` under the state
+//!   directory, so a restart does not make the last success look like "never".
+//! * Every series carries `cluster` and `unit` labels and nothing else from the
+//!   configuration: no endpoint, bucket or key can reach a label. `failures_total` adds
+//!   the stable error `code`, a closed set.
+//! * The text is encoded by `prometheus-client` (OpenMetrics text, which Prometheus and
+//!   the Grafana agent scrape); the HTTP server is hyper, already in the tree through the
+//!   S3 client. The endpoint answers `GET /metrics` only and reads no request body.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::ops::AgentState;
+
+const METRICS_FILE: &str = "metrics.json";
+/// The content type of OpenMetrics text, which `prometheus-client` writes.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `configure`'s `metrics` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `<ip>:<port>` to serve `/metrics` on (an IP, not a name: nothing to resolve).
+    pub listen: String,
+}
+
+impl MetricsSettings {
+    /// The address to bind, or why it is not one.
+    pub fn addr(&self) -> Result<SocketAddr, String> {
+        self.listen
+            .parse()
+            .map_err(|_| "must be <ip>:<port>, e.g. 10.0.0.5:9187 or [::]:9187".to_owned())
+    }
+}
+
+/// The numbers behind the metrics (Unix seconds for times). Absent values are not
+/// exported: "never" is no series, not a zero that would look like 1970.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct Snapshot {
+    pub last_success: Option<i64>,
+    pub last_attempt: Option<i64>,
+    pub last_duration_seconds: Option<f64>,
+    pub last_size_bytes: Option<u64>,
+    /// Whether the latest backup attempt on this unit failed.
+    pub last_failed: bool,
+    pub failures: BTreeMap<String, u64>,
+    pub last_verify_success: Option<i64>,
+    pub missed_slots: u64,
+    #[serde(skip)]
+    pub running: bool,
+    #[serde(skip)]
+    pub next_slot: Option<i64>,
+    #[serde(skip)]
+    pub period_seconds: Option<u64>,
+}
+
+/// The live metrics of this agent.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    snapshot: Mutex<Snapshot>,
+    file: Option<PathBuf>,
+}
+
+impl Metrics {
+    /// Metrics kept in `state_dir` (an unreadable file starts them afresh: metrics must
+    /// never keep the agent from starting).
+    pub fn load(state_dir: &Path) -> Metrics {
+        let file = state_dir.join(METRICS_FILE);
+        let snapshot = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                warn!(error = %e, "ignoring an unreadable metrics.json");
+                Snapshot::default()
+            }),
+            Err(_) => Snapshot::default(),
+        };
+        Metrics {
+            snapshot: Mutex::new(snapshot),
+            file: Some(file),
+        }
+    }
+
+    /// A copy of the current numbers.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.lock().expect("metrics lock").clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        f(&mut self.snapshot.lock().expect("metrics lock"));
+    }
+
+    /// A backup started at `at`.
+    pub fn backup_started(&self, at: i64) {
+        self.update(|s| {
+            s.running = true;
+            s.last_attempt = Some(at);
+        });
+    }
+
+    /// The backup that started last finished at `at`.
+    pub fn backup_succeeded(&self, at: i64, duration_seconds: f64, size_bytes: u64) {
+        self.update(|s| {
+            s.running = false;
+            s.last_success = Some(at);
+            s.last_duration_seconds = Some(duration_seconds);
+            s.last_size_bytes = Some(size_bytes);
+            s.last_failed = false;
+        });
+    }
+
+    /// The backup that started last failed with the protocol error `code`.
+    pub fn backup_failed(&self, code: &str, duration_seconds: f64) {
+        self.update(|s| {
+            s.running = false;
+            s.last_failed = true;
+            s.last_duration_seconds = Some(duration_seconds);
+            *s.failures.entry(code.to_owned()).or_default() += 1;
+        });
+    }
+
+    /// A verification of a stored backup passed at `at`.
+    pub fn verify_succeeded(&self, at: i64) {
+        self.update(|s| s.last_verify_success = Some(at));
+    }
+
+    /// A scheduled slot that no unit of the cluster took.
+    pub fn slot_missed(&self) {
+        self.update(|s| s.missed_slots += 1);
+    }
+
+    /// The schedule's next slot and longest gap (`None`: no schedule).
+    pub fn set_schedule(&self, next_slot: Option<i64>, period_seconds: Option<u64>) {
+        self.update(|s| {
+            s.next_slot = next_slot;
+            s.period_seconds = period_seconds;
+        });
+    }
+
+    /// Writes the durable numbers to `metrics.json` (temp file and rename; best effort:
+    /// a full disk must not fail a backup that succeeded).
+    pub async fn save(&self) {
+        let Some(file) = self.file.clone() else {
+            return;
+        };
+        let body = match serde_json::to_vec(&self.snapshot()) {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        let tmp = file.with_extension("json.tmp");
+        let write = async {
+            tokio::fs::write(&tmp, &body).await?;
+            tokio::fs::rename(&tmp, &file).await
+        };
+        if let Err(e) = write.await {
+            warn!(error = %e, "could not store metrics.json");
+        }
+    }
+
+    /// The OpenMetrics text for this unit.
+    pub fn render(&self, cluster: &str, unit: &str) -> String {
+        render(&self.snapshot(), cluster, unit)
+    }
+}
+
+type GaugeF = Gauge<f64, AtomicU64>;
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: Option<f64>) {
+    if let Some(v) = value {
+        let g = GaugeF::default();
+        g.set(v);
+        registry.register(name, help, g);
+    }
+}
+
+/// Encodes `s` with the `cluster` and `unit` labels on every series.
+pub fn render(s: &Snapshot, cluster: &str, unit: &str) -> String {
+    let labels = [
+        (Cow::Borrowed("cluster"), Cow::Owned(cluster.to_owned())),
+        (Cow::Borrowed("unit"), Cow::Owned(unit.to_owned())),
+    ];
+    let mut r = Registry::with_labels(labels.into_iter());
+    let f = |v: Option<i64>| v.map(|t| t as f64);
+    gauge(
+        &mut r,
+        "valkey_backup_last_success_timestamp_seconds",
+        "When this unit's newest successful backup finished",
+        f(s.last_success),
+    );
+    gauge(
+        &mut r,
+        "valkey_backup_last_attempt_timestamp_seconds",
+        "When this unit's newest backup attempt started",
+        f(s.last_attempt),
+    );
+    gauge(
+        &mut r,
+        "valkey_backup_last_duration_seconds",
+        "How long this unit's newest finished or failed backup took",
+        s.last_duration_seconds,
+    );
+    gauge(
+        &mut r,
+        "valkey_backup_last_size_bytes",
+        "Stored size of this unit's newest successful backup",
+        s.last_size_bytes.map(|b| b as f64),
+    );
+    gauge(
+        &mut r,
+        "valkey_backup_last_failed",
+        "1 when this unit's newest backup attempt failed",
+        Some(if s.last_failed { 1.0 } else { 0.0 }),
+    );
+    gauge(
+        &mut r,
+        "valkey_backup_running",
+        "1 while this unit streams a backup",
+        Some(if s.running { 1.0 } else { 0.0 }),
+    );
+    gauge(
+        &mut r,
+        "valkey_backup_schedule_next_timestamp_seconds",
+        "The schedule's next slot (absent without a schedule)",
+        f(s.next_slot),
+    );
+    gauge(
+        &mut r,
+        "valkey_backup_schedule_period_seconds",
+        "The schedule's longest gap between two slots (absent without a schedule)",
+        s.period_seconds.map(|p| p as f64),
+    );
+    gauge(
+        &mut r,
+        "valkey_backup_last_verify_success_timestamp_seconds",
+        "When a verification on this unit last passed",
+        f(s.last_verify_success),
+    );
+    let failures = Family::<Vec<(String, String)>, Counter>::default();
+    for (code, n) in &s.failures {
+        failures
+            .get_or_create(&vec![("code".to_owned(), code.clone())])
+            .inc_by(*n);
+    }
+    r.register(
+        "valkey_backup_failures",
+        "Failed backups on this unit by error code",
+        failures,
+    );
+    let missed = Counter::<u64>::default();
+    missed.inc_by(s.missed_slots);
+    r.register(
+        "valkey_backup_missed_slots",
+        "Scheduled slots this unit saw no unit of the cluster take",
+        missed,
+    );
+    let mut out = String::new();
+    encode(&mut out, &r).expect("writing to a String cannot fail");
+    out
+}
+
+/// Serves `/metrics` on the configured address while the agent runs, following
+/// `configure` (rebinds when the address changes, stops when the section goes away).
+pub async fn run_endpoint(state: Arc<AgentState>, shutdown: CancellationToken) {
+    let mut changes = state.subscribe_config();
+    loop {
+        let listen = state
+            .config_if_any()
+            .and_then(|c| c.metrics)
+            .and_then(|m| m.addr().ok());
+        let listener = match listen {
+            None => None,
+            Some(addr) => match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    info!(listen = %addr, "serving metrics");
+                    state.set_metrics_error(None);
+                    Some(l)
+                }
+                Err(e) => {
+                    warn!(listen = %addr, error = %e, "cannot serve metrics");
+                    state.set_metrics_error(Some(format!("cannot listen on {addr}: {e}")));
+                    None
+                }
+            },
+        };
+        let stop = shutdown.child_token();
+        let server =
+            listener.map(|l| tokio::spawn(accept_loop(l, Arc::clone(&state), stop.clone())));
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = changes.changed() => {}
+        }
+        stop.cancel();
+        if let Some(s) = server {
+            let _ = s.await;
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<AgentState>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = Arc::clone(&state);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(answer(&state, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::timeout(Duration::from_secs(30), conn) => {}
+            }
+        });
+    }
+}
+
+fn answer(state: &AgentState, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, ctype: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", ctype)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts")
+    };
+    if req.uri().path() != "/metrics" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "only /metrics\n".into(),
+        );
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    let (cluster, unit) = state
+        .config_if_any()
+        .map(|c| (c.cluster, c.unit))
+        .unwrap_or_default();
+    reply(
+        StatusCode::OK,
+        CONTENT_TYPE,
+        state.metrics.render(&cluster, &unit),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_times_are_absent_series_and_labels_are_only_cluster_and_unit() {
+        let text = render(&Snapshot::default(), "m.valkey", "valkey/0");
+        assert!(!text.contains("last_success_timestamp"), "{text}");
+        assert!(text.contains(r#"valkey_backup_running{cluster="m.valkey",unit="valkey/0"} 0"#));
+        assert!(text
+            .contains(r#"valkey_backup_missed_slots_total{cluster="m.valkey",unit="valkey/0"} 0"#));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn outcomes_move_the_documented_series() {
+        let m = Metrics::default();
+        m.backup_started(100);
+        assert!(m
+            .render("c", "u/0")
+            .contains(r#"valkey_backup_running{cluster="c",unit="u/0"} 1"#));
+        m.backup_succeeded(110, 10.0, 4096);
+        m.backup_started(200);
+        m.backup_failed("valkey-unreachable", 0.5);
+        let text = m.render("c", "u/0");
+        for line in [
+            r#"valkey_backup_last_success_timestamp_seconds{cluster="c",unit="u/0"} 110.0"#,
+            r#"valkey_backup_last_attempt_timestamp_seconds{cluster="c",unit="u/0"} 200.0"#,
+            r#"valkey_backup_last_size_bytes{cluster="c",unit="u/0"} 4096.0"#,
+            r#"valkey_backup_last_failed{cluster="c",unit="u/0"} 1.0"#,
+            r#"valkey_backup_failures_total{cluster="c",unit="u/0",code="valkey-unreachable"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
+
+    #[test]
+    fn listen_must_be_an_ip_and_port() {
+        let ok = MetricsSettings {
+            listen: "127.0.0.1:9187".into(),
+        };
+        assert!(ok.addr().is_ok());
+        for bad in ["localhost:9187", "127.0.0.1", ":9187", ""] {
+            let s = MetricsSettings { listen: bad.into() };
+            assert!(s.addr().is_err(), "{bad}");
+        }
+    }
+}

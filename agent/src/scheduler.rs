@@ -1,0 +1,516 @@
+//! The scheduler: the task inside `serve` that takes scheduled backups.
+//!
+//! For each slot of the configured cron expression (see [`crate::schedule`]):
+//!
+//! 1. sleep until the slot, raced against shutdown and `configure` (a new schedule is
+//!    picked up at once);
+//! 2. look back: every earlier slot since the last look that has no claim object in the
+//!    bucket was **missed** by the whole cluster (no unit took it: all down, all busy,
+//!    none eligible). It is counted in `valkey_backup_missed_slots_total` and listed in
+//!    `status`; slots whose claim names a finished backup move the cluster's last success;
+//! 3. ask the server its role (`INFO`), wait the role's delay ([`claim_delay`]), take the
+//!    unit lock (busy: this unit does not claim, another may), then write the slot's
+//!    claim once (`If-None-Match: *`). Only the unit whose write succeeded backs up; the
+//!    others record who took it. On stores that ignore the condition (Garage) the claim is
+//!    read back and only the unit whose claim is the one stored goes on;
+//! 4. back up through [`create_backup::backup`], the same path as `create-backup`;
+//! 5. after a success, apply the retention policy through [`prune_backups::prune`] with
+//!    `confirm`, the same path as `prune-backups confirm=true` (it takes the unit lock
+//!    again, so a manual operation that slipped in between makes it `busy`, reported).
+//!
+//! What the scheduler did is kept in `schedule.json` under the state directory (so a
+//! restart knows which slots it has not looked at yet) and shown by `status` and
+//! `list-backups`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backup_id::BackupId;
+use crate::config::{keep_days_hint, AgentConfig, S3Settings};
+use crate::error::OpError;
+use crate::ops::{create_backup, prune_backups, rfc3339, AgentState};
+use crate::s3::{S3Error, Store};
+use crate::schedule::{
+    claim_delay, claim_key, slot_name, too_old, too_old_margin, Role, Schedule, ScheduleSettings,
+};
+use crate::store::{Layout, ManifestV1};
+use crate::valkey::ValkeyCli;
+
+const STATE_FILE: &str = "schedule.json";
+/// Earlier slots looked at per slot at most (one GET each); older ones are not looked at.
+const LOOK_BACK_LIMIT: usize = 50;
+/// Missed slots remembered for `status`.
+const RECENT_MISSED: usize = 10;
+
+/// What one unit did with one slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SlotOutcome {
+    /// The slot, RFC 3339.
+    pub slot: String,
+    /// `backed-up`, `failed`, `taken-by-other`, `not-eligible`, `busy`,
+    /// `valkey-unreachable`, `claim-failed`, `not-configured` or `cancelled`.
+    pub result: String,
+    /// The unit that took the slot, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// This unit's role at the slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The error code of a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// What retention did after a backup: counts, or why it did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Value>,
+    /// When this unit finished with the slot.
+    pub at: String,
+}
+
+/// What the scheduler persists between restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default)]
+struct Persisted {
+    /// The expression this state belongs to; another one starts afresh.
+    cron: String,
+    /// When this schedule was first seen (Unix seconds).
+    since: i64,
+    /// Every slot up to this one (Unix seconds) has been looked at.
+    checked_through: i64,
+    /// The newest finished backup of the cluster this unit knows of.
+    cluster_last_success: Option<i64>,
+    last_scheduled: Option<SlotOutcome>,
+    recent_missed: Vec<String>,
+}
+
+/// The scheduler's state as `status` and `list-backups` show it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    settings: Option<ScheduleSettings>,
+    next_slot: Option<OffsetDateTime>,
+    period: Option<Duration>,
+    persisted: Persisted,
+}
+
+impl Report {
+    /// The `schedule` object of `status` and `list-backups` (`null` without a schedule).
+    /// `own_last_success` is this unit's own newest success (from its metrics).
+    pub fn to_json(&self, own_last_success: Option<i64>, now: OffsetDateTime) -> Value {
+        let Some(settings) = &self.settings else {
+            return Value::Null;
+        };
+        let p = &self.persisted;
+        let last_success = p.cluster_last_success.max(own_last_success);
+        let at = |t: i64| OffsetDateTime::from_unix_timestamp(t).ok().map(rfc3339);
+        let (too_old_now, allowed) = match self.period {
+            Some(period) => {
+                let margin = too_old_margin(period);
+                let since = OffsetDateTime::from_unix_timestamp(p.since).unwrap_or(now);
+                let last = last_success.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+                (
+                    too_old(last, since, period, margin, now),
+                    Some((period + margin).as_secs()),
+                )
+            }
+            None => (false, None),
+        };
+        json!({
+            "cron": settings.cron,
+            "from": settings.from.as_str(),
+            "primary-delay-seconds": settings.primary_delay_seconds,
+            "next-slot": self.next_slot.map(rfc3339),
+            "period-seconds": self.period.map(|p| p.as_secs()),
+            "allowed-age-seconds": allowed,
+            "last-success-at": last_success.and_then(at),
+            "too-old": too_old_now,
+            "last-scheduled": p.last_scheduled,
+            "recent-missed-slots": p.recent_missed,
+        })
+    }
+}
+
+/// A slot's claim: which unit takes it. Written once; never changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClaimRecord {
+    pub format_version: u32,
+    pub cluster: String,
+    pub slot: String,
+    pub unit: String,
+    pub role: String,
+    pub backup_id: String,
+    pub claimed_at: String,
+    /// Random: tells this unit's claim from another's when a store ignored the
+    /// write-once condition and kept the last write.
+    pub nonce: String,
+}
+
+/// Runs the scheduler until `shutdown`.
+pub async fn run(state: Arc<AgentState>, shutdown: CancellationToken) {
+    let mut changes = state.subscribe_config();
+    let mut persisted = load(&state.state_dir).await;
+    loop {
+        changes.borrow_and_update();
+        let config = state.config_if_any();
+        let settings = config.as_ref().and_then(|c| c.schedule.clone());
+        let (Some(config), Some(settings)) = (config, settings) else {
+            publish(&state, None, None, None, &persisted);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = changes.changed() => continue,
+            }
+        };
+        let schedule = match Schedule::parse(&settings.cron) {
+            Ok(s) => s,
+            Err(e) => {
+                // Validated at configure; only a hand-edited file gets here.
+                warn!(error = %e, "the stored schedule is invalid; not scheduling");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = changes.changed() => continue,
+                }
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+        if persisted.cron != settings.cron {
+            persisted = Persisted {
+                cron: settings.cron.clone(),
+                since: now.unix_timestamp(),
+                checked_through: now.unix_timestamp(),
+                cluster_last_success: persisted.cluster_last_success,
+                ..Persisted::default()
+            };
+            save(&state.state_dir, &persisted).await;
+        }
+        let Some(slot) = schedule.next_after(now) else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = changes.changed() => continue,
+            }
+        };
+        let period = schedule.period(now);
+        publish(&state, Some(&settings), Some(slot), period, &persisted);
+        let wait = (slot - now).unsigned_abs();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = changes.changed() => continue,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        // The monotonic clock may run ahead of the wall clock: a slot is due by the
+        // wall clock, which is what every unit agrees on.
+        if OffsetDateTime::now_utc() < slot {
+            continue;
+        }
+        look_back(&state, &config, &schedule, slot, &mut persisted).await;
+        let outcome = take_slot(&state, &settings, slot, &shutdown).await;
+        info!(slot = %slot_name(slot), result = %outcome.result, taken_by = outcome.taken_by.as_deref().unwrap_or("-"), "scheduled slot");
+        if outcome.result == "backed-up" {
+            persisted.cluster_last_success = persisted
+                .cluster_last_success
+                .max(Some(OffsetDateTime::now_utc().unix_timestamp()));
+        }
+        persisted.last_scheduled = Some(outcome);
+        save(&state.state_dir, &persisted).await;
+        publish(&state, Some(&settings), None, period, &persisted);
+    }
+}
+
+fn publish(
+    state: &AgentState,
+    settings: Option<&ScheduleSettings>,
+    next: Option<OffsetDateTime>,
+    period: Option<Duration>,
+    persisted: &Persisted,
+) {
+    let mut report = state.schedule.lock().expect("schedule lock");
+    report.settings = settings.cloned();
+    if next.is_some() || settings.is_none() {
+        report.next_slot = next;
+    }
+    report.period = settings.and(period);
+    report.persisted = persisted.clone();
+    state.metrics.set_schedule(
+        report.next_slot.map(OffsetDateTime::unix_timestamp),
+        report.period.map(|p| p.as_secs()),
+    );
+}
+
+/// Looks at the claims of the slots between the last look and `slot`: a slot without
+/// one was missed by the cluster; a claimed one whose backup finished moves the
+/// cluster's last success. A store that cannot be read leaves them for the next look.
+async fn look_back(
+    state: &AgentState,
+    config: &AgentConfig,
+    schedule: &Schedule,
+    slot: OffsetDateTime,
+    persisted: &mut Persisted,
+) {
+    let Some(s3) = config.s3.clone() else {
+        return;
+    };
+    let Ok(after) = OffsetDateTime::from_unix_timestamp(persisted.checked_through) else {
+        return;
+    };
+    let earlier = schedule.slots_between(after, slot, LOOK_BACK_LIMIT);
+    if earlier.is_empty() {
+        return;
+    }
+    let Ok(store) = Store::new(&s3) else {
+        return;
+    };
+    let layout = Layout::new(s3.clean_path(), &config.cluster);
+    for p in earlier {
+        match read_claim(&store, &layout, p).await {
+            Ok(None) => {
+                warn!(slot = %slot_name(p), "no unit took a scheduled slot");
+                state.metrics.slot_missed();
+                persisted.recent_missed.push(rfc3339(p));
+                let excess = persisted.recent_missed.len().saturating_sub(RECENT_MISSED);
+                persisted.recent_missed.drain(..excess);
+            }
+            Ok(Some(claim)) => {
+                if let Ok(id) = BackupId::parse(&claim.backup_id) {
+                    if let Ok(Some(m)) = store
+                        .get_record::<ManifestV1>(&layout.manifest_key(&id))
+                        .await
+                    {
+                        let finished = time::OffsetDateTime::parse(
+                            &m.finished_at,
+                            &time::format_description::well_known::Rfc3339,
+                        );
+                        if let Ok(f) = finished {
+                            persisted.cluster_last_success =
+                                persisted.cluster_last_success.max(Some(f.unix_timestamp()));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot look at earlier slots' claims; will look again");
+                return;
+            }
+        }
+        persisted.checked_through = p.unix_timestamp();
+    }
+    state.metrics.save().await;
+}
+
+async fn read_claim(
+    store: &Store,
+    layout: &Layout,
+    slot: OffsetDateTime,
+) -> Result<Option<ClaimRecord>, S3Error> {
+    store.get_record(&claim_key(layout.prefix(), slot)).await
+}
+
+/// One unit's part in one slot.
+async fn take_slot(
+    state: &Arc<AgentState>,
+    settings: &ScheduleSettings,
+    slot: OffsetDateTime,
+    shutdown: &CancellationToken,
+) -> SlotOutcome {
+    let mut out = SlotOutcome {
+        slot: rfc3339(slot),
+        result: String::new(),
+        taken_by: None,
+        backup_id: None,
+        role: None,
+        code: None,
+        message: None,
+        retention: None,
+        at: String::new(),
+    };
+    let finish = |mut o: SlotOutcome, result: &str| {
+        o.result = result.to_owned();
+        o.at = rfc3339(OffsetDateTime::now_utc());
+        o
+    };
+    let (config, s3) = match state.storage() {
+        Ok(c) => c,
+        Err(e) => {
+            out.message = Some(e.to_string());
+            return finish(out, "not-configured");
+        }
+    };
+    let info = match ValkeyCli::new(config.valkey.clone()).info().await {
+        Ok(i) => i,
+        Err(e) => {
+            let e = OpError::from(e);
+            out.code = Some(e.code().as_str().to_owned());
+            out.message = Some(e.to_string());
+            return finish(out, "valkey-unreachable");
+        }
+    };
+    let role = Role::from_info(info.role.as_deref(), info.master_link_up);
+    out.role = Some(role.as_str().to_owned());
+    let delay = Duration::from_secs(settings.primary_delay_seconds);
+    let Some(delay) = claim_delay(settings.from, role, delay) else {
+        return finish(out, "not-eligible");
+    };
+    if !delay.is_zero() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return finish(out, "cancelled"),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    let started = OffsetDateTime::now_utc();
+    let id = match BackupId::generate(started, &config.unit) {
+        Ok(id) => id,
+        Err(e) => {
+            out.message = Some(e.to_string());
+            return finish(out, "failed");
+        }
+    };
+    // The lock before the claim: a unit that cannot back up must not take the slot away
+    // from one that can.
+    let guard = match state.lock_unit("create-backup", id.to_string()).await {
+        Ok(g) => g,
+        Err(e) => {
+            out.code = Some(e.code().as_str().to_owned());
+            out.message = Some(e.to_string());
+            return finish(out, "busy");
+        }
+    };
+    let store = match Store::new(&s3) {
+        Ok(s) => s,
+        Err(e) => {
+            let e = OpError::from(e);
+            out.code = Some(e.code().as_str().to_owned());
+            out.message = Some(e.to_string());
+            return finish(out, "claim-failed");
+        }
+    };
+    let layout = Layout::new(s3.clean_path(), &config.cluster);
+    let claim = ClaimRecord {
+        format_version: 1,
+        cluster: config.cluster.clone(),
+        slot: rfc3339(slot),
+        unit: config.unit.clone(),
+        role: role.as_str().to_owned(),
+        backup_id: id.to_string(),
+        claimed_at: rfc3339(started),
+        nonce: hex::encode(rand::random::<[u8; 16]>()),
+    };
+    let key = claim_key(layout.prefix(), slot);
+    match store.put_record(&key, &claim).await {
+        Ok(()) => {}
+        Err(S3Error::Conflict { .. }) => {
+            drop(guard);
+            out.taken_by = read_claim(&store, &layout, slot)
+                .await
+                .ok()
+                .flatten()
+                .map(|c| c.unit);
+            return finish(out, "taken-by-other");
+        }
+        Err(e) => {
+            drop(guard);
+            let e = OpError::from(e);
+            out.code = Some(e.code().as_str().to_owned());
+            out.message = Some(e.to_string());
+            return finish(out, "claim-failed");
+        }
+    }
+    // A store that ignores If-None-Match keeps the last write: go on only if the stored
+    // claim is ours.
+    if let Ok(Some(stored)) = read_claim(&store, &layout, slot).await {
+        if stored.nonce != claim.nonce {
+            drop(guard);
+            out.taken_by = Some(stored.unit);
+            return finish(out, "taken-by-other");
+        }
+    }
+    out.taken_by = Some(config.unit.clone());
+    out.backup_id = Some(id.to_string());
+    let (events, _) = tokio::sync::mpsc::channel(1);
+    match create_backup::backup(state, &config, &s3, &id, started, guard, events).await {
+        Ok(_) => {
+            out.retention = Some(retain(state, &config, &s3).await);
+            finish(out, "backed-up")
+        }
+        Err(e) => {
+            out.code = Some(e.code().as_str().to_owned());
+            out.message = Some(e.to_string());
+            finish(out, "failed")
+        }
+    }
+}
+
+/// Applies the retention policy after a successful scheduled backup; the summary says
+/// what was deleted and kept, or why nothing was.
+async fn retain(state: &Arc<AgentState>, config: &AgentConfig, s3: &S3Settings) -> Value {
+    let params = match config.retention {
+        Some(r) => prune_backups::PruneParams {
+            keep_last: r.keep_last,
+            keep_days: r.keep_days,
+            confirm: true,
+            abandoned_after_hours: None,
+        },
+        // No policy of its own: the s3-integrator's delete-older-than-days, if any (the
+        // prune op defaults to it when neither rule is given).
+        None if s3
+            .delete_older_than_days
+            .as_ref()
+            .and_then(keep_days_hint)
+            .is_some() =>
+        {
+            prune_backups::PruneParams {
+                confirm: true,
+                ..Default::default()
+            }
+        }
+        None => return json!({"applied": false, "why": "no retention policy is configured"}),
+    };
+    match prune_backups::prune(state, params).await {
+        Ok(r) => {
+            let count = |k: &str| r[k].as_array().map_or(0, Vec::len);
+            json!({
+                "applied": true,
+                "deleted": count("deleted"),
+                "kept": count("kept"),
+                "skipped": count("skipped"),
+            })
+        }
+        Err(e) => {
+            warn!(error = %e, "retention after a scheduled backup failed");
+            json!({"applied": false, "code": e.code().as_str(), "why": e.to_string()})
+        }
+    }
+}
+
+async fn load(state_dir: &Path) -> Persisted {
+    match tokio::fs::read(state_dir.join(STATE_FILE)).await {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            warn!(error = %e, "ignoring an unreadable schedule.json");
+            Persisted::default()
+        }),
+        Err(_) => Persisted::default(),
+    }
+}
+
+async fn save(state_dir: &Path, persisted: &Persisted) {
+    let Ok(body) = serde_json::to_vec_pretty(persisted) else {
+        return;
+    };
+    let file = state_dir.join(STATE_FILE);
+    let tmp = file.with_extension("json.tmp");
+    let write = async {
+        tokio::fs::write(&tmp, &body).await?;
+        tokio::fs::rename(&tmp, &file).await
+    };
+    if let Err(e) = write.await {
+        warn!(error = %e, "could not store schedule.json");
+    }
+}
