@@ -7,6 +7,8 @@
 #   Redis 7.0 server + redis-cli       Debian redis-server, redis-tools
 #   moto S3 server                     PyPI moto[server] 5.2
 #   Garage 2.5.0                       crates.io, built once into a cache outside the repo
+#   promtool (Prometheus 2.42)         Debian prometheus, unpacked into the cache (only the
+#                                      rule checker: no service is installed or started)
 #
 # It writes the discovered paths to $VB_CACHE/components.env, which the test harness,
 # the demo and the benchmark read.
@@ -48,6 +50,27 @@ install_garage() {
   rm -rf "$VB_CACHE/garage-target"
 }
 
+PROMTOOL="$VB_CACHE/prometheus/usr/bin/promtool"
+
+# The alert rules' test runs `promtool test rules`. Only that binary is needed, so the
+# Debian package is unpacked into the cache instead of installed (installing it would
+# pull in and start a Prometheus server and node exporter).
+install_promtool() {
+  if [ -x "$PROMTOOL" ]; then
+    return
+  fi
+  log "unpacking promtool from Debian's prometheus package"
+  local tmp
+  tmp=$(mktemp -d)
+  export DEBIAN_FRONTEND=noninteractive
+  (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1) || {
+    apt-get update -qq && (cd "$tmp" && apt-get download prometheus >/dev/null)
+  }
+  rm -rf "$VB_CACHE/prometheus"
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$VB_CACHE/prometheus"
+  rm -rf "$tmp"
+}
+
 write_components() {
   local site vk8_dir vk9_server
   site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -60,6 +83,7 @@ VB_VALKEY9_SERVER=$vk9_server
 VB_REDIS7_SERVER=$(command -v redis-server || true)
 VB_REDIS7_CLI=$(command -v redis-cli || true)
 VB_GARAGE=$( [ -x "$GARAGE_ROOT/bin/garage" ] && echo "$GARAGE_ROOT/bin/garage" )
+VB_PROMTOOL=$( [ -x "$PROMTOOL" ] && echo "$PROMTOOL" )
 ENV
 }
 
@@ -107,6 +131,8 @@ if ! "$CHARMCRAFT_VENV/bin/python" -c 'import charmcraft, pytest' 2>/dev/null; t
   "$PY" -m venv "$CHARMCRAFT_VENV"
   "$CHARMCRAFT_VENV/bin/pip" install -q --disable-pip-version-check charmcraft==4.5.0 pytest==8.3.5
 fi
+
+install_promtool
 
 if [ "$want_garage" = 1 ]; then
   install_garage

@@ -57,6 +57,7 @@ class Components:
     redis7_server: Path | None = None
     redis7_cli: Path | None = None
     garage: Path | None = None
+    promtool: Path | None = None
     source: Path | None = None
 
     def require(self, name: str) -> Path:
@@ -108,7 +109,8 @@ def load_components(path: Path | None = None) -> Components:
     """Read components.env; `VB_*` variables in the environment override its entries.
 
     Garage is built long after the other components on a fresh machine, so when the file
-    has no VB_GARAGE but the cached build exists, that build is used.
+    has no VB_GARAGE but the cached build exists, that build is used (likewise promtool,
+    which a setup.sh run of an older checkout does not list).
     """
     env_file = path or cache_dir() / "components.env"
     values = _parse_env_file(env_file) if env_file.is_file() else {}
@@ -123,4 +125,8 @@ def load_components(path: Path | None = None) -> Components:
         cached = cache_dir() / f"garage-{GARAGE_VERSION}" / "bin" / "garage"
         if cached.is_file():
             paths["garage"] = cached
+    if paths["promtool"] is None:
+        cached = cache_dir() / "prometheus" / "usr" / "bin" / "promtool"
+        if cached.is_file():
+            paths["promtool"] = cached
     return Components(**paths, source=env_file if env_file.is_file() else None)
