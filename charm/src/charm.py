@@ -23,6 +23,7 @@ from typing import Any
 import ops
 from object_storage import S3Requirer
 
+import cos
 from agent_client import (
     CODE_PROTOCOL,
     CODE_TIMEOUT,
@@ -145,6 +146,9 @@ class ValkeyBackupCharm(ops.CharmBase):
         # re-sent) and never misses the moment the data becomes complete.
         observe(self.on[S3_RELATION].relation_changed, self._on_state_changed)
         observe(self.on.update_status, self._on_update_status)
+        observe(self.on[cos.COS_RELATION].relation_joined, self._on_cos_changed)
+        observe(self.on[cos.COS_RELATION].relation_changed, self._on_cos_changed)
+        observe(self.on.upgrade_charm, self._on_cos_changed)
         observe(self.on.collect_unit_status, self._on_collect_unit_status)
 
         observe(self.on.create_backup_action, self._on_create_backup)
@@ -221,6 +225,18 @@ class ValkeyBackupCharm(ops.CharmBase):
 
     def _on_state_changed(self, _: ops.EventBase) -> None:
         self._reconcile()
+        self._publish_cos()
+
+    def _on_cos_changed(self, _: ops.EventBase) -> None:
+        self._publish_cos()
+
+    def _publish_cos(self) -> None:
+        """Hand the metrics endpoint, alert rules and dashboard to the collector."""
+        try:
+            listen = self._config().metrics_listen
+        except UnusableConfigError:
+            listen = ""  # the status says what is wrong; no endpoint is announced
+        cos.publish(self, listen)
 
     def _on_update_status(self, _: ops.UpdateStatusEvent) -> None:
         # Re-send when something is off: the last attempt failed or never reached the

@@ -7,6 +7,7 @@ and never reaches the agent.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -29,6 +30,8 @@ HOST_RE = re.compile(r"^[A-Za-z0-9\[][A-Za-z0-9._:\[\]-]{0,252}$")
 CLI_CANDIDATES = ("valkey-cli", "redis-cli", "charmed-valkey.cli")
 
 MIB = 1024 * 1024
+
+BACKUP_FROM = ("replica", "primary", "any")
 
 
 class InvalidConfigError(Exception):
@@ -76,6 +79,14 @@ class CharmConfig:
     cluster_name: str
     upload_concurrency: int
     part_size_mib: int
+    #: Cron expression (UTC) of scheduled backups; "" is off.
+    backup_schedule: str = ""
+    backup_from: str = "replica"
+    #: 0 leaves the rule unset.
+    retention_keep_last: int = 0
+    retention_keep_days: int = 0
+    #: ``<ip>:<port>`` of the agent's /metrics; "" is off.
+    metrics_listen: str = ""
 
     @classmethod
     def from_mapping(
@@ -127,7 +138,28 @@ class CharmConfig:
         if not 5 <= part_size <= 5120:
             raise InvalidConfigError(f"part-size-mib {part_size} is not between 5 and 5120")
 
+        schedule = " ".join(_str(config, "backup-schedule").split())
+        _check_schedule(schedule)
+        backup_from = _str(config, "backup-from") or "replica"
+        if backup_from not in BACKUP_FROM:
+            raise InvalidConfigError(f"backup-from must be one of {', '.join(BACKUP_FROM)}")
+        keep_last = _int(config, "retention-keep-last", 0)
+        keep_days = _int(config, "retention-keep-days", 0)
+        for option, value in (
+            ("retention-keep-last", keep_last),
+            ("retention-keep-days", keep_days),
+        ):
+            if value < 0:
+                raise InvalidConfigError(f"{option} must be 0 (unset) or more")
+        metrics_listen = _str(config, "metrics-listen")
+        _check_listen(metrics_listen)
+
         return cls(
+            backup_schedule=schedule,
+            backup_from=backup_from,
+            retention_keep_last=keep_last,
+            retention_keep_days=keep_days,
+            metrics_listen=metrics_listen,
             valkey_host=host,
             valkey_port=port,
             valkey_username=_str(config, "valkey-username"),
@@ -189,6 +221,34 @@ def _check_tls(tls: TlsSettings, path_exists: Callable[[str], bool]) -> None:
             raise InvalidConfigError(f"{option} must be an absolute path")
         if not path_exists(path):
             raise InvalidConfigError(f"{option} {path} does not exist")
+
+
+def _check_schedule(schedule: str) -> None:
+    """The shape only; the agent parses the expression itself and refuses bad ones."""
+    if not schedule:
+        return
+    fields = schedule.split()
+    if not (len(fields) in (5, 6) or (len(fields) == 1 and fields[0].startswith("@"))):
+        raise InvalidConfigError(
+            "backup-schedule must be a cron expression of 5 fields (minute hour day month "
+            "weekday, UTC) or 6 with seconds first, e.g. '0 3 * * *'"
+        )
+
+
+def _check_listen(listen: str) -> None:
+    if not listen:
+        return
+    host, sep, port = listen.rpartition(":")
+    problem = not sep or not port.isdigit() or not 1 <= int(port) <= 65535
+    if not problem:
+        try:
+            ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        except ValueError:
+            problem = True
+    if problem:
+        raise InvalidConfigError(
+            f"metrics-listen {listen!r} must be <ip>:<port>, e.g. 127.0.0.1:9187"
+        )
 
 
 def _str(config: Mapping[str, Any], key: str) -> str:

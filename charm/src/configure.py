@@ -128,4 +128,15 @@ def build_configure_params(
             "upload-concurrency": config.upload_concurrency,
         },
     }
+    if config.backup_schedule:
+        params["schedule"] = {"cron": config.backup_schedule, "from": config.backup_from}
+    retention: dict[str, int] = {}
+    if config.retention_keep_last:
+        retention["keep-last"] = config.retention_keep_last
+    if config.retention_keep_days:
+        retention["keep-days"] = config.retention_keep_days
+    if retention:
+        params["retention"] = retention
+    if config.metrics_listen:
+        params["metrics"] = {"listen": config.metrics_listen}
     return params

@@ -82,7 +82,26 @@ def compute_status(facts: StatusFacts, now: datetime) -> ops.StatusBase:
     running = (facts.agent_status or {}).get("running")
     if isinstance(running, Mapping):
         return ops.MaintenanceStatus(running_message(running))
+    schedule = (facts.agent_status or {}).get("schedule")
+    if isinstance(schedule, Mapping) and schedule.get("too-old") is True:
+        return ops.BlockedStatus(too_old_message(schedule, now))
     return ops.ActiveStatus(last_backup_message(facts.last_backup, now))
+
+
+def too_old_message(schedule: Mapping[str, Any], now: datetime) -> str:
+    """Blocked text when the cluster's newest success is older than its schedule allows.
+
+    The agent decides (``schedule.too-old``: the schedule's longest gap plus a margin,
+    the same rule as the ``ValkeyBackupTooOld`` alert); this only words it.
+    """
+    allowed = schedule.get("allowed-age-seconds")
+    allows = f" (the schedule allows {human_age(float(allowed))})" if allowed else ""
+    last = parse_time(schedule.get("last-success-at"))
+    if last is None:
+        head = "no successful scheduled backup yet"
+    else:
+        head = f"last successful backup {human_age(max(0.0, (now - last).total_seconds()))} ago"
+    return f"{head}{allows}: see list-backups and the agent's journal"
 
 
 def configure_error_message(code: str, message: str) -> str:
