@@ -317,6 +317,9 @@ pub fn prune_summary(result: &Value) -> String {
         num(&policy["abandoned-after-hours"])
     ));
     let mut out = format!("cluster: {}\n", s(&result["cluster"]));
+    if let Some(line) = crate::scheduler::summary(&result["schedule"]) {
+        out.push_str(&format!("schedule: {line}\n"));
+    }
     if dry {
         out.push_str("DRY RUN: nothing was changed; run again with --confirm to do this.\n");
     }

@@ -140,6 +140,41 @@ impl Report {
     }
 }
 
+/// One line about a `schedule` object of `status`/`list-backups` for people:
+/// `0 3 * * * from replica; next 2026-12-01T03:00:00Z; last slot 2026-11-30T03:00:00Z:
+/// backed-up by valkey/1`. `None` without a schedule.
+pub fn summary(schedule: &Value) -> Option<String> {
+    let cron = schedule.get("cron")?.as_str()?;
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    let mut line = format!(
+        "{cron} (UTC) from {}",
+        text(&schedule["from"]).unwrap_or_else(|| "-".into())
+    );
+    if let Some(next) = text(&schedule["next-slot"]) {
+        line.push_str(&format!("; next {next}"));
+    }
+    let last = &schedule["last-scheduled"];
+    if let (Some(slot), Some(result)) = (text(&last["slot"]), text(&last["result"])) {
+        line.push_str(&format!("; last slot {slot}: {result}"));
+        if let Some(unit) = text(&last["taken-by"]) {
+            line.push_str(&format!(" by {unit}"));
+        }
+        if let Some(code) = text(&last["code"]) {
+            line.push_str(&format!(" ({code})"));
+        }
+    }
+    if schedule["too-old"] == Value::Bool(true) {
+        line.push_str("; LATE: no success within the schedule");
+    }
+    let missed = schedule["recent-missed-slots"]
+        .as_array()
+        .map_or(0, Vec::len);
+    if missed > 0 {
+        line.push_str(&format!("; {missed} recently missed slot(s)"));
+    }
+    Some(line)
+}
+
 /// A slot's claim: which unit takes it. Written once; never changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -512,5 +547,72 @@ async fn save(state_dir: &Path, persisted: &Persisted) {
     };
     if let Err(e) = write.await {
         warn!(error = %e, "could not store schedule.json");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn report(last_success: Option<i64>) -> Report {
+        Report {
+            settings: Some(ScheduleSettings {
+                cron: "0 3 * * *".into(),
+                from: crate::schedule::BackupFrom::Replica,
+                primary_delay_seconds: 60,
+            }),
+            next_slot: Some(datetime!(2026-12-01 03:00:00 UTC)),
+            period: Some(Duration::from_secs(86_400)),
+            persisted: Persisted {
+                cron: "0 3 * * *".into(),
+                since: datetime!(2026-11-01 00:00:00 UTC).unix_timestamp(),
+                checked_through: 0,
+                cluster_last_success: last_success,
+                last_scheduled: Some(SlotOutcome {
+                    slot: "2026-11-30T03:00:00Z".into(),
+                    result: "taken-by-other".into(),
+                    taken_by: Some("valkey/1".into()),
+                    backup_id: None,
+                    role: Some("primary".into()),
+                    code: None,
+                    message: None,
+                    retention: None,
+                    at: "2026-11-30T03:01:00Z".into(),
+                }),
+                recent_missed: vec!["2026-11-29T03:00:00Z".into()],
+            },
+        }
+    }
+
+    #[test]
+    fn status_shows_the_schedule_and_whether_it_is_late() {
+        let now = datetime!(2026-11-30 12:00:00 UTC);
+        let on_time = report(Some(datetime!(2026-11-30 03:05:00 UTC).unix_timestamp()));
+        let v = on_time.to_json(None, now);
+        assert_eq!(v["next-slot"], "2026-12-01T03:00:00Z");
+        assert_eq!(v["period-seconds"], 86_400);
+        assert_eq!(v["allowed-age-seconds"], 86_400 + 3_600);
+        assert_eq!(v["too-old"], false);
+        assert_eq!(v["last-scheduled"]["taken-by"], "valkey/1");
+        // The unit's own success counts as well as the cluster's.
+        let late = report(Some(datetime!(2026-11-28 03:00:00 UTC).unix_timestamp()));
+        assert_eq!(late.to_json(None, now)["too-old"], true);
+        let own = datetime!(2026-11-30 03:00:00 UTC).unix_timestamp();
+        assert_eq!(late.to_json(Some(own), now)["too-old"], false);
+        assert_eq!(Report::default().to_json(None, now), Value::Null);
+    }
+
+    #[test]
+    fn the_summary_line_names_the_last_slot_and_missed_ones() {
+        let now = datetime!(2026-11-30 12:00:00 UTC);
+        let line = summary(&report(None).to_json(None, now)).unwrap();
+        assert_eq!(
+            line,
+            "0 3 * * * (UTC) from replica; next 2026-12-01T03:00:00Z; \
+             last slot 2026-11-30T03:00:00Z: taken-by-other by valkey/1; \
+             LATE: no success within the schedule; 1 recently missed slot(s)"
+        );
+        assert_eq!(summary(&Value::Null), None);
     }
 }

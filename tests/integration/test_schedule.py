@@ -160,17 +160,21 @@ def _promtool_test(
     scrape: dict[str, float],
     scraped_at: float,
     evals: list[tuple[int, str, list[dict[str, str]]]],
+    earlier: dict[str, float] | None = None,
 ):
     """Runs `promtool test rules`: the scrape's series, as seen from a Prometheus whose
     clock reads 3600 s at the scrape (times are shifted by the same amount), evaluated
-    `offset` seconds after the scrape for each (offset, alert, expected alerts)."""
+    `offset` seconds after the scrape for each (offset, alert, expected alerts). With
+    `earlier`, its values (a previous scrape) are the series' values before the scrape."""
     shift = 3600 - scraped_at
     series = []
     for key, value in scrape.items():
         if "timestamp_seconds" in key:
             value += shift
-        # Constant from the scrape on: one sample a minute for 27 hours.
-        series.append({"series": key, "values": f"{value}x1620"})
+        # One sample a minute: the earlier scrape's value for the first hour, then this
+        # scrape's for 26 hours.
+        before = (earlier or {}).get(key, value)
+        series.append({"series": key, "values": f"{before}x59 {value}x1560"})
     tests = [
         {
             "interval": "1m",
@@ -278,3 +282,50 @@ def test_metrics_move_with_a_success_and_a_failure_and_the_alert_rules_fire_on_t
             (60, "ValkeyBackupTooOld", []),
         ],
     )
+
+
+def test_a_slot_no_unit_takes_is_recorded_as_missed_and_alerts(
+    agent, valkey_server, moto, components, tmp_path
+):
+    promtool = components.require("promtool")
+    primary = valkey_server("valkey8")
+    replica = valkey_server("valkey8")
+    replica.client().replicaof(primary.host, primary.port)
+    port = free_port()
+    # Only the primary may back up, and its unit has no agent: no unit takes any slot.
+    a = agent()
+    params = configure_params(
+        replica,
+        moto,
+        cluster=CLUSTER,
+        unit="valkey/0",
+        schedule={"cron": "*/2 * * * * *", "from": "primary"},
+        metrics={"listen": f"127.0.0.1:{port}"},
+    )
+    a.request("configure", params).expect_ok()
+    before = wait_until(lambda: _scrape(port), timeout=10, what="the metrics endpoint")
+    assert _series(before, "valkey_backup_missed_slots_total") == 0
+    status = wait_until(
+        lambda: (s := a.request("status").expect_ok()["schedule"])["recent-missed-slots"] and s,
+        timeout=10,
+        what="a missed slot",
+    )
+    assert status["last-scheduled"]["result"] == "not-eligible"
+    assert status["last-scheduled"]["role"] in ("replica", "stale-replica")
+    scraped_at = time.time()
+    after = _scrape(port)
+    missed = _series(after, "valkey_backup_missed_slots_total")
+    assert missed >= 1
+    prefix = prefix_of(params)
+    bucket = params["s3"]["bucket"]
+    assert not bucket_state(moto.client(), bucket, f"{prefix}claims/").keys
+    _promtool_test(
+        promtool,
+        tmp_path,
+        after,
+        scraped_at,
+        [(60, "ValkeyBackupMissedSlot", [{"cluster": CLUSTER, "severity": "warning"}])],
+        earlier=before,
+    )
+    # Without the increase, the same numbers do not alert.
+    _promtool_test(promtool, tmp_path, after, scraped_at, [(60, "ValkeyBackupMissedSlot", [])])
