@@ -73,8 +73,10 @@ pub struct Snapshot {
     pub missed_slots: u64,
     #[serde(skip)]
     pub running: bool,
+    /// From the configuration at the time of the scrape.
     #[serde(skip)]
     pub next_slot: Option<i64>,
+    /// From the configuration at the time of the scrape.
     #[serde(skip)]
     pub period_seconds: Option<u64>,
 }
@@ -150,14 +152,6 @@ impl Metrics {
     /// A scheduled slot that no unit of the cluster took.
     pub fn slot_missed(&self) {
         self.update(|s| s.missed_slots += 1);
-    }
-
-    /// The schedule's next slot and longest gap (`None`: no schedule).
-    pub fn set_schedule(&self, next_slot: Option<i64>, period_seconds: Option<u64>) {
-        self.update(|s| {
-            s.next_slot = next_slot;
-            s.period_seconds = period_seconds;
-        });
     }
 
     /// Writes the durable numbers to `metrics.json` (temp file and rename; best effort:
@@ -376,14 +370,26 @@ fn answer(state: &AgentState, req: &Request<hyper::body::Incoming>) -> Response<
             "GET only\n".into(),
         );
     }
-    let (cluster, unit) = state
-        .config_if_any()
-        .map(|c| (c.cluster, c.unit))
+    let config = state.config_if_any();
+    let (cluster, unit) = config
+        .as_ref()
+        .map(|c| (c.cluster.clone(), c.unit.clone()))
         .unwrap_or_default();
+    let mut snapshot = state.metrics.snapshot();
+    // The schedule's numbers come from the configuration itself: right from the moment
+    // `configure` returned, whatever the scheduler task is doing.
+    let schedule = config
+        .and_then(|c| c.schedule)
+        .and_then(|s| crate::schedule::Schedule::parse(&s.cron).ok());
+    if let Some(schedule) = schedule {
+        let now = time::OffsetDateTime::now_utc();
+        snapshot.next_slot = schedule.next_after(now).map(|t| t.unix_timestamp());
+        snapshot.period_seconds = schedule.period(now).map(|p| p.as_secs());
+    }
     reply(
         StatusCode::OK,
         CONTENT_TYPE,
-        state.metrics.render(&cluster, &unit),
+        render(&snapshot, &cluster, &unit),
     )
 }
 

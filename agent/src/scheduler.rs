@@ -94,29 +94,41 @@ struct Persisted {
     recent_missed: Vec<String>,
 }
 
-/// The scheduler's state as `status` and `list-backups` show it.
+/// What the scheduler did, as `status` and `list-backups` show it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
-    settings: Option<ScheduleSettings>,
-    next_slot: Option<OffsetDateTime>,
-    period: Option<Duration>,
     persisted: Persisted,
 }
 
 impl Report {
-    /// The `schedule` object of `status` and `list-backups` (`null` without a schedule).
+    /// The `schedule` object of `status` and `list-backups` for the configured
+    /// `settings` (`null` without a schedule). The next slot and the period come from the
+    /// configuration itself, so the answer is right the moment `configure` returns.
     /// `own_last_success` is this unit's own newest success (from its metrics).
-    pub fn to_json(&self, own_last_success: Option<i64>, now: OffsetDateTime) -> Value {
-        let Some(settings) = &self.settings else {
+    pub fn to_json(
+        &self,
+        settings: Option<&ScheduleSettings>,
+        own_last_success: Option<i64>,
+        now: OffsetDateTime,
+    ) -> Value {
+        let Some(settings) = settings else {
+            return Value::Null;
+        };
+        let Ok(schedule) = Schedule::parse(&settings.cron) else {
             return Value::Null;
         };
         let p = &self.persisted;
+        // State of another (earlier) expression says nothing about this one's lateness.
+        let since = match p.cron == settings.cron {
+            true => OffsetDateTime::from_unix_timestamp(p.since).unwrap_or(now),
+            false => now,
+        };
+        let period = schedule.period(now);
         let last_success = p.cluster_last_success.max(own_last_success);
         let at = |t: i64| OffsetDateTime::from_unix_timestamp(t).ok().map(rfc3339);
-        let (too_old_now, allowed) = match self.period {
+        let (too_old_now, allowed) = match period {
             Some(period) => {
                 let margin = too_old_margin(period);
-                let since = OffsetDateTime::from_unix_timestamp(p.since).unwrap_or(now);
                 let last = last_success.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
                 (
                     too_old(last, since, period, margin, now),
@@ -129,8 +141,8 @@ impl Report {
             "cron": settings.cron,
             "from": settings.from.as_str(),
             "primary-delay-seconds": settings.primary_delay_seconds,
-            "next-slot": self.next_slot.map(rfc3339),
-            "period-seconds": self.period.map(|p| p.as_secs()),
+            "next-slot": schedule.next_after(now).map(rfc3339),
+            "period-seconds": period.map(|p| p.as_secs()),
             "allowed-age-seconds": allowed,
             "last-success-at": last_success.and_then(at),
             "too-old": too_old_now,
@@ -200,7 +212,7 @@ pub async fn run(state: Arc<AgentState>, shutdown: CancellationToken) {
         let config = state.config_if_any();
         let settings = config.as_ref().and_then(|c| c.schedule.clone());
         let (Some(config), Some(settings)) = (config, settings) else {
-            publish(&state, None, None, None, &persisted);
+            publish(&state, &persisted);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = changes.changed() => continue,
@@ -234,8 +246,7 @@ pub async fn run(state: Arc<AgentState>, shutdown: CancellationToken) {
                 _ = changes.changed() => continue,
             }
         };
-        let period = schedule.period(now);
-        publish(&state, Some(&settings), Some(slot), period, &persisted);
+        publish(&state, &persisted);
         let wait = (slot - now).unsigned_abs();
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -257,28 +268,12 @@ pub async fn run(state: Arc<AgentState>, shutdown: CancellationToken) {
         }
         persisted.last_scheduled = Some(outcome);
         save(&state.state_dir, &persisted).await;
-        publish(&state, Some(&settings), None, period, &persisted);
+        publish(&state, &persisted);
     }
 }
 
-fn publish(
-    state: &AgentState,
-    settings: Option<&ScheduleSettings>,
-    next: Option<OffsetDateTime>,
-    period: Option<Duration>,
-    persisted: &Persisted,
-) {
-    let mut report = state.schedule.lock().expect("schedule lock");
-    report.settings = settings.cloned();
-    if next.is_some() || settings.is_none() {
-        report.next_slot = next;
-    }
-    report.period = settings.and(period);
-    report.persisted = persisted.clone();
-    state.metrics.set_schedule(
-        report.next_slot.map(OffsetDateTime::unix_timestamp),
-        report.period.map(|p| p.as_secs()),
-    );
+fn publish(state: &AgentState, persisted: &Persisted) {
+    state.schedule.lock().expect("schedule lock").persisted = persisted.clone();
 }
 
 /// Looks at the claims of the slots between the last look and `slot`: a slot without
@@ -555,15 +550,16 @@ mod tests {
     use super::*;
     use time::macros::datetime;
 
+    fn settings() -> ScheduleSettings {
+        ScheduleSettings {
+            cron: "0 3 * * *".into(),
+            from: crate::schedule::BackupFrom::Replica,
+            primary_delay_seconds: 60,
+        }
+    }
+
     fn report(last_success: Option<i64>) -> Report {
         Report {
-            settings: Some(ScheduleSettings {
-                cron: "0 3 * * *".into(),
-                from: crate::schedule::BackupFrom::Replica,
-                primary_delay_seconds: 60,
-            }),
-            next_slot: Some(datetime!(2026-12-01 03:00:00 UTC)),
-            period: Some(Duration::from_secs(86_400)),
             persisted: Persisted {
                 cron: "0 3 * * *".into(),
                 since: datetime!(2026-11-01 00:00:00 UTC).unix_timestamp(),
@@ -589,7 +585,8 @@ mod tests {
     fn status_shows_the_schedule_and_whether_it_is_late() {
         let now = datetime!(2026-11-30 12:00:00 UTC);
         let on_time = report(Some(datetime!(2026-11-30 03:05:00 UTC).unix_timestamp()));
-        let v = on_time.to_json(None, now);
+        let s = settings();
+        let v = on_time.to_json(Some(&s), None, now);
         assert_eq!(v["next-slot"], "2026-12-01T03:00:00Z");
         assert_eq!(v["period-seconds"], 86_400);
         assert_eq!(v["allowed-age-seconds"], 86_400 + 3_600);
@@ -597,16 +594,22 @@ mod tests {
         assert_eq!(v["last-scheduled"]["taken-by"], "valkey/1");
         // The unit's own success counts as well as the cluster's.
         let late = report(Some(datetime!(2026-11-28 03:00:00 UTC).unix_timestamp()));
-        assert_eq!(late.to_json(None, now)["too-old"], true);
+        assert_eq!(late.to_json(Some(&s), None, now)["too-old"], true);
         let own = datetime!(2026-11-30 03:00:00 UTC).unix_timestamp();
-        assert_eq!(late.to_json(Some(own), now)["too-old"], false);
-        assert_eq!(Report::default().to_json(None, now), Value::Null);
+        assert_eq!(late.to_json(Some(&s), Some(own), now)["too-old"], false);
+        // A new expression is judged from when it was set, not by the old one's state.
+        let other = ScheduleSettings {
+            cron: "0 4 * * *".into(),
+            ..settings()
+        };
+        assert_eq!(late.to_json(Some(&other), None, now)["too-old"], false);
+        assert_eq!(late.to_json(None, None, now), Value::Null);
     }
 
     #[test]
     fn the_summary_line_names_the_last_slot_and_missed_ones() {
         let now = datetime!(2026-11-30 12:00:00 UTC);
-        let line = summary(&report(None).to_json(None, now)).unwrap();
+        let line = summary(&report(None).to_json(Some(&settings()), None, now)).unwrap();
         assert_eq!(
             line,
             "0 3 * * * (UTC) from replica; next 2026-12-01T03:00:00Z; \

@@ -71,9 +71,11 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
         .collect()
         .await;
     let backups = entries.into_iter().collect::<Result<Vec<_>, _>>()?;
-    let schedule = state
-        .schedule_report()
-        .to_json(state.metrics.snapshot().last_success, now);
+    let schedule = state.schedule_report().to_json(
+        config.schedule.as_ref(),
+        state.metrics.snapshot().last_success,
+        now,
+    );
     Ok(json!({"cluster": cluster, "backups": backups, "schedule": schedule}))
 }
 

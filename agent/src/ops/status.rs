@@ -36,6 +36,7 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
         "last-backup": state.last_backup(),
         "memory-bound-bytes": memory_bound,
         "schedule": state.schedule_report().to_json(
+            config.as_ref().and_then(|c| c.schedule.as_ref()),
             state.metrics.snapshot().last_success,
             time::OffsetDateTime::now_utc(),
         ),
