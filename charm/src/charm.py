@@ -39,6 +39,7 @@ from presentation import (
     action_results,
     backups_table,
     human_size,
+    schedule_summary,
 )
 from service import (
     PACKED_AGENT,
@@ -510,14 +511,16 @@ class ValkeyBackupCharm(ops.CharmBase):
             rendered = self._render_listing(shown, output)
         if len(shown) < len(backups):
             event.log(f"showing the newest {len(shown)} of {len(backups)} backups")
-        event.set_results(
-            {
-                "cluster": redact(str(data.get("cluster") or "")),
-                "count": str(len(backups)),
-                "shown": str(len(shown)),
-                "backups": redact(rendered),
-            }
-        )
+        results = {
+            "cluster": redact(str(data.get("cluster") or "")),
+            "count": str(len(backups)),
+            "shown": str(len(shown)),
+            "backups": redact(rendered),
+        }
+        schedule = schedule_summary(data.get("schedule"))
+        if schedule:
+            results["schedule"] = redact(schedule)
+        event.set_results(results)
 
     @staticmethod
     def _render_listing(backups: list[Mapping[str, Any]], output: str) -> str:

@@ -213,3 +213,29 @@ def format_progress(event: Mapping[str, Any]) -> str:
     if details:
         parts.append(" ".join(details))
     return ": ".join(parts)
+
+
+def schedule_summary(schedule: Any) -> str:
+    """One line about the agent's ``schedule`` object, or ``""`` without a schedule.
+
+    ``0 3 * * * (UTC) from replica; next 2026-12-01T03:00:00Z; last slot
+    2026-11-30T03:00:00Z: backed-up by valkey/1``; the agent's CLI prints the same.
+    """
+    if not isinstance(schedule, Mapping) or not schedule.get("cron"):
+        return ""
+    line = f"{schedule['cron']} (UTC) from {schedule.get('from') or '-'}"
+    if schedule.get("next-slot"):
+        line += f"; next {schedule['next-slot']}"
+    last = schedule.get("last-scheduled")
+    if isinstance(last, Mapping) and last.get("slot") and last.get("result"):
+        line += f"; last slot {last['slot']}: {last['result']}"
+        if last.get("taken-by"):
+            line += f" by {last['taken-by']}"
+        if last.get("code"):
+            line += f" ({last['code']})"
+    if schedule.get("too-old") is True:
+        line += "; LATE: no success within the schedule"
+    missed = schedule.get("recent-missed-slots")
+    if isinstance(missed, list) and missed:
+        line += f"; {len(missed)} recently missed slot(s)"
+    return line

@@ -155,3 +155,33 @@ def test_a_schedule_on_time_leaves_the_unit_active(ctx, agent):
     )
     state = ctx.run(ctx.on.update_status(), full_state())
     assert isinstance(state.unit_status, testing.ActiveStatus)
+
+
+def test_list_backups_shows_the_schedule_and_the_last_slot(ctx, agent):
+    listing = default_responses()["list-backups"]
+    agent.responses["list-backups"] = {
+        **listing,
+        "schedule": {
+            "cron": "0 3 * * *",
+            "from": "replica",
+            "next-slot": "2026-12-01T03:00:00Z",
+            "too-old": False,
+            "last-scheduled": {
+                "slot": "2026-11-30T03:00:00Z",
+                "result": "taken-by-other",
+                "taken-by": "valkey/1",
+            },
+            "recent-missed-slots": ["2026-11-29T03:00:00Z"],
+        },
+    }
+    ctx.run(ctx.on.action("list-backups"), full_state())
+    assert ctx.action_results["schedule"] == (
+        "0 3 * * * (UTC) from replica; next 2026-12-01T03:00:00Z; "
+        "last slot 2026-11-30T03:00:00Z: taken-by-other by valkey/1; "
+        "1 recently missed slot(s)"
+    )
+
+
+def test_list_backups_without_a_schedule_has_no_schedule_result(ctx, agent):
+    ctx.run(ctx.on.action("list-backups"), full_state())
+    assert "schedule" not in ctx.action_results
