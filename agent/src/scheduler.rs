@@ -46,6 +46,8 @@ use crate::valkey::ValkeyCli;
 const STATE_FILE: &str = "schedule.json";
 /// Earlier slots looked at per slot at most (one GET each); older ones are not looked at.
 const LOOK_BACK_LIMIT: usize = 50;
+/// The longest sleep between two looks at the wall clock.
+const MAX_NAP: Duration = Duration::from_secs(30);
 /// Missed slots remembered for `status`.
 const RECENT_MISSED: usize = 10;
 
@@ -247,7 +249,9 @@ pub async fn run(state: Arc<AgentState>, shutdown: CancellationToken) {
             }
         };
         publish(&state, &persisted);
-        let wait = (slot - now).unsigned_abs();
+        // Short naps, each followed by a look at the wall clock: a clock that NTP steps
+        // forward past the slot still takes it (late), one stepped back waits for it.
+        let wait = (slot - now).unsigned_abs().min(MAX_NAP);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = changes.changed() => continue,
