@@ -4,8 +4,9 @@
 //!
 //! 1. sleep until the slot, raced against shutdown and `configure` (a new schedule is
 //!    picked up at once);
-//! 2. look back: every earlier slot since the last look that has no claim object in the
-//!    bucket was **missed** by the whole cluster (no unit took it: all down, all busy,
+//! 2. look back: every earlier slot since the last look (and old enough that every unit
+//!    had its chance to claim it) that has no claim object in the bucket was **missed**
+//!    by the whole cluster (no unit took it: all down, all busy,
 //!    none eligible). It is counted in `valkey_backup_missed_slots_total` and listed in
 //!    `status`; slots whose claim names a finished backup move the cluster's last success;
 //! 3. ask the server its role (`INFO`), wait the role's delay ([`claim_delay`]), take the
@@ -38,7 +39,8 @@ use crate::error::OpError;
 use crate::ops::{create_backup, prune_backups, rfc3339, AgentState};
 use crate::s3::{S3Error, Store};
 use crate::schedule::{
-    claim_delay, claim_key, slot_name, too_old, too_old_margin, Role, Schedule, ScheduleSettings,
+    claim_delay, claim_key, slot_name, too_old, too_old_margin, BackupFrom, Role, Schedule,
+    ScheduleSettings,
 };
 use crate::store::{Layout, ManifestV1};
 use crate::valkey::ValkeyCli;
@@ -46,6 +48,9 @@ use crate::valkey::ValkeyCli;
 const STATE_FILE: &str = "schedule.json";
 /// Earlier slots looked at per slot at most (one GET each); older ones are not looked at.
 const LOOK_BACK_LIMIT: usize = 50;
+/// How long after its delay a unit's claim may take to appear in the bucket before the
+/// look-back judges the slot.
+const CLAIM_GRACE: Duration = Duration::from_secs(10);
 /// The longest sleep between two looks at the wall clock.
 const MAX_NAP: Duration = Duration::from_secs(30);
 /// Missed slots remembered for `status`.
@@ -296,7 +301,14 @@ async fn look_back(
     let Ok(after) = OffsetDateTime::from_unix_timestamp(persisted.checked_through) else {
         return;
     };
-    let earlier = schedule.slots_between(after, slot, LOOK_BACK_LIMIT);
+    // A slot is judged only once every unit had its chance to claim it: the primary's
+    // delay (under `from: replica`) plus time for the claim itself.
+    let delay = match config.schedule.as_ref() {
+        Some(s) if s.from == BackupFrom::Replica => Duration::from_secs(s.primary_delay_seconds),
+        _ => Duration::ZERO,
+    };
+    let horizon = slot - (delay + CLAIM_GRACE);
+    let earlier = schedule.slots_between(after, horizon, LOOK_BACK_LIMIT);
     if earlier.is_empty() {
         return;
     }

@@ -76,7 +76,11 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
         state.metrics.snapshot().last_success,
         now,
     );
-    Ok(json!({"cluster": cluster, "backups": backups, "schedule": schedule}))
+    let mut result = json!({"cluster": cluster, "backups": backups});
+    if !schedule.is_null() {
+        result["schedule"] = schedule;
+    }
+    Ok(result)
 }
 
 /// When each backup's open data uploads were initiated (Unix seconds, when known).
