@@ -62,9 +62,7 @@ const RECENT_MISSED: usize = 10;
 pub struct SlotOutcome {
     /// The slot, RFC 3339.
     pub slot: String,
-    /// `backed-up`, `failed`, `taken-by-other`, `not-eligible`, `busy`,
-    /// `valkey-unreachable`, `claim-failed`, `not-configured` or `cancelled`.
-    pub result: String,
+    pub result: SlotResult,
     /// The unit that took the slot, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub taken_by: Option<String>,
@@ -83,6 +81,47 @@ pub struct SlotOutcome {
     pub retention: Option<Value>,
     /// When this unit finished with the slot.
     pub at: String,
+}
+
+/// What one unit did with one slot (see docs/protocol.md, `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotResult {
+    /// This unit claimed the slot and the backup finished.
+    BackedUp,
+    /// This unit claimed the slot and the backup failed (`code`, `message`).
+    Failed,
+    /// Another unit's claim is the one stored (`taken-by`).
+    TakenByOther,
+    /// This unit's role may not back up under `from`.
+    NotEligible,
+    /// The unit lock was held: this unit did not claim, another may.
+    Busy,
+    /// The server did not answer `INFO`.
+    ValkeyUnreachable,
+    /// The claim could not be written (`code`).
+    ClaimFailed,
+    /// No S3 storage is configured.
+    NotConfigured,
+    /// The agent shut down first.
+    Cancelled,
+}
+
+impl SlotResult {
+    /// The protocol's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotResult::BackedUp => "backed-up",
+            SlotResult::Failed => "failed",
+            SlotResult::TakenByOther => "taken-by-other",
+            SlotResult::NotEligible => "not-eligible",
+            SlotResult::Busy => "busy",
+            SlotResult::ValkeyUnreachable => "valkey-unreachable",
+            SlotResult::ClaimFailed => "claim-failed",
+            SlotResult::NotConfigured => "not-configured",
+            SlotResult::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// What the scheduler persists between restarts.
@@ -269,8 +308,8 @@ pub async fn run(state: Arc<AgentState>, shutdown: CancellationToken) {
         }
         look_back(&state, &config, &schedule, slot, &mut persisted).await;
         let outcome = take_slot(&state, &settings, slot, &shutdown).await;
-        info!(slot = %slot_name(slot), result = %outcome.result, taken_by = outcome.taken_by.as_deref().unwrap_or("-"), "scheduled slot");
-        if outcome.result == "backed-up" {
+        info!(slot = %slot_name(slot), result = outcome.result.as_str(), taken_by = outcome.taken_by.as_deref().unwrap_or("-"), "scheduled slot");
+        if outcome.result == SlotResult::BackedUp {
             persisted.cluster_last_success = persisted
                 .cluster_last_success
                 .max(Some(OffsetDateTime::now_utc().unix_timestamp()));
@@ -369,7 +408,7 @@ async fn take_slot(
 ) -> SlotOutcome {
     let mut out = SlotOutcome {
         slot: rfc3339(slot),
-        result: String::new(),
+        result: SlotResult::Cancelled,
         taken_by: None,
         backup_id: None,
         role: None,
@@ -378,8 +417,8 @@ async fn take_slot(
         retention: None,
         at: String::new(),
     };
-    let finish = |mut o: SlotOutcome, result: &str| {
-        o.result = result.to_owned();
+    let finish = |mut o: SlotOutcome, result: SlotResult| {
+        o.result = result;
         o.at = rfc3339(OffsetDateTime::now_utc());
         o
     };
@@ -387,7 +426,7 @@ async fn take_slot(
         Ok(c) => c,
         Err(e) => {
             out.message = Some(e.to_string());
-            return finish(out, "not-configured");
+            return finish(out, SlotResult::NotConfigured);
         }
     };
     let info = match ValkeyCli::new(config.valkey.clone()).info().await {
@@ -396,18 +435,18 @@ async fn take_slot(
             let e = OpError::from(e);
             out.code = Some(e.code().as_str().to_owned());
             out.message = Some(e.to_string());
-            return finish(out, "valkey-unreachable");
+            return finish(out, SlotResult::ValkeyUnreachable);
         }
     };
     let role = Role::from_info(info.role.as_deref(), info.master_link_up);
     out.role = Some(role.as_str().to_owned());
     let delay = Duration::from_secs(settings.primary_delay_seconds);
     let Some(delay) = claim_delay(settings.from, role, delay) else {
-        return finish(out, "not-eligible");
+        return finish(out, SlotResult::NotEligible);
     };
     if !delay.is_zero() {
         tokio::select! {
-            _ = shutdown.cancelled() => return finish(out, "cancelled"),
+            _ = shutdown.cancelled() => return finish(out, SlotResult::Cancelled),
             _ = tokio::time::sleep(delay) => {}
         }
     }
@@ -416,7 +455,7 @@ async fn take_slot(
         Ok(id) => id,
         Err(e) => {
             out.message = Some(e.to_string());
-            return finish(out, "failed");
+            return finish(out, SlotResult::Failed);
         }
     };
     // The lock before the claim: a unit that cannot back up must not take the slot away
@@ -426,7 +465,7 @@ async fn take_slot(
         Err(e) => {
             out.code = Some(e.code().as_str().to_owned());
             out.message = Some(e.to_string());
-            return finish(out, "busy");
+            return finish(out, SlotResult::Busy);
         }
     };
     let store = match Store::new(&s3) {
@@ -435,7 +474,7 @@ async fn take_slot(
             let e = OpError::from(e);
             out.code = Some(e.code().as_str().to_owned());
             out.message = Some(e.to_string());
-            return finish(out, "claim-failed");
+            return finish(out, SlotResult::ClaimFailed);
         }
     };
     let layout = Layout::new(s3.clean_path(), &config.cluster);
@@ -459,14 +498,14 @@ async fn take_slot(
                 .ok()
                 .flatten()
                 .map(|c| c.unit);
-            return finish(out, "taken-by-other");
+            return finish(out, SlotResult::TakenByOther);
         }
         Err(e) => {
             drop(guard);
             let e = OpError::from(e);
             out.code = Some(e.code().as_str().to_owned());
             out.message = Some(e.to_string());
-            return finish(out, "claim-failed");
+            return finish(out, SlotResult::ClaimFailed);
         }
     }
     // A store that ignores If-None-Match keeps the last write: go on only if the stored
@@ -475,7 +514,7 @@ async fn take_slot(
         if stored.nonce != claim.nonce {
             drop(guard);
             out.taken_by = Some(stored.unit);
-            return finish(out, "taken-by-other");
+            return finish(out, SlotResult::TakenByOther);
         }
     }
     out.taken_by = Some(config.unit.clone());
@@ -484,12 +523,12 @@ async fn take_slot(
     match create_backup::backup(state, &config, &s3, &id, started, guard, events).await {
         Ok(_) => {
             out.retention = Some(retain(state, &config, &s3).await);
-            finish(out, "backed-up")
+            finish(out, SlotResult::BackedUp)
         }
         Err(e) => {
             out.code = Some(e.code().as_str().to_owned());
             out.message = Some(e.to_string());
-            finish(out, "failed")
+            finish(out, SlotResult::Failed)
         }
     }
 }
@@ -583,7 +622,7 @@ mod tests {
                 cluster_last_success: last_success,
                 last_scheduled: Some(SlotOutcome {
                     slot: "2026-11-30T03:00:00Z".into(),
-                    result: "taken-by-other".into(),
+                    result: SlotResult::TakenByOther,
                     taken_by: Some("valkey/1".into()),
                     backup_id: None,
                     role: Some("primary".into()),
