@@ -391,6 +391,9 @@ impl AgentConfig {
 fn validate_automation(c: &AgentConfig) -> Result<(), ConfigError> {
     if let Some(s) = &c.schedule {
         Schedule::parse(&s.cron).map_err(|e| invalid("schedule.cron", e.to_string()))?;
+        if let Some(v) = &s.verify_cron {
+            Schedule::parse(v).map_err(|e| invalid("schedule.verify-cron", e.to_string()))?;
+        }
         if s.primary_delay_seconds > 86_400 {
             return Err(invalid(
                 "schedule.primary-delay-seconds",

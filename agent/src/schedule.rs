@@ -64,6 +64,10 @@ pub struct ScheduleSettings {
     /// How long the primary waits for a replica's claim when `from` is `replica`.
     #[serde(default = "default_primary_delay")]
     pub primary_delay_seconds: u64,
+    /// When to verify the newest finished backup by loading it into a scratch server
+    /// (`verify-backup load=true`), e.g. weekly; off when absent. Same claims, same `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_cron: Option<String>,
 }
 
 fn default_primary_delay() -> u64 {
@@ -202,6 +206,14 @@ pub fn slot_name(slot: OffsetDateTime) -> String {
 /// The claim object's key for `slot` under the cluster prefix `<path>/<cluster>/`.
 pub fn claim_key(cluster_prefix: &str, slot: OffsetDateTime) -> String {
     format!("{cluster_prefix}{CLAIMS_DIR}/{}.json", slot_name(slot))
+}
+
+/// The claim object's key for a verification slot (`verify-cron`).
+pub fn verify_claim_key(cluster_prefix: &str, slot: OffsetDateTime) -> String {
+    format!(
+        "{cluster_prefix}{CLAIMS_DIR}/verify-{}.json",
+        slot_name(slot)
+    )
 }
 
 /// What a unit is, as far as scheduling cares.
@@ -348,6 +360,8 @@ mod tests {
     fn claim_keys_sort_by_slot_and_are_not_backup_ids() {
         let k = claim_key("p/c/", datetime!(2026-01-02 03:04:05 UTC));
         assert_eq!(k, "p/c/claims/20260102T030405Z.json");
+        let v = verify_claim_key("p/c/", datetime!(2026-01-02 03:04:05 UTC));
+        assert_eq!(v, "p/c/claims/verify-20260102T030405Z.json");
         assert!(crate::backup_id::BackupId::parse(CLAIMS_DIR).is_err());
     }
 

@@ -36,16 +36,17 @@ use tracing::{info, warn};
 use crate::backup_id::BackupId;
 use crate::config::{keep_days_hint, AgentConfig, S3Settings};
 use crate::error::OpError;
-use crate::ops::{create_backup, prune_backups, rfc3339, AgentState};
+use crate::ops::{create_backup, list_backups, prune_backups, rfc3339, verify_backup, AgentState};
 use crate::s3::{S3Error, Store};
 use crate::schedule::{
-    claim_delay, claim_key, slot_name, too_old, too_old_margin, BackupFrom, Role, Schedule,
-    ScheduleSettings,
+    claim_delay, claim_key, slot_name, too_old, too_old_margin, verify_claim_key, BackupFrom, Role,
+    Schedule, ScheduleSettings,
 };
 use crate::store::{Layout, ManifestV1};
 use crate::valkey::ValkeyCli;
 
 const STATE_FILE: &str = "schedule.json";
+const VERIFY_STATE_FILE: &str = "verify-schedule.json";
 /// Earlier slots looked at per slot at most (one GET each); older ones are not looked at.
 const LOOK_BACK_LIMIT: usize = 50;
 /// How long after its delay a unit's claim may take to appear in the bucket before the
@@ -105,6 +106,10 @@ pub enum SlotResult {
     NotConfigured,
     /// The agent shut down first.
     Cancelled,
+    /// This unit claimed a verification slot and the newest backup passed.
+    Verified,
+    /// A verification slot found no finished backup to verify.
+    NothingToVerify,
 }
 
 impl SlotResult {
@@ -120,6 +125,46 @@ impl SlotResult {
             SlotResult::ClaimFailed => "claim-failed",
             SlotResult::NotConfigured => "not-configured",
             SlotResult::Cancelled => "cancelled",
+            SlotResult::Verified => "verified",
+            SlotResult::NothingToVerify => "nothing-to-verify",
+        }
+    }
+}
+
+/// What a scheduler task takes care of: backups (`schedule.cron`) or the verification
+/// of the newest backup (`schedule.verify-cron`). Both run the same loop and claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    Backup,
+    Verify,
+}
+
+impl Job {
+    fn cron(self, settings: &ScheduleSettings) -> Option<&str> {
+        match self {
+            Job::Backup => Some(&settings.cron),
+            Job::Verify => settings.verify_cron.as_deref(),
+        }
+    }
+
+    fn state_file(self) -> &'static str {
+        match self {
+            Job::Backup => STATE_FILE,
+            Job::Verify => VERIFY_STATE_FILE,
+        }
+    }
+
+    fn claim_key(self, cluster_prefix: &str, slot: OffsetDateTime) -> String {
+        match self {
+            Job::Backup => claim_key(cluster_prefix, slot),
+            Job::Verify => verify_claim_key(cluster_prefix, slot),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Job::Backup => "backup",
+            Job::Verify => "verify",
         }
     }
 }
@@ -144,6 +189,7 @@ struct Persisted {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
     persisted: Persisted,
+    verify: Persisted,
 }
 
 impl Report {
@@ -194,6 +240,11 @@ impl Report {
             "too-old": too_old_now,
             "last-scheduled": p.last_scheduled,
             "recent-missed-slots": p.recent_missed,
+            "verify": settings.verify_cron.as_deref().and_then(|c| Schedule::parse(c).ok()).map(|v| json!({
+                "cron": v.expression(),
+                "next-slot": v.next_after(now).map(rfc3339),
+                "last-scheduled": self.verify.last_scheduled,
+            })),
         })
     }
 }
@@ -249,22 +300,26 @@ pub struct ClaimRecord {
     pub nonce: String,
 }
 
-/// Runs the scheduler until `shutdown`.
-pub async fn run(state: Arc<AgentState>, shutdown: CancellationToken) {
+/// Runs the scheduler of `job` until `shutdown`.
+pub async fn run(state: Arc<AgentState>, job: Job, shutdown: CancellationToken) {
     let mut changes = state.subscribe_config();
-    let mut persisted = load(&state.state_dir).await;
+    let mut persisted = load(&state.state_dir, job).await;
     loop {
         changes.borrow_and_update();
         let config = state.config_if_any();
         let settings = config.as_ref().and_then(|c| c.schedule.clone());
-        let (Some(config), Some(settings)) = (config, settings) else {
-            publish(&state, &persisted);
+        let cron = settings
+            .as_ref()
+            .and_then(|s| job.cron(s))
+            .map(str::to_owned);
+        let (Some(config), Some(settings), Some(cron)) = (config, settings, cron) else {
+            publish(&state, job, &persisted);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = changes.changed() => continue,
             }
         };
-        let schedule = match Schedule::parse(&settings.cron) {
+        let schedule = match Schedule::parse(&cron) {
             Ok(s) => s,
             Err(e) => {
                 // Validated at configure; only a hand-edited file gets here.
@@ -276,15 +331,15 @@ pub async fn run(state: Arc<AgentState>, shutdown: CancellationToken) {
             }
         };
         let now = OffsetDateTime::now_utc();
-        if persisted.cron != settings.cron {
+        if persisted.cron != cron {
             persisted = Persisted {
-                cron: settings.cron.clone(),
+                cron: cron.clone(),
                 since: now.unix_timestamp(),
                 checked_through: now.unix_timestamp(),
                 cluster_last_success: persisted.cluster_last_success,
                 ..Persisted::default()
             };
-            save(&state.state_dir, &persisted).await;
+            save(&state.state_dir, job, &persisted).await;
         }
         let Some(slot) = schedule.next_after(now) else {
             tokio::select! {
@@ -292,7 +347,7 @@ pub async fn run(state: Arc<AgentState>, shutdown: CancellationToken) {
                 _ = changes.changed() => continue,
             }
         };
-        publish(&state, &persisted);
+        publish(&state, job, &persisted);
         // Short naps, each followed by a look at the wall clock: a clock that NTP steps
         // forward past the slot still takes it (late), one stepped back waits for it.
         let wait = (slot - now).unsigned_abs().min(MAX_NAP);
@@ -306,22 +361,28 @@ pub async fn run(state: Arc<AgentState>, shutdown: CancellationToken) {
         if OffsetDateTime::now_utc() < slot {
             continue;
         }
-        look_back(&state, &config, &schedule, slot, &mut persisted).await;
-        let outcome = take_slot(&state, &settings, slot, &shutdown).await;
-        info!(slot = %slot_name(slot), result = outcome.result.as_str(), taken_by = outcome.taken_by.as_deref().unwrap_or("-"), "scheduled slot");
+        if job == Job::Backup {
+            look_back(&state, &config, &schedule, slot, &mut persisted).await;
+        }
+        let outcome = take_slot(&state, &settings, job, slot, &shutdown).await;
+        info!(job = job.as_str(), slot = %slot_name(slot), result = outcome.result.as_str(), taken_by = outcome.taken_by.as_deref().unwrap_or("-"), "scheduled slot");
         if outcome.result == SlotResult::BackedUp {
             persisted.cluster_last_success = persisted
                 .cluster_last_success
                 .max(Some(OffsetDateTime::now_utc().unix_timestamp()));
         }
         persisted.last_scheduled = Some(outcome);
-        save(&state.state_dir, &persisted).await;
-        publish(&state, &persisted);
+        save(&state.state_dir, job, &persisted).await;
+        publish(&state, job, &persisted);
     }
 }
 
-fn publish(state: &AgentState, persisted: &Persisted) {
-    state.schedule.lock().expect("schedule lock").persisted = persisted.clone();
+fn publish(state: &AgentState, job: Job, persisted: &Persisted) {
+    let mut report = state.schedule.lock().expect("schedule lock");
+    match job {
+        Job::Backup => report.persisted = persisted.clone(),
+        Job::Verify => report.verify = persisted.clone(),
+    }
 }
 
 /// Looks at the claims of the slots between the last look and `slot`: a slot without
@@ -391,6 +452,35 @@ async fn look_back(
     state.metrics.save().await;
 }
 
+async fn read_claim_at(store: &Store, key: &str) -> Result<Option<ClaimRecord>, S3Error> {
+    store.get_record(key).await
+}
+
+/// Verifies the newest finished backup with a load into a scratch server, through the
+/// `verify-backup` op itself (same checks, same record, same metrics). `Ok(None)`: there
+/// is none yet.
+async fn verify_newest(
+    state: &Arc<AgentState>,
+    events: crate::progress::EventSink,
+) -> Result<Option<String>, (Option<String>, OpError)> {
+    let listing = list_backups::run(state, json!({}))
+        .await
+        .map_err(|e| (None, e))?;
+    let newest = listing["backups"].as_array().and_then(|b| {
+        b.iter()
+            .find(|e| e["status"] == "finished")
+            .and_then(|e| e["backup-id"].as_str())
+            .map(str::to_owned)
+    });
+    let Some(id) = newest else {
+        return Ok(None);
+    };
+    verify_backup::run(state, json!({"backup-id": id, "load": true}), events)
+        .await
+        .map_err(|e| (Some(id.clone()), e))?;
+    Ok(Some(id))
+}
+
 async fn read_claim(
     store: &Store,
     layout: &Layout,
@@ -403,6 +493,7 @@ async fn read_claim(
 async fn take_slot(
     state: &Arc<AgentState>,
     settings: &ScheduleSettings,
+    job: Job,
     slot: OffsetDateTime,
     shutdown: &CancellationToken,
 ) -> SlotOutcome {
@@ -488,12 +579,12 @@ async fn take_slot(
         claimed_at: rfc3339(started),
         nonce: hex::encode(rand::random::<[u8; 16]>()),
     };
-    let key = claim_key(layout.prefix(), slot);
+    let key = job.claim_key(layout.prefix(), slot);
     match store.put_record(&key, &claim).await {
         Ok(()) => {}
         Err(S3Error::Conflict { .. }) => {
             drop(guard);
-            out.taken_by = read_claim(&store, &layout, slot)
+            out.taken_by = read_claim_at(&store, &key)
                 .await
                 .ok()
                 .flatten()
@@ -510,7 +601,7 @@ async fn take_slot(
     }
     // A store that ignores If-None-Match keeps the last write: go on only if the stored
     // claim is ours.
-    if let Ok(Some(stored)) = read_claim(&store, &layout, slot).await {
+    if let Ok(Some(stored)) = read_claim_at(&store, &key).await {
         if stored.nonce != claim.nonce {
             drop(guard);
             out.taken_by = Some(stored.unit);
@@ -518,8 +609,26 @@ async fn take_slot(
         }
     }
     out.taken_by = Some(config.unit.clone());
-    out.backup_id = Some(id.to_string());
     let (events, _) = tokio::sync::mpsc::channel(1);
+    if job == Job::Verify {
+        // Verification needs no lock (it writes only a new record), and must not make
+        // this unit `busy` for a backup slot meanwhile.
+        drop(guard);
+        return match verify_newest(state, events).await {
+            Ok(Some(id)) => {
+                out.backup_id = Some(id);
+                finish(out, SlotResult::Verified)
+            }
+            Ok(None) => finish(out, SlotResult::NothingToVerify),
+            Err((id, e)) => {
+                out.backup_id = id;
+                out.code = Some(e.code().as_str().to_owned());
+                out.message = Some(e.to_string());
+                finish(out, SlotResult::Failed)
+            }
+        };
+    }
+    out.backup_id = Some(id.to_string());
     match create_backup::backup(state, &config, &s3, &id, started, guard, events).await {
         Ok(_) => {
             out.retention = Some(retain(state, &config, &s3).await);
@@ -575,28 +684,28 @@ async fn retain(state: &Arc<AgentState>, config: &AgentConfig, s3: &S3Settings) 
     }
 }
 
-async fn load(state_dir: &Path) -> Persisted {
-    match tokio::fs::read(state_dir.join(STATE_FILE)).await {
+async fn load(state_dir: &Path, job: Job) -> Persisted {
+    match tokio::fs::read(state_dir.join(job.state_file())).await {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            warn!(error = %e, "ignoring an unreadable schedule.json");
+            warn!(error = %e, file = job.state_file(), "ignoring an unreadable scheduler state");
             Persisted::default()
         }),
         Err(_) => Persisted::default(),
     }
 }
 
-async fn save(state_dir: &Path, persisted: &Persisted) {
+async fn save(state_dir: &Path, job: Job, persisted: &Persisted) {
     let Ok(body) = serde_json::to_vec_pretty(persisted) else {
         return;
     };
-    let file = state_dir.join(STATE_FILE);
+    let file = state_dir.join(job.state_file());
     let tmp = file.with_extension("json.tmp");
     let write = async {
         tokio::fs::write(&tmp, &body).await?;
         tokio::fs::rename(&tmp, &file).await
     };
     if let Err(e) = write.await {
-        warn!(error = %e, "could not store schedule.json");
+        warn!(error = %e, file = job.state_file(), "could not store the scheduler state");
     }
 }
 
@@ -610,6 +719,7 @@ mod tests {
             cron: "0 3 * * *".into(),
             from: crate::schedule::BackupFrom::Replica,
             primary_delay_seconds: 60,
+            verify_cron: None,
         }
     }
 
@@ -633,6 +743,7 @@ mod tests {
                 }),
                 recent_missed: vec!["2026-11-29T03:00:00Z".into()],
             },
+            verify: Persisted::default(),
         }
     }
 
@@ -659,6 +770,14 @@ mod tests {
         };
         assert_eq!(late.to_json(Some(&other), None, now)["too-old"], false);
         assert_eq!(late.to_json(None, None, now), Value::Null);
+        assert_eq!(v["verify"], Value::Null);
+        let weekly = ScheduleSettings {
+            verify_cron: Some("0 4 * * 0".into()),
+            ..settings()
+        };
+        let v = on_time.to_json(Some(&weekly), None, now);
+        assert_eq!(v["verify"]["cron"], "0 4 * * 0");
+        assert_eq!(v["verify"]["next-slot"], "2026-12-06T04:00:00Z");
     }
 
     #[test]

@@ -110,7 +110,13 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
     });
     let state = AgentState::new(opts.state_dir.clone(), config, shutdown.clone());
     let tracker = TaskTracker::new();
-    tracker.spawn(crate::scheduler::run(Arc::clone(&state), shutdown.clone()));
+    for job in [crate::scheduler::Job::Backup, crate::scheduler::Job::Verify] {
+        tracker.spawn(crate::scheduler::run(
+            Arc::clone(&state),
+            job,
+            shutdown.clone(),
+        ));
+    }
     tracker.spawn(crate::metrics::run_endpoint(
         Arc::clone(&state),
         shutdown.clone(),

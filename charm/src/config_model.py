@@ -81,6 +81,8 @@ class CharmConfig:
     part_size_mib: int
     #: Cron expression (UTC) of scheduled backups; "" is off.
     backup_schedule: str = ""
+    #: Cron expression (UTC) of scheduled verifications with a load; "" is off.
+    backup_verify_schedule: str = ""
     backup_from: str = "replica"
     #: 0 leaves the rule unset.
     retention_keep_last: int = 0
@@ -139,7 +141,11 @@ class CharmConfig:
             raise InvalidConfigError(f"part-size-mib {part_size} is not between 5 and 5120")
 
         schedule = " ".join(_str(config, "backup-schedule").split())
-        _check_schedule(schedule)
+        _check_schedule(schedule, "backup-schedule")
+        verify_schedule = " ".join(_str(config, "backup-verify-schedule").split())
+        _check_schedule(verify_schedule, "backup-verify-schedule")
+        if verify_schedule and not schedule:
+            raise InvalidConfigError("backup-verify-schedule needs backup-schedule to be set")
         backup_from = _str(config, "backup-from") or "replica"
         if backup_from not in BACKUP_FROM:
             raise InvalidConfigError(f"backup-from must be one of {', '.join(BACKUP_FROM)}")
@@ -156,6 +162,7 @@ class CharmConfig:
 
         return cls(
             backup_schedule=schedule,
+            backup_verify_schedule=verify_schedule,
             backup_from=backup_from,
             retention_keep_last=keep_last,
             retention_keep_days=keep_days,
@@ -223,14 +230,14 @@ def _check_tls(tls: TlsSettings, path_exists: Callable[[str], bool]) -> None:
             raise InvalidConfigError(f"{option} {path} does not exist")
 
 
-def _check_schedule(schedule: str) -> None:
+def _check_schedule(schedule: str, option: str) -> None:
     """The shape only; the agent parses the expression itself and refuses bad ones."""
     if not schedule:
         return
     fields = schedule.split()
     if not (len(fields) in (5, 6) or (len(fields) == 1 and fields[0].startswith("@"))):
         raise InvalidConfigError(
-            "backup-schedule must be a cron expression of 5 fields (minute hour day month "
+            f"{option} must be a cron expression of 5 fields (minute hour day month "
             "weekday, UTC) or 6 with seconds first, e.g. '0 3 * * *'"
         )
 

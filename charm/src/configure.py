@@ -130,6 +130,8 @@ def build_configure_params(
     }
     if config.backup_schedule:
         params["schedule"] = {"cron": config.backup_schedule, "from": config.backup_from}
+        if config.backup_verify_schedule:
+            params["schedule"]["verify-cron"] = config.backup_verify_schedule
     retention: dict[str, int] = {}
     if config.retention_keep_last:
         retention["keep-last"] = config.retention_keep_last

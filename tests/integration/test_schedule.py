@@ -330,3 +330,47 @@ def test_a_slot_no_unit_takes_is_recorded_as_missed_and_alerts(
     )
     # Without the increase, the same numbers do not alert.
     _promtool_test(promtool, tmp_path, after, scraped_at, [(60, "ValkeyBackupMissedSlot", [])])
+
+
+def test_a_verify_schedule_loads_the_newest_backup_and_records_it(
+    agent, valkey_server, moto, tmp_path
+):
+    server = valkey_server("valkey8")
+    load_dataset(server, size_mb=0.05, dbs=(0,), seed=5)
+    port = free_port()
+    a = agent()
+    params = configure_params(
+        server,
+        moto,
+        cluster=CLUSTER,
+        unit="valkey/0",
+        metrics={"listen": f"127.0.0.1:{port}"},
+    )
+    a.request("configure", params).expect_ok()
+    # Ids sort by start second, then unit and random suffix: "newest" is the larger id.
+    older, newest = sorted(a.request("create-backup").expect_ok()["backup-id"] for _ in range(2))
+    # Backups never fire here (03:00 daily); verification every two seconds.
+    params["schedule"] = {"cron": "0 3 * * *", "from": "any", "verify-cron": "*/2 * * * * *"}
+    a.request("configure", params).expect_ok()
+    last = wait_until(
+        lambda: (
+            (v := a.request("status").expect_ok()["schedule"]["verify"])
+            and v["last-scheduled"]
+            and v["last-scheduled"]
+        ),
+        timeout=20,
+        what="a scheduled verification",
+    )
+    assert last["result"] == "verified", last
+    assert last["backup-id"] == newest and last["taken-by"] == "valkey/0"
+    prefix = prefix_of(params)
+    state = bucket_state(moto.client(), params["s3"]["bucket"], prefix)
+    records = [k for k in state.keys if k.startswith(f"{prefix}{newest}/verify/")]
+    assert records, state.keys
+    record = get_json(moto.client(), params["s3"]["bucket"], records[0])
+    assert record["ok"] is True and record["load"] is not None
+    assert [k for k in state.keys if "/claims/verify-" in k]
+    assert not [k for k in state.keys if k.startswith(f"{prefix}{older}/verify/")]
+    scraped = _scrape(port)
+    verified_at = _series(scraped, "valkey_backup_last_verify_success_timestamp_seconds")
+    assert verified_at is not None and abs(verified_at - time.time()) < 30

@@ -66,6 +66,25 @@ def test_bad_schedule_options_block_with_the_reason(ctx, agent, config, fragment
     assert fragment in state.unit_status.message
 
 
+def test_a_verify_schedule_rides_in_the_schedule_section(ctx, agent):
+    config = {"backup-schedule": "0 3 * * *", "backup-verify-schedule": "0 4 * * 0"}
+    ctx.run(ctx.on.config_changed(), full_state(config=config))
+    assert configures(agent)[-1]["schedule"] == {
+        "cron": "0 3 * * *",
+        "from": "replica",
+        "verify-cron": "0 4 * * 0",
+    }
+
+
+def test_a_verify_schedule_without_a_backup_schedule_blocks(ctx, agent):
+    state = ctx.run(
+        ctx.on.config_changed(), full_state(config={"backup-verify-schedule": "0 4 * * 0"})
+    )
+    assert state.unit_status == testing.BlockedStatus(
+        "backup-verify-schedule needs backup-schedule to be set"
+    )
+
+
 def test_six_fields_with_seconds_are_accepted(ctx, agent):
     ctx.run(ctx.on.config_changed(), full_state(config={"backup-schedule": "*/30 * * * * *"}))
     assert configures(agent)[-1]["schedule"]["cron"] == "*/30 * * * * *"
