@@ -293,6 +293,7 @@ pub struct ClaimRecord {
     pub slot: String,
     pub unit: String,
     pub role: String,
+    /// The backup the claiming unit takes; empty in a verification claim.
     pub backup_id: String,
     pub claimed_at: String,
     /// Random: tells this unit's claim from another's when a store ignored the
@@ -551,7 +552,11 @@ async fn take_slot(
     };
     // The lock before the claim: a unit that cannot back up must not take the slot away
     // from one that can.
-    let guard = match state.lock_unit("create-backup", id.to_string()).await {
+    let (op, subject) = match job {
+        Job::Backup => ("create-backup", id.to_string()),
+        Job::Verify => ("verify-backup", "scheduled verification".to_owned()),
+    };
+    let guard = match state.lock_unit(op, subject).await {
         Ok(g) => g,
         Err(e) => {
             out.code = Some(e.code().as_str().to_owned());
@@ -575,7 +580,11 @@ async fn take_slot(
         slot: rfc3339(slot),
         unit: config.unit.clone(),
         role: role.as_str().to_owned(),
-        backup_id: id.to_string(),
+        // A verification claim names no backup: which one is newest is read after.
+        backup_id: match job {
+            Job::Backup => id.to_string(),
+            Job::Verify => String::new(),
+        },
         claimed_at: rfc3339(started),
         nonce: hex::encode(rand::random::<[u8; 16]>()),
     };

@@ -40,7 +40,7 @@ pub struct AgentState {
     pub metrics: crate::metrics::Metrics,
     /// Why the metrics endpoint is not serving, when it should.
     metrics_error: Mutex<Option<String>>,
-    /// What the scheduler last did and will do next, for `status` and `list-backups`.
+    /// What the scheduler tasks last did, for `status` and `list-backups`.
     pub schedule: Mutex<crate::scheduler::Report>,
     /// Bumped on every `configure`, so the scheduler and the endpoint follow it.
     config_changed: tokio::sync::watch::Sender<u64>,
