@@ -374,3 +374,42 @@ def test_a_verify_schedule_loads_the_newest_backup_and_records_it(
     scraped = _scrape(port)
     verified_at = _series(scraped, "valkey_backup_last_verify_success_timestamp_seconds")
     assert verified_at is not None and abs(verified_at - time.time()) < 30
+
+
+def test_a_unit_busy_with_a_restore_does_not_claim_and_the_slot_is_missed(
+    agent, valkey_server, moto
+):
+    server = valkey_server("valkey8")
+    load_dataset(server, size_mb=0.05, dbs=(0,), seed=6)
+    a = agent()
+    params = configure_params(server, moto, cluster=CLUSTER, unit="valkey/0")
+    a.request("configure", params).expect_ok()
+    backup_id = a.request("create-backup").expect_ok()["backup-id"]
+    # A prepared restore holds the unit lock until it is finished or aborted.
+    prepared = a.request("restore-backup", {"step": "prepare", "backup-id": backup_id})
+    restore_id = prepared.expect_ok()["restore-id"]
+    params["schedule"] = {"cron": "*/2 * * * * *", "from": "any"}
+    a.request("configure", params).expect_ok()
+    busy = wait_until(
+        lambda: (s := _last_scheduled(a)) and s,
+        timeout=10,
+        what="a scheduled slot",
+    )
+    assert busy["result"] == "busy" and busy["code"] == "busy", busy
+    assert "taken-by" not in busy
+    prefix = prefix_of(params)
+    bucket = params["s3"]["bucket"]
+    assert not bucket_state(moto.client(), bucket, f"{prefix}claims/").keys
+    # Once every unit had its chance (10 s), the unclaimed slot counts as missed.
+    wait_until(
+        lambda: a.request("status").expect_ok()["schedule"]["recent-missed-slots"],
+        timeout=30,
+        what="the busy slot to count as missed",
+    )
+    a.request("restore-backup", {"step": "abort", "restore-id": restore_id}).expect_ok()
+    taken = wait_until(
+        lambda: (s := _last_scheduled(a)) and s["result"] == "backed-up" and s,
+        timeout=10,
+        what="a slot taken once the lock is free",
+    )
+    assert taken["taken-by"] == "valkey/0"
