@@ -316,8 +316,20 @@ pub async fn run_endpoint(state: Arc<AgentState>, shutdown: CancellationToken) {
     }
 }
 
+/// Scrapes answered at once; more connections wait in the accept queue. A scrape is
+/// one small response, so a handful is plenty, and a flood cannot grow tasks without end.
+const MAX_CONNECTIONS: usize = 8;
+
 async fn accept_loop(listener: TcpListener, state: Arc<AgentState>, stop: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
@@ -331,6 +343,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<AgentState>, stop: Cancel
         let state = Arc::clone(&state);
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(answer(&state, &req)) }

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import json
 import lzma
+import re
 from base64 import b64decode
+from pathlib import Path
 
 import pytest
+import yaml
 from ops import testing
 
 from fakes import default_responses, full_state, principal, s3_v1
+
+ROOT = Path(__file__).resolve().parents[2]
+CHARM_SRC = ROOT / "charm" / "src"
 
 
 def configures(agent) -> list[dict]:
@@ -204,3 +210,25 @@ def test_list_backups_shows_the_schedule_and_the_last_slot(ctx, agent):
 def test_list_backups_without_a_schedule_has_no_schedule_result(ctx, agent):
     ctx.run(ctx.on.action("list-backups"), full_state())
     assert "schedule" not in ctx.action_results
+
+
+def _documented_series() -> set[str]:
+    """The series docs/protocol.md's metrics table lists (counters under their `_total`)."""
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    table = doc[doc.index("## Metrics") :]
+    return {
+        re.sub(r"\{.*", "", m) for m in re.findall(r"^\| `(valkey_backup_[^`]+)`", table, re.M)
+    }
+
+
+def test_alert_rules_and_dashboard_use_only_documented_series():
+    documented = _documented_series()
+    assert "valkey_backup_last_success_timestamp_seconds" in documented
+    rules = yaml.safe_load(
+        (CHARM_SRC / "prometheus_alert_rules" / "valkey_backup.rules").read_text()
+    )
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    board = json.loads((CHARM_SRC / "grafana_dashboards" / "valkey-backup.json").read_text())
+    exprs += [t["expr"] for p in board["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"valkey_backup_\w+", e)}
+    assert used and used <= documented, used - documented
