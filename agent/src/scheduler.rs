@@ -11,9 +11,10 @@
 //!    `status`; slots whose claim names a finished backup move the cluster's last success;
 //! 3. ask the server its role (`INFO`), wait the role's delay ([`claim_delay`]), take the
 //!    unit lock (busy: this unit does not claim, another may), then write the slot's
-//!    claim once (`If-None-Match: *`). Only the unit whose write succeeded backs up; the
-//!    others record who took it. On stores that ignore the condition (Garage) the claim is
-//!    read back and only the unit whose claim is the one stored goes on;
+//!    claim once (`If-None-Match: *`), unless it already exists. Only the unit whose write
+//!    succeeded backs up; the others record who took it. On stores that ignore the
+//!    condition (Garage) the claim is read back and only the unit whose claim is the one
+//!    stored goes on;
 //! 4. back up through [`create_backup::backup`], the same path as `create-backup`;
 //! 5. after a success, apply the retention policy through [`prune_backups::prune`] with
 //!    `confirm`, the same path as `prune-backups confirm=true` (it takes the unit lock
@@ -589,6 +590,14 @@ async fn take_slot(
         nonce: hex::encode(rand::random::<[u8; 16]>()),
     };
     let key = job.claim_key(layout.prefix(), slot);
+    // A look first: on a store that ignores If-None-Match, a later write would replace
+    // an earlier unit's claim and both would go on. (Where the condition holds, the
+    // write below settles any race anyway.)
+    if let Ok(Some(existing)) = read_claim_at(&store, &key).await {
+        drop(guard);
+        out.taken_by = Some(existing.unit);
+        return finish(out, SlotResult::TakenByOther);
+    }
     match store.put_record(&key, &claim).await {
         Ok(()) => {}
         Err(S3Error::Conflict { .. }) => {
