@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from checks import bucket_state, get_json, prefix_of
 from harness import configure_params, free_port, load_dataset, wait_until
+from harness.s3proxy import Action, S3Proxy
 
 RULES = Path(__file__).resolve().parents[2] / "charm/src/prometheus_alert_rules/valkey_backup.rules"
 CLUSTER = "sched.valkey"
@@ -413,3 +414,57 @@ def test_a_unit_busy_with_a_restore_does_not_claim_and_the_slot_is_missed(
         what="a slot taken once the lock is free",
     )
     assert taken["taken-by"] == "valkey/0"
+
+
+def test_on_a_store_that_ignores_if_none_match_a_later_unit_never_takes_a_claimed_slot(
+    agent, valkey_server, moto
+):
+    primary = valkey_server("valkey8")
+    load_dataset(primary, size_mb=0.05, dbs=(0,), seed=7)
+    replica = valkey_server("valkey8")
+    replica.client().replicaof(primary.host, primary.port)
+    wait_until(
+        lambda: replica.client().info("replication")["master_link_status"] == "up",
+        timeout=20,
+        what="the replica to sync",
+    )
+    bucket = moto.create_bucket()
+    # Garage's behaviour on moto: every claim PUT reaches the store without its condition.
+    with S3Proxy(moto.endpoint) as proxy:
+        proxy.rule(lambda r: Action.ignore_condition() if "/claims/" in r.path else None)
+        schedule = {"cron": "*/2 * * * * *", "from": "replica", "primary-delay-seconds": 1}
+        extra = {"schedule": schedule, "s3_extra": {"endpoint": proxy.endpoint}}
+        p_params = configure_params(
+            primary, moto, bucket, cluster=CLUSTER, unit="valkey/0", **extra
+        )
+        r_params = configure_params(
+            replica, moto, bucket, cluster=CLUSTER, unit="valkey/1", **extra
+        )
+        on_primary, on_replica = agent(), agent()
+        on_primary.request("configure", p_params).expect_ok()
+        on_replica.request("configure", r_params).expect_ok()
+        seen: list[str] = []
+        while len(seen) < 3:
+            last = wait_until(
+                lambda: (s := _last_scheduled(on_primary)) and s["slot"] not in seen and s,
+                timeout=10,
+                what="the primary's next slot",
+            )
+            # The primary found the replica's claim and did not write its own over it.
+            assert last["result"] == "taken-by-other" and last["taken-by"] == "valkey/1", last
+            seen.append(last["slot"])
+        claim_puts = [e for e in proxy.log if e[0] == "PUT" and "/claims/" in e[1]]
+        assert claim_puts and all(e[3] == "ignore-condition" for e in claim_puts)
+    prefix = prefix_of(p_params)
+    claims = _claims(moto.client(), bucket, prefix)
+    assert {c["unit"] for c in claims.values()} == {"valkey/1"}
+    creates = [
+        r
+        for r in moto.requests(bucket)
+        if r.key.endswith("/data.rdb")
+        and r.method in ("PUT", "POST")
+        and "partNumber" not in r.query
+    ]
+    started = {r.key[len(prefix) :].split("/")[0] for r in creates}
+    assert started <= {c["backup-id"] for c in claims.values()}, started
+    assert all("valkey-1" in i for i in started), started

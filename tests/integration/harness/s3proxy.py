@@ -14,6 +14,8 @@ every request (`request.method`, `.path` (unquoted, no query), `.query` (dict),
   connection without answering;
 - `Action.pause(after_bytes, gate)`: forward, send `after_bytes` of the answer's body,
   set `gate.reached`, and wait until the test sets `gate.release` before sending the rest.
+- `Action.ignore_condition()`: forward without `If-None-Match`, as a store that ignores
+  conditional writes (Garage) effectively does.
 
 `proxy.log` lists `(method, path, query, action-name)` of every request seen.
 """
@@ -62,6 +64,10 @@ class Action:
     @staticmethod
     def pause(after_bytes: int, gate: Gate) -> Action:
         return Action("pause", after_bytes=after_bytes, gate=gate)
+
+    @staticmethod
+    def ignore_condition() -> Action:
+        return Action("ignore-condition")
 
 
 @dataclass
@@ -120,7 +126,10 @@ class S3Proxy:
                     self._reset()
                     return
                 conn = http.client.HTTPConnection(proxy._host, proxy._port, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                dropped = set(_HOP)
+                if action.name == "ignore-condition":
+                    dropped.add("if-none-match")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 if action.name == "lose-answer":
