@@ -92,7 +92,7 @@ pub enum Command {
         /// Load the backup into a scratch server and compare key counts.
         #[arg(long)]
         load: bool,
-        /// Server binary for --load (default: beside the configured cli).
+        /// Server binary for --load (default: the first one found that can load the backup).
         #[arg(long)]
         server: Option<PathBuf>,
     },

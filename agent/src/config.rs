@@ -112,13 +112,67 @@ pub struct ValkeySettings {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<Secret>,
-    /// Path to `valkey-cli` or `redis-cli`.
-    pub cli: PathBuf,
+    /// Which client takes the snapshot (and answers `INFO`/`CONFIG GET`).
+    #[serde(default)]
+    pub source: SourceKind,
+    /// Path to `valkey-cli` or `redis-cli`: required for `source: cli`, else optional
+    /// (`verify-backup` with `load` looks for a server binary beside it).
+    #[serde(default)]
+    pub cli: Option<PathBuf>,
     #[serde(default)]
     pub tls: Option<ValkeyTls>,
 }
 
-/// TLS options handed to the cli.
+impl ValkeySettings {
+    /// A password-less local server (scratch servers reached over a Unix socket).
+    pub fn local_default() -> Self {
+        ValkeySettings {
+            host: default_host(),
+            port: default_port(),
+            username: None,
+            password: None,
+            source: SourceKind::Native,
+            cli: None,
+            tls: None,
+        }
+    }
+
+    /// The source this configuration resolves to (`auto` is the built-in client).
+    pub fn effective_source(&self) -> SourceKind {
+        match self.source {
+            SourceKind::Cli => SourceKind::Cli,
+            SourceKind::Auto | SourceKind::Native => SourceKind::Native,
+        }
+    }
+}
+
+/// `valkey.source`: who speaks to the server.
+///
+/// `native` is the agent's own replication client, which announces the server's version
+/// so Valkey 9 sends its native RDB format; `cli` runs `valkey-cli --rdb -` (which cannot
+/// back up Valkey 9 datasets with hash-field TTLs); `auto`, the default, is `native`
+/// today and follows the agent's recommendation in later versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    #[default]
+    Auto,
+    Native,
+    Cli,
+}
+
+impl SourceKind {
+    /// The name used in configuration, manifests and results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Auto => "auto",
+            SourceKind::Native => "native",
+            SourceKind::Cli => "cli",
+        }
+    }
+}
+
+/// TLS options: handed to the cli, or used by the agent's own client (rustls).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ValkeyTls {
@@ -126,6 +180,9 @@ pub struct ValkeyTls {
     pub enabled: bool,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// A directory of CA certificates (OpenSSL layout); used with or instead of `ca-file`.
+    #[serde(default)]
+    pub ca_dir: Option<PathBuf>,
     #[serde(default)]
     pub cert_file: Option<PathBuf>,
     #[serde(default)]
@@ -296,7 +353,9 @@ impl AgentConfig {
     /// a cli that vanished (a snap refresh) must not stop the agent from starting — the
     /// operations that need it fail with a clear error, and a new `configure` can fix it.
     pub fn check_paths(&self) -> Result<(), ConfigError> {
-        check_executable(&self.valkey.cli)?;
+        if let Some(cli) = &self.valkey.cli {
+            check_executable(cli)?;
+        }
         if let Some(tls) = &self.valkey.tls {
             for (field, path) in [
                 ("valkey.tls.ca-file", &tls.ca_file),
@@ -308,6 +367,21 @@ impl AgentConfig {
                         return Err(invalid(field, "file does not exist"));
                     }
                 }
+            }
+            if let Some(d) = &tls.ca_dir {
+                if !d.is_dir() {
+                    return Err(invalid("valkey.tls.ca-dir", "directory does not exist"));
+                }
+            }
+            // The built-in client reads the same files with rustls: a certificate or key it
+            // cannot use is a bad request now, not a failed backup at 3 a.m.
+            if tls.enabled && self.valkey.effective_source() == SourceKind::Native {
+                crate::valkey_tls::client(tls, &self.valkey.host).map_err(|e| {
+                    ConfigError::Shape {
+                        path: "valkey.tls".into(),
+                        reason: e.to_string(),
+                    }
+                })?;
             }
         }
         Ok(())
@@ -584,8 +658,17 @@ fn validate_valkey(v: &ValkeySettings) -> Result<(), ConfigError> {
             ));
         }
     }
-    if !v.cli.is_absolute() {
-        return Err(invalid("valkey.cli", "must be an absolute path"));
+    match &v.cli {
+        Some(cli) if !cli.is_absolute() => {
+            return Err(invalid("valkey.cli", "must be an absolute path"))
+        }
+        None if v.source == SourceKind::Cli => {
+            return Err(invalid(
+                "valkey.cli",
+                "is required when valkey.source is cli",
+            ))
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -665,6 +748,38 @@ mod tests {
             assert!(msg.starts_with(field), "{ptr}={value}: {msg}");
             assert!(!msg.contains("SK"), "{msg}");
         }
+    }
+
+    #[test]
+    fn source_defaults_to_auto_and_cli_is_needed_only_for_the_cli_source() {
+        let mut v = base();
+        v["valkey"] = json!({});
+        let c = AgentConfig::from_params(v.clone()).unwrap();
+        assert_eq!(c.valkey.source, SourceKind::Auto);
+        assert_eq!(c.valkey.effective_source(), SourceKind::Native);
+        assert_eq!(c.valkey.cli, None);
+        v["valkey"]["source"] = json!("cli");
+        let err = AgentConfig::from_params(v.clone()).unwrap_err().to_string();
+        assert!(err.starts_with("valkey.cli:"), "{err}");
+        v["valkey"]["cli"] = json!("/bin/sh");
+        let c = AgentConfig::from_params(v.clone()).unwrap();
+        assert_eq!(c.valkey.effective_source(), SourceKind::Cli);
+        v["valkey"]["source"] = json!("valkey-cli");
+        let err = AgentConfig::from_params(v).unwrap_err().to_string();
+        assert!(err.starts_with("valkey.source:"), "{err}");
+    }
+
+    #[test]
+    fn tls_material_the_built_in_client_cannot_use_is_refused_at_configure() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("junk.pem"), "no certificate here").unwrap();
+        let mut v = base();
+        v["valkey"]["tls"] = json!({"enabled": true, "ca-dir": dir.path()});
+        let err = AgentConfig::from_params(v.clone()).unwrap_err().to_string();
+        assert!(err.contains("valkey.tls.ca-dir"), "{err}");
+        v["valkey"]["tls"]["ca-dir"] = json!("/nonexistent/ca");
+        let err = AgentConfig::from_params(v).unwrap_err().to_string();
+        assert!(err.starts_with("valkey.tls.ca-dir:"), "{err}");
     }
 
     #[test]

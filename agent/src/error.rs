@@ -110,9 +110,13 @@ impl OpError {
             OpError::Valkey(ValkeyError::Auth { .. } | ValkeyError::Permission { .. }) => {
                 ErrorCode::ValkeyAuth
             }
-            OpError::Valkey(ValkeyError::Cli { .. } | ValkeyError::Spawn { .. }) => {
-                ErrorCode::ValkeyError
-            }
+            OpError::Valkey(
+                ValkeyError::Cli { .. }
+                | ValkeyError::Spawn { .. }
+                | ValkeyError::Refused { .. }
+                | ValkeyError::Protocol { .. }
+                | ValkeyError::Interrupted { .. },
+            ) => ErrorCode::ValkeyError,
             OpError::Stream(_) => ErrorCode::StreamInvalid,
             OpError::S3(S3Error::AccessDenied { .. }) => ErrorCode::S3AccessDenied,
             OpError::S3(S3Error::NoBucket { .. } | S3Error::CannotCreateBucket { .. }) => {

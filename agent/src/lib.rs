@@ -12,7 +12,11 @@
 //!   never format.
 //! * [`rdb`] — the pure streaming validator for RDB snapshots; [`parts`] — part-size
 //!   planning; [`backup_id`] — the id grammar.
-//! * [`valkey`] — running `valkey-cli`/`redis-cli` without leaking the password.
+//! * [`source`] — the seam between operations and the Valkey client `valkey.source`
+//!   selects: the built-in one ([`resp`] framing, [`connection`] over TCP/TLS/Unix with
+//!   [`valkey_tls`], [`replication`] — the `SYNC` handshake and exact payload framing) or
+//!   [`valkey`] — running `valkey-cli`/`redis-cli` without leaking the password.
+//! * [`rdb_compat`] — which server version loads which RDB format.
 //! * [`s3`], [`upload`], [`store`], [`fetch`] — the S3 client, write-once multipart
 //!   upload, the object layout (manifest, failure and verify records, listing), and
 //!   reading a backup back with every check.
@@ -32,6 +36,7 @@ pub mod backup_id;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod connection;
 pub mod datadir;
 pub mod error;
 pub mod fetch;
@@ -42,6 +47,9 @@ pub mod parts;
 pub mod progress;
 pub mod protocol;
 pub mod rdb;
+pub mod rdb_compat;
+pub mod replication;
+pub mod resp;
 pub mod restore_cli;
 pub mod retention;
 pub mod s3;
@@ -49,9 +57,11 @@ pub mod schedule;
 pub mod scheduler;
 pub mod secret;
 pub mod server;
+pub mod source;
 pub mod store;
 pub mod upload;
 pub mod valkey;
+pub mod valkey_tls;
 
 /// The agent's version, recorded in every manifest and reported by `status`.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -11,6 +11,10 @@
 //! * the trailer at the end: opcode `0xFF` followed by the little-endian CRC-64/Jones of
 //!   every earlier byte (the same CRC Valkey and Redis write).
 //!
+//! With the built-in replication source ([`crate::replication`]) the framing is known
+//! exactly and the stream is the RDB and nothing else: [`RdbValidator::exact`] checks
+//! that and never strips anything. The rest of this section is about the `cli` source.
+//!
 //! To strip the EOF marker without knowing in advance whether one is present, the
 //! validator holds back the last [`HOLD_BACK`] bytes of the stream: bytes are released
 //! downstream (and into the running CRC) only once it is certain they lie before the
@@ -84,6 +88,8 @@ pub struct RdbValidator {
     received: u64,
     held: Vec<u8>,
     crc: Crc64Digest,
+    /// Whether a trailing diskless EOF marker may be recognised and dropped (cli only).
+    strip_eof_mark: bool,
 }
 
 impl Default for RdbValidator {
@@ -93,7 +99,8 @@ impl Default for RdbValidator {
 }
 
 impl RdbValidator {
-    /// A validator at the start of a stream.
+    /// A validator at the start of a `valkey-cli --rdb -` stream, which may end in a
+    /// diskless EOF marker the cli could not strip.
     pub fn new() -> Self {
         RdbValidator {
             header: [0; HEADER_LEN],
@@ -101,6 +108,16 @@ impl RdbValidator {
             received: 0,
             held: Vec::with_capacity(HOLD_BACK * 2),
             crc: crc64_digest(),
+            strip_eof_mark: true,
+        }
+    }
+
+    /// A validator for a stream that is exactly the RDB (the built-in source frames it):
+    /// anything after the trailer is an error, nothing is stripped.
+    pub fn exact() -> Self {
+        RdbValidator {
+            strip_eof_mark: false,
+            ..Self::new()
         }
     }
 
@@ -169,7 +186,8 @@ impl RdbValidator {
             }
         }
         // Case 2: trailer followed by a diskless-sync EOF marker (40 hex characters).
-        if n == HOLD_BACK && self.received >= (HEADER_LEN + HOLD_BACK) as u64 {
+        if self.strip_eof_mark && n == HOLD_BACK && self.received >= (HEADER_LEN + HOLD_BACK) as u64
+        {
             let mark = &held[TRAILER_LEN..];
             let stored = u64::from_le_bytes(held[1..TRAILER_LEN].try_into().expect("8 bytes"));
             if held[0] == OPCODE_EOF && mark.iter().all(|b| b.is_ascii_hexdigit()) {
@@ -290,6 +308,38 @@ mod tests {
                     }
                 );
             }
+        }
+    }
+
+    #[test]
+    fn exact_streams_never_strip_a_marker() {
+        let s = rdb(b"VALKEY080", 100);
+        let mut v = RdbValidator::exact();
+        let mut out = Vec::new();
+        v.push(&s, |b| out.extend_from_slice(b)).unwrap();
+        let done = v.finish().unwrap();
+        out.extend_from_slice(&done.tail);
+        assert_eq!(out, s);
+        let mut padded = s.clone();
+        padded.extend_from_slice(b"0123456789abcdef0123456789abcdef01234567");
+        let mut v = RdbValidator::exact();
+        v.push(&padded, |_| ()).unwrap();
+        assert!(matches!(v.finish(), Err(RdbError::BadTrailer(_))));
+    }
+
+    #[test]
+    fn every_format_a_supported_server_sends_is_accepted() {
+        for (magic, format) in [
+            (&b"REDIS0009"[..], ("REDIS", 9)),
+            (b"REDIS0010", ("REDIS", 10)),
+            (b"REDIS0011", ("REDIS", 11)),
+            (b"REDIS0012", ("REDIS", 12)),
+            (b"VALKEY080", ("VALKEY", 80)),
+            (b"VALKEY081", ("VALKEY", 81)),
+        ] {
+            let s = rdb(magic, 50);
+            let (_, done) = run(&s, 64).unwrap();
+            assert_eq!((done.format.magic, done.format.version), format);
         }
     }
 

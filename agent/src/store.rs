@@ -143,6 +143,10 @@ pub struct ManifestV1 {
     pub parts: u64,
     pub part_size_bytes: u64,
     pub eof_mark_stripped: bool,
+    /// Which client took the snapshot (`native` or `cli`); absent in manifests written
+    /// before the built-in source existed (those were all `cli`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// Key counts per database reported by `INFO` just before the snapshot started
     /// (informational: writes during the snapshot can change them).
     pub keyspace_at_start: BTreeMap<String, u64>,

@@ -1,8 +1,8 @@
-//! Running `valkey-cli` / `redis-cli`.
+//! Running `valkey-cli` / `redis-cli` (the `cli` source), and what `INFO` says.
 //!
-//! The agent never links a Valkey client: the operator's own cli speaks the server's
-//! replication protocol (`--rdb -`) for whichever version is installed. This module
-//! builds its command line and environment so that
+//! With `valkey.source: cli` the operator's own cli speaks the replication protocol
+//! (`--rdb -`) and answers `INFO` / `CONFIG GET`. This module builds its command line and
+//! environment so that
 //!
 //! * the password travels only in `REDISCLI_AUTH` and `VALKEYCLI_AUTH` (never argv,
 //!   which any local user can read in `/proc`), with a cleared environment otherwise;
@@ -40,6 +40,15 @@ pub enum ValkeyError {
     Cli { detail: String },
     #[error("cannot run {cli}: {detail}")]
     Spawn { cli: String, detail: String },
+    /// The server refused a command the agent needs (`REPLCONF`, `SYNC`, `CONFIG GET`).
+    #[error("the server refused {command}: {detail}")]
+    Refused { command: String, detail: String },
+    /// The peer does not answer in the Valkey protocol (a wrong port, a proxy, a fault).
+    #[error("{addr} does not answer like a Valkey server: {detail}")]
+    Protocol { addr: String, detail: String },
+    /// The replication stream broke off or stalled before the snapshot's end.
+    #[error("the snapshot transfer broke off: {detail}")]
+    Interrupted { detail: String },
 }
 
 /// What `INFO` told us about the server before a backup.
@@ -109,52 +118,26 @@ impl ServerInfo {
 #[derive(Debug, Clone)]
 pub struct ValkeyCli {
     settings: ValkeySettings,
-    /// Talk over this Unix socket instead of TCP (scratch servers for `verify --load`).
-    unix_socket: Option<PathBuf>,
 }
 
 impl ValkeyCli {
+    /// A cli for the configured server (`settings.cli` must be set: `source: cli`).
     pub fn new(settings: ValkeySettings) -> Self {
-        ValkeyCli {
-            settings,
-            unix_socket: None,
-        }
-    }
-
-    /// A cli for a password-less scratch server listening only on `socket`.
-    pub fn scratch(cli: PathBuf, socket: PathBuf) -> Self {
-        let settings = ValkeySettings {
-            host: "127.0.0.1".into(),
-            port: 6379,
-            username: None,
-            password: None,
-            cli,
-            tls: None,
-        };
-        ValkeyCli {
-            settings,
-            unix_socket: Some(socket),
-        }
+        ValkeyCli { settings }
     }
 
     fn addr(&self) -> String {
-        match &self.unix_socket {
-            Some(p) => p.display().to_string(),
-            None => format!("{}:{}", self.settings.host, self.settings.port),
-        }
+        format!("{}:{}", self.settings.host, self.settings.port)
     }
 
     /// The command with connection flags; the password goes into the environment.
     fn command(&self) -> Command {
         let s = &self.settings;
-        let mut cmd = Command::new(&s.cli);
+        let mut cmd = Command::new(self.cli_path());
         cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("LANG", "C");
-        match &self.unix_socket {
-            Some(socket) => cmd.arg("-s").arg(socket),
-            None => cmd.arg("-h").arg(&s.host).arg("-p").arg(s.port.to_string()),
-        };
+        cmd.arg("-h").arg(&s.host).arg("-p").arg(s.port.to_string());
         cmd.arg("--no-auth-warning");
         if let Some(user) = &s.username {
             cmd.arg("--user").arg(user);
@@ -167,6 +150,9 @@ impl ValkeyCli {
             cmd.arg("--tls");
             if let Some(p) = &tls.ca_file {
                 cmd.arg("--cacert").arg(p);
+            }
+            if let Some(p) = &tls.ca_dir {
+                cmd.arg("--cacertdir").arg(p);
             }
             if let Some(p) = &tls.cert_file {
                 cmd.arg("--cert").arg(p);
@@ -185,9 +171,13 @@ impl ValkeyCli {
         cmd
     }
 
+    fn cli_path(&self) -> PathBuf {
+        self.settings.cli.clone().unwrap_or_default()
+    }
+
     fn spawn_error(&self, e: std::io::Error) -> ValkeyError {
         ValkeyError::Spawn {
-            cli: self.settings.cli.display().to_string(),
+            cli: self.cli_path().display().to_string(),
             detail: e.kind().to_string(),
         }
     }

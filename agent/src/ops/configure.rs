@@ -37,6 +37,7 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
         "s3-configured": config.s3.is_some(),
         "bucket": config.s3.as_ref().map(|s| s.bucket.clone()),
         "bucket-created": bucket_created,
+        "valkey-source": config.valkey.source.as_str(),
     });
     state.set_config(config);
     Ok(result)

@@ -1,14 +1,16 @@
-//! `create-backup`: stream `valkey-cli --rdb -` through the validator into a write-once
-//! upload, then write the manifest.
+//! `create-backup`: stream a snapshot (built-in replication client or `valkey-cli --rdb -`,
+//! see [`crate::source`]) through the validator into a write-once upload, then write the
+//! manifest.
 //!
 //! The order of events is the product's promise:
 //!
 //! 1. take the unit lock (a second request gets `busy` naming this backup);
 //! 2. `INFO` — an early, clear answer for unreachable servers and bad passwords, the
 //!    server version for the manifest, and a size estimate for part planning;
-//! 3. stream: every byte passes the [`RdbValidator`] and SHA-256 before it joins a part;
+//! 3. stream: every byte passes the [`crate::rdb::RdbValidator`] and SHA-256 before it joins a part;
 //!    parts upload while the stream continues, at most `concurrency` at once;
-//! 4. at the end: the cli must have exited 0 *and* the trailer must check out, and only
+//! 4. at the end: the stream must have ended exactly (the built-in source's framing, or the
+//!    cli's exit status 0) *and* the trailer must check out, and only
 //!    then is the upload completed (`If-None-Match: *`), then `manifest.json` written once;
 //! 5. on any failure (cli, stream, S3, shutdown): kill the cli, abort the multipart
 //!    upload, write `failure.json` once, release the lock. No partial object remains.
@@ -20,7 +22,6 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
 use super::{params, rfc3339, AgentState, NoParams, UnitGuard};
@@ -29,14 +30,15 @@ use crate::config::{AgentConfig, S3Settings};
 use crate::error::OpError;
 use crate::parts::PartPlan;
 use crate::progress::{EventSink, ProgressReporter};
-use crate::rdb::{RdbValidator, Validated};
+use crate::rdb::Validated;
 use crate::s3::Store;
+use crate::source::{Snapshot, ValkeyAdmin};
 use crate::store::{FailureRecord, Layout, ManifestV1, MANIFEST_FORMAT};
 use crate::upload::ObjectUpload;
-use crate::valkey::{RdbProcess, ServerInfo, ValkeyCli, ValkeyError};
+use crate::valkey::ServerInfo;
 
-/// Read size from the cli's pipe.
-const READ_BUF: usize = 128 * 1024;
+/// The most one chunk of the snapshot can be.
+const READ_BUF: usize = crate::replication::READ_BUF;
 /// Room past a part's size: one read plus the validator's held-back tail may land in a
 /// part buffer before it is cut, and a buffer must never reallocate (that would double it).
 const PART_SLACK: usize = READ_BUF + crate::rdb::HOLD_BACK;
@@ -118,7 +120,7 @@ struct BackupRun<'a> {
     started: OffsetDateTime,
     phase: &'static str,
     bytes: u64,
-    process: Option<RdbProcess>,
+    process: Option<Snapshot>,
     upload: Option<ObjectUpload>,
     reporter: ProgressReporter,
 }
@@ -126,7 +128,7 @@ struct BackupRun<'a> {
 impl BackupRun<'_> {
     async fn execute(&mut self, state: &AgentState) -> Result<Value, OpError> {
         let cancel = state.shutdown.clone();
-        let cli = ValkeyCli::new(self.config.valkey.clone());
+        let cli = ValkeyAdmin::new(&self.config.valkey);
         self.reporter.update("connecting", 0, None, true);
         let info = tokio::select! {
             _ = cancel.cancelled() => return Err(OpError::Cancelled),
@@ -143,8 +145,14 @@ impl BackupRun<'_> {
               memory_bound = plan.memory_bound(), source = %info.version, "streaming snapshot");
 
         self.phase = "streaming";
-        let process = self.process.insert(cli.spawn_rdb()?);
-        let mut stdout = process.take_stdout();
+        let stall = std::time::Duration::from_secs(tuning.stall_timeout_seconds);
+        let snapshot = tokio::select! {
+            _ = cancel.cancelled() => return Err(OpError::Cancelled),
+            r = Snapshot::open(&self.config.valkey, &info, stall) => r?,
+        };
+        let source = snapshot.source();
+        let mut validator = snapshot.validator();
+        self.process = Some(snapshot);
         let data_key = self.layout.data_key(self.id);
         self.upload = Some(ObjectUpload::new(
             self.store.clone(),
@@ -153,29 +161,22 @@ impl BackupRun<'_> {
             plan.concurrency,
         ));
 
-        let mut validator = RdbValidator::new();
         let mut sha = Sha256::new();
         let mut part = BytesMut::with_capacity(part_size + PART_SLACK);
-        let mut buf = vec![0u8; READ_BUF];
-        let stall = std::time::Duration::from_secs(tuning.stall_timeout_seconds);
         loop {
-            let n = tokio::select! {
+            let snapshot = self.process.as_mut().expect("opened above");
+            let chunk = tokio::select! {
                 _ = cancel.cancelled() => return Err(OpError::Cancelled),
-                r = tokio::time::timeout(stall, stdout.read(&mut buf)) => match r {
-                    Ok(read) => read.map_err(|e| OpError::Internal(format!("reading the cli's output: {}", e.kind())))?,
-                    Err(_) => return Err(OpError::Valkey(ValkeyError::Cli {
-                        detail: format!(
-                            "no data from the cli for {} s (backup.stall-timeout-seconds); the server may be hung",
-                            stall.as_secs()
-                        ),
-                    })),
+                r = tokio::time::timeout(stall, snapshot.next_chunk()) => match r {
+                    Ok(read) => read?,
+                    Err(_) => return Err(Snapshot::stalled(source, stall).into()),
                 },
             };
-            if n == 0 {
+            let Some(chunk) = chunk else {
                 break;
-            }
-            self.bytes += n as u64;
-            validator.push(&buf[..n], |released| {
+            };
+            self.bytes += chunk.len() as u64;
+            validator.push(chunk, |released| {
                 sha.update(released);
                 part.extend_from_slice(released);
             })?;
@@ -186,21 +187,17 @@ impl BackupRun<'_> {
             let parts = self.upload.as_ref().map(ObjectUpload::parts_done);
             self.reporter.update("streaming", self.bytes, parts, false);
         }
-        drop(stdout);
         let finished = validator.finish();
         // The cli's exit status first: when it failed, its own message says more than
         // "truncated stream".
-        let process = self.process.as_mut().expect("spawned above");
+        let snapshot = self.process.as_mut().expect("opened above");
         tokio::select! {
             _ = cancel.cancelled() => return Err(OpError::Cancelled),
-            r = tokio::time::timeout(stall, process.wait()) => match r {
-                Ok(exit) => exit?,
-                Err(_) => return Err(OpError::Valkey(ValkeyError::Cli {
-                    detail: "the cli closed its output but did not exit".into(),
-                })),
-            },
+            r = snapshot.finish(stall) => r?,
         }
-        self.process = None;
+        if let Some(done) = self.process.take() {
+            done.stop().await;
+        }
         // Same counts before and after the snapshot: the manifest can state them as exact.
         let keyspace_exact = match cli.info().await {
             Ok(after) => after.keyspace == info.keyspace,
@@ -231,6 +228,7 @@ impl BackupRun<'_> {
         self.phase = "manifest";
         let finished_at = OffsetDateTime::now_utc();
         let manifest = self.manifest(
+            source.as_str(),
             &info,
             keyspace_exact,
             &validated,
@@ -251,7 +249,9 @@ impl BackupRun<'_> {
             "size-bytes": manifest.stored_size_bytes,
             "sha256": manifest.sha256,
             "crc64": manifest.crc64,
+            "rdb-magic": manifest.rdb_magic,
             "rdb-version": manifest.rdb_version,
+            "source": source.as_str(),
             "source-kind": manifest.source_kind,
             "source-version": manifest.source_version,
             "parts": manifest.parts,
@@ -280,6 +280,7 @@ impl BackupRun<'_> {
     #[allow(clippy::too_many_arguments)] // one record, assembled from every phase
     fn manifest(
         &self,
+        source: &str,
         info: &ServerInfo,
         keyspace_exact: bool,
         v: &Validated,
@@ -308,16 +309,18 @@ impl BackupRun<'_> {
             parts,
             part_size_bytes: part_size,
             eof_mark_stripped: v.eof_mark_stripped,
+            source: Some(source.to_owned()),
             keyspace_at_start: info.keyspace.iter().cloned().collect::<BTreeMap<_, _>>(),
             keyspace_exact,
             agent_version: crate::AGENT_VERSION.into(),
         }
     }
 
-    /// Kills the cli and aborts the upload; safe to call whatever the state.
+    /// Stops the transfer (kills the cli or closes the connection) and aborts the upload;
+    /// safe to call whatever the state.
     async fn clean_up(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill().await;
+        if let Some(p) = self.process.take() {
+            p.stop().await;
         }
         if let Some(upload) = self.upload.take() {
             let key = upload.key().to_owned();

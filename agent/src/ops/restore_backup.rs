@@ -39,9 +39,10 @@ use crate::datadir::{DataDir, Ownership};
 use crate::error::OpError;
 use crate::fetch::{download_checked, finished_manifest};
 use crate::progress::{EventSink, ProgressReporter};
+use crate::rdb_compat::{self, ServerVersion};
 use crate::s3::Store;
+use crate::source::ValkeyAdmin;
 use crate::store::{Layout, ManifestV1};
-use crate::valkey::ValkeyCli;
 
 /// How long a prepared restore may wait for its next step.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -161,7 +162,7 @@ async fn prepare(
     let guard = state.lock_unit("restore-backup", id.to_string()).await?;
 
     let manifest = finished_manifest(&store, &layout, &id).await?;
-    let cli = ValkeyCli::new(config.valkey.clone());
+    let cli = ValkeyAdmin::new(&config.valkey);
     let info = cli.info().await?;
     if info.role.as_deref() == Some("slave") {
         return Err(OpError::ValkeyReplica(
@@ -169,6 +170,7 @@ async fn prepare(
                 .into(),
         ));
     }
+    refuse_unloadable(&manifest, &info)?;
     let dir = PathBuf::from(required_config(&cli, "dir").await?);
     let dbfilename = required_config(&cli, "dbfilename").await?;
     if !dir.is_absolute() || dbfilename.contains('/') || dbfilename.is_empty() {
@@ -271,7 +273,33 @@ async fn prepare(
     Ok(result)
 }
 
-async fn required_config(cli: &ValkeyCli, name: &str) -> Result<String, OpError> {
+/// A backup whose RDB format the target server cannot load is refused before anything is
+/// downloaded or touched: the server would refuse to start on it.
+fn refuse_unloadable(
+    manifest: &ManifestV1,
+    info: &crate::valkey::ServerInfo,
+) -> Result<(), OpError> {
+    let format = rdb_compat::manifest_format(&manifest.rdb_magic, manifest.rdb_version);
+    let target = ServerVersion {
+        kind: info.kind.clone(),
+        version: info.version.clone(),
+    };
+    if target.can_load(&format) {
+        return Ok(());
+    }
+    Err(OpError::BadRequest(format!(
+        "backup {} is RDB {} (taken from {} {}); the target server, {}, loads {}: \
+         restore it onto a server that can load it (Valkey 9 or later for VALKEY formats)",
+        manifest.backup_id,
+        rdb_compat::format_name(&format),
+        manifest.source_kind,
+        manifest.source_version,
+        target.display_name(),
+        target.loads(),
+    )))
+}
+
+async fn required_config(cli: &ValkeyAdmin, name: &str) -> Result<String, OpError> {
     cli.config_get(name)
         .await?
         .ok_or_else(|| OpError::Internal(format!("the server did not report its {name} setting")))
@@ -459,7 +487,7 @@ async fn commit(state: &Arc<AgentState>, restore_id: &str) -> Result<Value, OpEr
             "this restore is already committed; start the server and send finish".into(),
         ));
     }
-    if !ValkeyCli::new(session.valkey.clone()).is_stopped().await {
+    if !ValkeyAdmin::new(&session.valkey).is_stopped().await {
         put_back(state, session);
         return Err(OpError::ValkeyRunning(
             "the server is still running (or its state cannot be told): stop it, then send commit again"
@@ -640,7 +668,7 @@ async fn finish(
             "commit the restore before finishing it".into(),
         ));
     }
-    let cli = ValkeyCli::new(session.valkey.clone());
+    let cli = ValkeyAdmin::new(&session.valkey);
     let deadline = Instant::now() + timeout;
     let info = loop {
         let last = match cli.info().await {

@@ -31,6 +31,7 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
         "cluster": config.as_ref().map(|c| c.cluster.clone()),
         "unit": config.as_ref().map(|c| c.unit.clone()),
         "bucket": config.as_ref().and_then(|c| c.s3.as_ref().map(|s| s.bucket.clone())),
+        "valkey-source": config.as_ref().map(|c| c.valkey.source.as_str()),
         "busy": busy,
         "running": running.map(|h| json!({"op": h.op, "backup-id": h.backup_id, "started-at": h.started_at})),
         "last-backup": state.last_backup(),

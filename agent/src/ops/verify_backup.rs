@@ -2,9 +2,12 @@
 //!
 //! The check re-reads the object through [`download_checked`] (size, SHA-256, RDB
 //! trailer, CRC64 against the manifest). With `load`, the file goes to a scratch server
-//! of the same family (the server binary beside the configured cli, or `server`), which
-//! listens only on a Unix socket in a temporary directory, and its key counts per database
-//! are compared with the manifest. The outcome is written as a new object
+//! that can load the backup's RDB format (`server` when given, else the first
+//! `valkey-server`/`redis-server` beside the configured cli or in the system's binary
+//! directories whose `--version` says it can, see [`crate::rdb_compat`]), which listens
+//! only on a Unix socket in a temporary directory, and its key counts per database are
+//! compared with the manifest. When no server on the machine can load the format, the
+//! request fails saying which servers were found and what they load. The outcome is written as a new object
 //! `verify/<time>-<hex>.json` — never by changing the manifest — and `list-backups` shows the
 //! latest one. Backups of another cluster are verified read-only: no record is written.
 
@@ -21,12 +24,20 @@ use tracing::{info, warn};
 
 use super::{params, rfc3339, AgentState};
 use crate::backup_id::BackupId;
+use crate::connection::NativeClient;
 use crate::error::{Check, OpError};
 use crate::fetch::{download_checked, finished_manifest};
 use crate::progress::{EventSink, ProgressReporter};
+use crate::rdb::RdbFormat;
+use crate::rdb_compat::{self, ServerVersion};
 use crate::s3::Store;
 use crate::store::{Layout, ManifestV1, VerifyRecord, MANIFEST_FORMAT};
-use crate::valkey::{ValkeyCli, ValkeyError};
+use crate::valkey::ValkeyError;
+
+/// Where scratch servers are looked for when neither `server` nor a cli names one.
+const SERVER_DIRS: [&str; 4] = ["/usr/local/bin", "/usr/bin", "/snap/bin", "/usr/sbin"];
+/// How long `<server> --version` may take.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a scratch server may take to load a backup.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -39,7 +50,7 @@ struct VerifyParams {
     source_cluster: Option<String>,
     #[serde(default)]
     load: bool,
-    /// The server binary for `load` (default: `valkey-server`/`redis-server` beside the cli).
+    /// The server binary for `load` (default: the first one found that loads the format).
     #[serde(default)]
     server: Option<PathBuf>,
 }
@@ -50,14 +61,15 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
     let id = BackupId::parse(&p.backup_id).map_err(|e| OpError::BadRequest(e.to_string()))?;
     let cluster = config.cluster_or(p.source_cluster.as_deref())?;
     let own = cluster == config.cluster;
-    let server = match &p.server {
-        Some(s) => Some(s.clone()),
-        None if p.load => Some(server_beside(&config.valkey.cli)?),
-        None => None,
-    };
     let store = Store::new(&s3)?;
     let layout = Layout::new(s3.clean_path(), &cluster);
     let manifest = finished_manifest(&store, &layout, &id).await?;
+    let server = if p.load {
+        let format = rdb_compat::manifest_format(&manifest.rdb_magic, manifest.rdb_version);
+        Some(pick_server(p.server.as_deref(), config.valkey.cli.as_deref(), &format).await?)
+    } else {
+        None
+    };
     let mut reporter = ProgressReporter::new(events, Some(id.to_string()));
 
     let scratch = tempfile::Builder::new()
@@ -69,7 +81,6 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
         &manifest,
         p.load,
         server.as_deref(),
-        &config.valkey.cli,
         scratch.path(),
         &mut reporter,
         state,
@@ -169,23 +180,77 @@ async fn drop_scratch(scratch: tempfile::TempDir) {
     let _ = tokio::task::spawn_blocking(move || drop(scratch)).await;
 }
 
-/// `valkey-server` or `redis-server` in the cli's directory.
-fn server_beside(cli: &Path) -> Result<PathBuf, OpError> {
-    let name = cli.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let server = if name.starts_with("redis") {
-        "redis-server"
-    } else {
-        "valkey-server"
+/// The scratch server for a backup of `format`: `requested` if it can load it, else the
+/// first candidate (beside the cli, then [`SERVER_DIRS`]) whose version can.
+async fn pick_server(
+    requested: Option<&Path>,
+    cli: Option<&Path>,
+    format: &RdbFormat,
+) -> Result<PathBuf, OpError> {
+    let wanted = rdb_compat::format_name(format);
+    let candidates: Vec<PathBuf> = match requested {
+        Some(p) => vec![p.to_owned()],
+        None => {
+            let mut dirs: Vec<PathBuf> = cli
+                .and_then(Path::parent)
+                .map(Path::to_owned)
+                .into_iter()
+                .collect();
+            dirs.extend(SERVER_DIRS.iter().map(PathBuf::from));
+            dirs.iter()
+                .flat_map(|d| [d.join("valkey-server"), d.join("redis-server")])
+                .collect()
+        }
     };
-    let path = cli.with_file_name(server);
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(OpError::BadRequest(format!(
-            "load needs a server binary: {} does not exist (pass server)",
-            path.display()
-        )))
+    let mut found = Vec::new();
+    for path in candidates {
+        if !path.is_file() {
+            if requested.is_some() {
+                return Err(OpError::BadRequest(format!(
+                    "server {} does not exist",
+                    path.display()
+                )));
+            }
+            continue;
+        }
+        match server_version(&path).await {
+            Some(v) if v.can_load(format) => return Ok(path),
+            Some(v) => found.push(format!(
+                "{} is {} ({})",
+                path.display(),
+                v.display_name(),
+                v.loads()
+            )),
+            None => found.push(format!("{} does not report a version", path.display())),
+        }
     }
+    let seen = if found.is_empty() {
+        "no valkey-server or redis-server was found".to_owned()
+    } else {
+        found.join("; ")
+    };
+    Err(OpError::BadRequest(format!(
+        "no server on this machine can load this backup's RDB {wanted}: {seen}. \
+         Pass server with the path of one that can (VALKEY formats need Valkey 9 or later)"
+    )))
+}
+
+/// `<server> --version`, parsed.
+async fn server_version(server: &Path) -> Option<ServerVersion> {
+    let out = tokio::time::timeout(
+        VERSION_TIMEOUT,
+        Command::new(server)
+            .env_clear()
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    ServerVersion::from_version_output(&String::from_utf8_lossy(&out.stdout))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -194,7 +259,6 @@ async fn check(
     manifest: &ManifestV1,
     load: bool,
     server: Option<&Path>,
-    cli: &Path,
     scratch: &Path,
     reporter: &mut ProgressReporter,
     state: &AgentState,
@@ -227,7 +291,7 @@ async fn check(
     drop(file);
     let server = server.expect("resolved when load is set");
     reporter.update("loading", manifest.stored_size_bytes, None, true);
-    let keys = load_in_scratch_server(server, cli, scratch, &state.shutdown).await?;
+    let keys = load_in_scratch_server(server, scratch, &state.shutdown).await?;
     let expected: serde_json::Map<String, Value> = manifest
         .keyspace_at_start
         .iter()
@@ -257,7 +321,6 @@ async fn check(
 /// loaded, returns its key counts, and stops it.
 async fn load_in_scratch_server(
     server: &Path,
-    cli: &Path,
     scratch: &Path,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<serde_json::Map<String, Value>, OpError> {
@@ -309,7 +372,7 @@ async fn load_in_scratch_server(
         // For the next start's cleanup (see `clean_leftover_scratch`).
         let _ = tokio::fs::write(scratch.join(SCRATCH_PIDFILE), pid.to_string()).await;
     }
-    let scratch_cli = ValkeyCli::scratch(cli.to_owned(), socket.clone());
+    let scratch_cli = NativeClient::scratch(socket.clone());
     let deadline = Instant::now() + LOAD_TIMEOUT;
     let result = loop {
         if let Ok(Some(status)) = child.try_wait() {

@@ -1,0 +1,607 @@
+//! The built-in replication source: the agent asks the server for a snapshot itself.
+//!
+//! A Valkey primary chooses the RDB format per replica. A replica that never says which
+//! version it runs gets the oldest format the server still writes for compatibility
+//! (`REDIS0011` on Valkey 9), and that format cannot hold every Valkey 9 type: a hash
+//! with field TTLs makes the server abort the transfer (`Can't store key … in RDB
+//! version 11`). `valkey-cli --rdb -` never announces a version, so it cannot back up
+//! such datasets. Announcing the server's own version (`REPLCONF version`) makes it send
+//! its native format (`VALKEY080`) with every key.
+//!
+//! The handshake, in order, on a connection that is already logged in:
+//!
+//! 1. `REPLCONF capa eof` — diskless transfers (`$EOF:<mark>` framing) are understood;
+//! 2. `REPLCONF rdb-only 1` — only the snapshot, no replication stream after it;
+//! 3. `REPLCONF version <v>` — only to Valkey ≥ 9 (older servers refuse the option);
+//! 4. `SYNC`, then the server sends keep-alive newlines until the snapshot starts, then
+//!    `$<length>\r\n` or `$EOF:<40-byte mark>\r\n`, then the payload.
+//!
+//! No other capability is advertised: in particular not `skip-rdb-checksum`, which would
+//! let the server send a snapshot without the CRC64 the validator checks.
+//!
+//! Because the framing is known exactly, the stream ends exactly at the snapshot's last
+//! byte: after `<length>` bytes, or just before the end mark. Nothing is guessed about
+//! trailing bytes (unlike `valkey-cli --rdb -` on a pipe, see [`crate::rdb`]). Memory is
+//! one read buffer plus a 40-byte look-behind, whatever the snapshot's size.
+//!
+//! The pure parts ([`handshake_commands`], [`parse_preamble`], [`scan_for_mark`]) do no
+//! I/O and are unit-tested; [`ReplicationStream`] drives them over any byte stream.
+
+use std::time::Duration;
+
+use crate::connection::{safe_line, Connection, MAX_SMALL_REPLY};
+use crate::resp::{self, Reply};
+use crate::valkey::{ServerInfo, ValkeyError};
+
+/// Size of the end mark of a diskless transfer (`RDB_EOF_MARK_SIZE`).
+pub const EOF_MARK_LEN: usize = 40;
+/// The longest preamble line accepted (`$EOF:` + mark, or an error reply).
+const MAX_PREAMBLE_LINE: usize = 4096;
+/// How much of the payload is read at once (the caller's part buffers get this slack).
+pub const READ_BUF: usize = 128 * 1024;
+
+/// How the server frames the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Framing {
+    /// `$<length>`: exactly this many bytes follow (disk-based replication).
+    Length(u64),
+    /// `$EOF:<mark>`: the payload ends where these 40 bytes appear (diskless replication).
+    EofMark([u8; EOF_MARK_LEN]),
+}
+
+/// The version to announce with `REPLCONF version`, when the server takes it.
+///
+/// Valkey 9 uses it to pick the RDB format; Valkey 8 and Redis answer it with an error,
+/// so it is sent to Valkey ≥ 9 only, and it is the server's own version, which every
+/// server of that version accepts.
+pub fn announced_version(info: &ServerInfo) -> Option<&str> {
+    if info.kind != "valkey" {
+        return None;
+    }
+    let major: u32 = info.version.split('.').next()?.parse().ok()?;
+    (major >= 9).then_some(info.version.as_str())
+}
+
+/// The `REPLCONF` commands sent before `SYNC`, in order.
+pub fn handshake_commands(info: &ServerInfo) -> Vec<Vec<String>> {
+    let mut cmds = vec![
+        vec!["REPLCONF".into(), "capa".into(), "eof".into()],
+        vec!["REPLCONF".into(), "rdb-only".into(), "1".into()],
+    ];
+    if let Some(v) = announced_version(info) {
+        cmds.push(vec!["REPLCONF".into(), "version".into(), v.to_owned()]);
+    }
+    cmds
+}
+
+/// What the bytes after `SYNC` amount to so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Preamble {
+    /// Not enough bytes yet; the first `skip` are keep-alive newlines and can be dropped.
+    NeedMore { skip: usize },
+    /// The snapshot starts after the first `used` bytes.
+    Header { framing: Framing, used: usize },
+    /// The server refused `SYNC` with this error line.
+    Refused(String),
+}
+
+/// Why the bytes after `SYNC` are not a snapshot header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unexpected answer to SYNC: {0}")]
+pub struct PreambleError(pub String);
+
+/// Reads the server's answer to `SYNC` from the start of `buf`: keep-alive newlines,
+/// then an error or the bulk header.
+pub fn parse_preamble(buf: &[u8]) -> Result<Preamble, PreambleError> {
+    let skip = buf.iter().take_while(|&&b| b == b'\n').count();
+    let rest = &buf[skip..];
+    let Some(&first) = rest.first() else {
+        return Ok(Preamble::NeedMore { skip });
+    };
+    if first != b'$' && first != b'-' {
+        return Err(PreambleError(resp::shown(rest)));
+    }
+    let Some(end) = memchr::memchr(b'\n', rest) else {
+        if rest.len() > MAX_PREAMBLE_LINE {
+            return Err(PreambleError(format!(
+                "a header line longer than {MAX_PREAMBLE_LINE} bytes"
+            )));
+        }
+        return Ok(Preamble::NeedMore { skip });
+    };
+    if end == 0 || rest[end - 1] != b'\r' || end > MAX_PREAMBLE_LINE {
+        return Err(PreambleError(resp::shown(&rest[..end + 1])));
+    }
+    let line = &rest[1..end - 1];
+    let used = skip + end + 1;
+    if first == b'-' {
+        return Ok(Preamble::Refused(safe_line(&String::from_utf8_lossy(line))));
+    }
+    if let Some(mark) = line.strip_prefix(b"EOF:") {
+        let mark: [u8; EOF_MARK_LEN] = mark
+            .try_into()
+            .map_err(|_| PreambleError(format!("an end mark of {} bytes", mark.len())))?;
+        return Ok(Preamble::Header {
+            framing: Framing::EofMark(mark),
+            used,
+        });
+    }
+    let len = std::str::from_utf8(line)
+        .ok()
+        .filter(|s| !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| PreambleError(resp::shown(&rest[..end + 1])))?;
+    Ok(Preamble::Header {
+        framing: Framing::Length(len),
+        used,
+    })
+}
+
+/// Where the payload of a diskless transfer stands after looking at `window` (the
+/// unreleased bytes: up to 39 held back from before, then the new ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkScan {
+    /// The mark starts at this offset: the payload is `window[..offset]`; done.
+    End(usize),
+    /// No mark yet: `window[..n]` is payload for certain; the rest may be a mark's start.
+    Release(usize),
+}
+
+/// Looks for the end mark. A mark that straddles two reads is found because the last 39
+/// bytes of every window are kept back and searched again with the next read.
+pub fn scan_for_mark(mark: &[u8; EOF_MARK_LEN], window: &[u8]) -> MarkScan {
+    match memchr::memmem::find(window, mark) {
+        Some(at) => MarkScan::End(at),
+        None => MarkScan::Release(window.len().saturating_sub(EOF_MARK_LEN - 1)),
+    }
+}
+
+/// A snapshot arriving over a replication connection, read exactly to its end.
+pub struct ReplicationStream {
+    conn: Connection,
+    framing: Framing,
+    buf: Vec<u8>,
+    /// Bytes at the start of `buf` kept back from the previous read (EOF framing).
+    held: usize,
+    /// Payload bytes delivered so far.
+    delivered: u64,
+    /// Bytes of `buf` handed out by the last call, moved away at the next.
+    released: usize,
+    done: bool,
+}
+
+impl ReplicationStream {
+    /// Runs the handshake on a logged-in connection and waits (at most `header_timeout`,
+    /// while the server prepares the snapshot) for the snapshot's header.
+    pub async fn start(
+        mut conn: Connection,
+        info: &ServerInfo,
+        header_timeout: Duration,
+    ) -> Result<Self, ValkeyError> {
+        let server = server_name(info);
+        for cmd in handshake_commands(info) {
+            let args: Vec<&[u8]> = cmd.iter().map(|s| s.as_bytes()).collect();
+            conn.send(&args).await?;
+            match conn.reply(MAX_SMALL_REPLY).await? {
+                Reply::Simple(_) => {}
+                Reply::Error(e) => {
+                    return Err(refused(&server, &cmd.join(" "), &e));
+                }
+                other => return Err(conn.unexpected(&cmd.join(" "), &other)),
+            }
+        }
+        conn.send(&[b"SYNC"]).await?;
+        let framing = tokio::time::timeout(header_timeout, read_header(&mut conn, &server))
+            .await
+            .map_err(|_| ValkeyError::Interrupted {
+                detail: format!(
+                    "{server} sent no snapshot for {} s after SYNC (backup.stall-timeout-seconds)",
+                    header_timeout.as_secs()
+                ),
+            })??;
+        Ok(ReplicationStream::new(conn, framing))
+    }
+
+    /// A stream whose header has been read; the payload follows on `conn`.
+    pub fn new(conn: Connection, framing: Framing) -> Self {
+        let done = framing == Framing::Length(0);
+        ReplicationStream {
+            conn,
+            framing,
+            buf: vec![0u8; READ_BUF],
+            held: 0,
+            delivered: 0,
+            released: 0,
+            done,
+        }
+    }
+
+    /// The framing the server chose (`diskless` when it is an end mark).
+    pub fn framing(&self) -> &Framing {
+        &self.framing
+    }
+
+    /// The next piece of the payload, `None` after its last byte. Never returns bytes
+    /// past the end; a connection that ends early is an error naming how far it got.
+    pub async fn next_chunk(&mut self) -> Result<Option<&[u8]>, ValkeyError> {
+        if self.done {
+            return Ok(None);
+        }
+        // Move the held-back tail of the last window to the front.
+        if self.released > 0 {
+            self.buf
+                .copy_within(self.released..self.released + self.held, 0);
+            self.released = 0;
+        }
+        loop {
+            let want = match self.framing {
+                Framing::Length(len) => {
+                    (len - self.delivered).min((READ_BUF - self.held) as u64) as usize
+                }
+                Framing::EofMark(_) => READ_BUF - self.held,
+            };
+            let n = {
+                let (held, conn) = (self.held, &mut self.conn);
+                conn.read_into(&mut self.buf[held..held + want]).await
+            }
+            .map_err(|e| self.broken(&format!("reading the snapshot: {}", e.kind())))?;
+            if n == 0 {
+                return Err(self.broken("the server closed the connection"));
+            }
+            let window = self.held + n;
+            match &self.framing {
+                Framing::Length(len) => {
+                    self.delivered += n as u64;
+                    self.done = self.delivered == *len;
+                    return Ok(Some(&self.buf[..n]));
+                }
+                Framing::EofMark(mark) => match scan_for_mark(mark, &self.buf[..window]) {
+                    MarkScan::End(at) => {
+                        self.done = true;
+                        self.delivered += at as u64;
+                        return Ok(Some(&self.buf[..at]));
+                    }
+                    MarkScan::Release(0) => {
+                        self.held = window;
+                        continue;
+                    }
+                    MarkScan::Release(out) => {
+                        self.held = window - out;
+                        self.released = out;
+                        self.delivered += out as u64;
+                        return Ok(Some(&self.buf[..out]));
+                    }
+                },
+            }
+        }
+    }
+
+    fn broken(&self, what: &str) -> ValkeyError {
+        let detail = match self.framing {
+            Framing::Length(len) => format!(
+                "{what} after {} of {len} snapshot bytes",
+                self.delivered + self.held as u64
+            ),
+            Framing::EofMark(_) => format!(
+                "{what} after {} snapshot bytes, before the end mark",
+                self.delivered + self.held as u64
+            ),
+        };
+        ValkeyError::Interrupted { detail }
+    }
+}
+
+/// "Valkey 9.1.2" / "Redis 7.0.15", for messages.
+fn server_name(info: &ServerInfo) -> String {
+    let kind = if info.kind == "valkey" {
+        "Valkey"
+    } else {
+        "Redis"
+    };
+    format!("{kind} {}", info.version)
+}
+
+fn refused(server: &str, command: &str, error: &str) -> ValkeyError {
+    match crate::connection::classify_error(error, command) {
+        ValkeyError::Refused { command, detail } => ValkeyError::Refused {
+            command: format!("{command} (sent to {server})"),
+            detail,
+        },
+        other => other,
+    }
+}
+
+async fn read_header(conn: &mut Connection, server: &str) -> Result<Framing, ValkeyError> {
+    loop {
+        match parse_preamble(conn.buffered()) {
+            Ok(Preamble::Header { framing, used }) => {
+                conn.consume(used);
+                return Ok(framing);
+            }
+            Ok(Preamble::Refused(line)) => return Err(refused(server, "SYNC", &line)),
+            Ok(Preamble::NeedMore { skip }) => conn.consume(skip),
+            Err(e) => {
+                return Err(ValkeyError::Protocol {
+                    addr: conn.addr().to_owned(),
+                    detail: e.to_string(),
+                })
+            }
+        }
+        match conn.fill().await {
+            Ok(0) => {
+                return Err(ValkeyError::Interrupted {
+                    detail: format!(
+                        "{server} closed the connection after SYNC without sending a snapshot \
+                         (its log says why, e.g. a key it cannot store in the RDB version it chose)"
+                    ),
+                })
+            }
+            Ok(_) => {}
+            Err(e) => return Err(conn.io_error("waiting for the snapshot", &e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn info(kind: &str, version: &str) -> ServerInfo {
+        ServerInfo {
+            kind: kind.into(),
+            version: version.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn version_is_announced_to_valkey_9_and_later_only() {
+        assert_eq!(announced_version(&info("valkey", "9.1.2")), Some("9.1.2"));
+        assert_eq!(announced_version(&info("valkey", "10.0.0")), Some("10.0.0"));
+        assert_eq!(announced_version(&info("valkey", "8.1.8")), None);
+        assert_eq!(announced_version(&info("redis", "9.0.0")), None);
+        assert_eq!(announced_version(&info("valkey", "")), None);
+        let cmds = handshake_commands(&info("valkey", "8.1.8"));
+        assert_eq!(
+            cmds,
+            vec![
+                vec!["REPLCONF", "capa", "eof"],
+                vec!["REPLCONF", "rdb-only", "1"]
+            ]
+        );
+        let cmds = handshake_commands(&info("valkey", "9.1.2"));
+        assert_eq!(cmds[2], vec!["REPLCONF", "version", "9.1.2"]);
+        assert!(
+            !cmds.concat().iter().any(|a| a.contains("checksum")),
+            "never skip-rdb-checksum"
+        );
+    }
+
+    const MARK: &[u8; 40] = b"8527f57d1ebd4651cad3333721decaa86b3356ee";
+
+    #[test]
+    fn preamble_skips_keepalives_and_reads_both_framings() {
+        assert_eq!(parse_preamble(b""), Ok(Preamble::NeedMore { skip: 0 }));
+        assert_eq!(
+            parse_preamble(b"\n\n\n"),
+            Ok(Preamble::NeedMore { skip: 3 })
+        );
+        assert_eq!(
+            parse_preamble(b"\n\n$12"),
+            Ok(Preamble::NeedMore { skip: 2 })
+        );
+        assert_eq!(
+            parse_preamble(b"\n$1234\r\nREDIS"),
+            Ok(Preamble::Header {
+                framing: Framing::Length(1234),
+                used: 8
+            })
+        );
+        let mut eof = b"\n\n$EOF:".to_vec();
+        eof.extend_from_slice(MARK);
+        eof.extend_from_slice(b"\r\nVALKEY080");
+        assert_eq!(
+            parse_preamble(&eof),
+            Ok(Preamble::Header {
+                framing: Framing::EofMark(*MARK),
+                used: eof.len() - 9
+            })
+        );
+        assert_eq!(
+            parse_preamble(b"-NOPERM no sync\r\n"),
+            Ok(Preamble::Refused("NOPERM no sync".into()))
+        );
+    }
+
+    #[test]
+    fn preamble_garbage_is_an_error() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\n"[..],
+            b"+FULLRESYNC x 0\r\n",
+            b"$12x\r\n",
+            b"$-1\r\n",
+            b"$EOF:short\r\n",
+            b"$12\n",
+            &[b'$'; 5000],
+        ] {
+            assert!(parse_preamble(bad).is_err(), "{}", resp::shown(bad));
+        }
+    }
+
+    #[test]
+    fn mark_scan_finds_marks_anywhere_and_holds_back_39_bytes() {
+        let mut w = b"payload".to_vec();
+        w.extend_from_slice(MARK);
+        assert_eq!(scan_for_mark(MARK, &w), MarkScan::End(7));
+        assert_eq!(scan_for_mark(MARK, &w[..46]), MarkScan::Release(7));
+        assert_eq!(scan_for_mark(MARK, b"short"), MarkScan::Release(0));
+        assert_eq!(scan_for_mark(MARK, &[b'x'; 100]), MarkScan::Release(61));
+    }
+
+    /// Serves `wire` in pieces of `chunk` bytes over an in-memory stream and collects
+    /// the payload the stream delivers.
+    async fn deliver(
+        wire: Vec<u8>,
+        chunk: usize,
+        framing: Framing,
+    ) -> Result<Vec<u8>, ValkeyError> {
+        let (client, mut server) = tokio::io::duplex(chunk.max(64));
+        let feeder = tokio::spawn(async move {
+            for piece in wire.chunks(chunk) {
+                if server.write_all(piece).await.is_err() {
+                    return;
+                }
+            }
+            // Keep the connection open briefly so that only framing ends the stream.
+            let mut sink = [0u8; 1];
+            let _ = tokio::time::timeout(Duration::from_millis(200), server.read(&mut sink)).await;
+        });
+        let mut s = ReplicationStream::new(Connection::new(Box::new(client), "mem"), framing);
+        let mut out = Vec::new();
+        let r = loop {
+            match s.next_chunk().await {
+                Ok(Some(c)) => out.extend_from_slice(c),
+                Ok(None) => break Ok(out),
+                Err(e) => break Err(e),
+            }
+        };
+        feeder.abort();
+        r
+    }
+
+    fn payload(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn eof_framing_stops_exactly_before_the_mark_for_every_chunking() {
+        for n in [0usize, 1, 39, 40, 41, 1000, READ_BUF + 17, 2 * READ_BUF] {
+            let body = payload(n);
+            let mut wire = body.clone();
+            wire.extend_from_slice(MARK);
+            wire.extend_from_slice(b"bytes after the mark are never delivered");
+            for chunk in [1usize, 7, 40, 41, 4096] {
+                if n > 5000 && chunk < 4096 {
+                    continue;
+                }
+                let got = deliver(wire.clone(), chunk, Framing::EofMark(*MARK))
+                    .await
+                    .unwrap();
+                assert_eq!(got, body, "n {n} chunk {chunk}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn length_framing_stops_exactly_at_the_length() {
+        for n in [1usize, 100, READ_BUF + 3] {
+            let body = payload(n);
+            let mut wire = body.clone();
+            wire.extend_from_slice(b"\n+PING trailing replication bytes");
+            for chunk in [1usize, 13, 4096] {
+                if n > 5000 && chunk < 4096 {
+                    continue;
+                }
+                let got = deliver(wire.clone(), chunk, Framing::Length(n as u64))
+                    .await
+                    .unwrap();
+                assert_eq!(got, body, "n {n} chunk {chunk}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_ends_early_is_an_error_naming_how_far_it_got() {
+        let err = deliver(payload(100), 10, Framing::Length(1000))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("after 100 of 1000"), "{err}");
+        let err = deliver(payload(100), 10, Framing::EofMark(*MARK))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("before the end mark"), "{err}");
+    }
+
+    /// The whole handshake against a scripted peer on an in-memory stream.
+    async fn handshake_against(
+        version: &str,
+        answers: &'static [u8],
+    ) -> (Result<Vec<u8>, ValkeyError>, Vec<u8>) {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let peer = tokio::spawn(async move {
+            server.write_all(answers).await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(300), server.read(&mut buf)).await
+            {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        });
+        let conn = Connection::new(Box::new(client), "mem");
+        let r =
+            match ReplicationStream::start(conn, &info("valkey", version), Duration::from_secs(5))
+                .await
+            {
+                Ok(mut s) => {
+                    let mut out = Vec::new();
+                    loop {
+                        match s.next_chunk().await {
+                            Ok(Some(c)) => out.extend_from_slice(c),
+                            Ok(None) => break Ok(out),
+                            Err(e) => break Err(e),
+                        }
+                    }
+                }
+                Err(e) => Err(e),
+            };
+        (r, peer.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn handshake_sends_replconfs_then_sync_and_reads_the_payload() {
+        let (r, sent) =
+            handshake_against("9.1.2", b"+OK\r\n+OK\r\n+OK\r\n\n\n$5\r\nhello+more").await;
+        assert_eq!(r.unwrap(), b"hello");
+        let expected = [
+            resp::encode(&[b"REPLCONF", b"capa", b"eof"]),
+            resp::encode(&[b"REPLCONF", b"rdb-only", b"1"]),
+            resp::encode(&[b"REPLCONF", b"version", b"9.1.2"]),
+            resp::encode(&[b"SYNC"]),
+        ]
+        .concat();
+        assert_eq!(sent, expected);
+    }
+
+    #[tokio::test]
+    async fn a_refused_replconf_names_the_server_and_the_command() {
+        let (r, _) =
+            handshake_against("9.1.2", b"+OK\r\n-ERR Unrecognized REPLCONF option\r\n").await;
+        let msg = r.unwrap_err().to_string();
+        assert!(
+            msg.contains("REPLCONF rdb-only 1") && msg.contains("Valkey 9.1.2"),
+            "{msg}"
+        );
+        let (r, _) = handshake_against(
+            "8.1.8",
+            b"+OK\r\n+OK\r\n-NOPERM this user has no permissions to run the 'sync' command\r\n",
+        )
+        .await;
+        let err = r.unwrap_err();
+        assert!(matches!(err, ValkeyError::Permission { .. }), "{err}");
+        assert!(err.to_string().contains("+sync"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn garbage_instead_of_a_snapshot_is_a_protocol_error() {
+        let (r, _) =
+            handshake_against("8.1.8", b"+OK\r\n+OK\r\nHTTP/1.1 400 Bad Request\r\n").await;
+        let err = r.unwrap_err();
+        assert!(matches!(err, ValkeyError::Protocol { .. }), "{err}");
+    }
+}

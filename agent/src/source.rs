@@ -1,0 +1,187 @@
+//! The seam between the operations and whichever client talks to Valkey.
+//!
+//! `valkey.source` picks the client (see [`SourceKind`]): the built-in one
+//! ([`crate::connection`], [`crate::replication`]) or `valkey-cli` ([`crate::valkey`]).
+//! Operations see only two things: [`ValkeyAdmin`] for the few questions they ask a
+//! server (`INFO`, `CONFIG GET`, "is it stopped?"), and [`Snapshot`], the bytes of one
+//! RDB snapshot handed out chunk by chunk, with what the validator must know about its
+//! framing.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::ChildStdout;
+
+use crate::config::{SourceKind, ValkeySettings};
+use crate::connection::NativeClient;
+use crate::rdb::RdbValidator;
+use crate::replication::{ReplicationStream, READ_BUF};
+use crate::valkey::{RdbProcess, ServerInfo, ValkeyCli, ValkeyError};
+
+/// Answers the operations' questions about the configured server, with the configured
+/// client.
+#[derive(Debug, Clone)]
+pub enum ValkeyAdmin {
+    Native(NativeClient),
+    Cli(ValkeyCli),
+}
+
+impl ValkeyAdmin {
+    /// The client `settings.source` selects.
+    pub fn new(settings: &ValkeySettings) -> Self {
+        match settings.effective_source() {
+            SourceKind::Cli => ValkeyAdmin::Cli(ValkeyCli::new(settings.clone())),
+            _ => ValkeyAdmin::Native(NativeClient::new(settings.clone())),
+        }
+    }
+
+    /// `INFO everything`, parsed.
+    pub async fn info(&self) -> Result<ServerInfo, ValkeyError> {
+        match self {
+            ValkeyAdmin::Native(c) => c.info().await,
+            ValkeyAdmin::Cli(c) => c.info().await,
+        }
+    }
+
+    /// `CONFIG GET name`.
+    pub async fn config_get(&self, name: &str) -> Result<Option<String>, ValkeyError> {
+        match self {
+            ValkeyAdmin::Native(c) => c.config_get(name).await,
+            ValkeyAdmin::Cli(c) => c.config_get(name).await,
+        }
+    }
+
+    /// Whether the server is definitely stopped (only a refused connection counts).
+    pub async fn is_stopped(&self) -> bool {
+        match self {
+            ValkeyAdmin::Native(c) => c.is_stopped().await,
+            ValkeyAdmin::Cli(c) => c.is_stopped().await,
+        }
+    }
+}
+
+/// One snapshot in transfer, from either source.
+pub enum Snapshot {
+    /// The built-in replication client: framed exactly.
+    Native(Box<ReplicationStream>),
+    /// `valkey-cli --rdb -`: its stdout, which may end in a diskless EOF marker.
+    Cli(Box<CliStream>),
+}
+
+/// A running `valkey-cli --rdb -` and its output.
+pub struct CliStream {
+    process: RdbProcess,
+    stdout: Option<ChildStdout>,
+    buf: Vec<u8>,
+}
+
+impl Snapshot {
+    /// Starts a transfer with the configured source. `info` is what `INFO` said just
+    /// before (the built-in source announces the server's version from it); `stall` bounds
+    /// the wait for the snapshot to start.
+    pub async fn open(
+        settings: &ValkeySettings,
+        info: &ServerInfo,
+        stall: Duration,
+    ) -> Result<Self, ValkeyError> {
+        match settings.effective_source() {
+            SourceKind::Cli => {
+                let mut process = ValkeyCli::new(settings.clone()).spawn_rdb()?;
+                let stdout = process.take_stdout();
+                Ok(Snapshot::Cli(Box::new(CliStream {
+                    process,
+                    stdout: Some(stdout),
+                    buf: vec![0u8; READ_BUF],
+                })))
+            }
+            _ => {
+                let conn = NativeClient::new(settings.clone()).connect().await?;
+                let stream = ReplicationStream::start(conn, info, stall).await?;
+                Ok(Snapshot::Native(Box::new(stream)))
+            }
+        }
+    }
+
+    /// `native` or `cli`, as manifests record it.
+    pub fn source(&self) -> SourceKind {
+        match self {
+            Snapshot::Native(_) => SourceKind::Native,
+            Snapshot::Cli(_) => SourceKind::Cli,
+        }
+    }
+
+    /// The validator this stream needs: exact for the built-in source, EOF-marker aware
+    /// for the cli.
+    pub fn validator(&self) -> RdbValidator {
+        match self {
+            Snapshot::Native(_) => RdbValidator::exact(),
+            Snapshot::Cli(_) => RdbValidator::new(),
+        }
+    }
+
+    /// The next bytes of the snapshot, `None` at its end (at most [`READ_BUF`] bytes).
+    pub async fn next_chunk(&mut self) -> Result<Option<&[u8]>, ValkeyError> {
+        match self {
+            Snapshot::Native(s) => s.next_chunk().await,
+            Snapshot::Cli(cli) => {
+                let CliStream { stdout, buf, .. } = cli.as_mut();
+                let Some(out) = stdout.as_mut() else {
+                    return Ok(None);
+                };
+                let n = out.read(buf).await.map_err(|e| ValkeyError::Cli {
+                    detail: format!("reading the cli's output: {}", e.kind()),
+                })?;
+                if n == 0 {
+                    *stdout = None;
+                    return Ok(None);
+                }
+                Ok(Some(&buf[..n]))
+            }
+        }
+    }
+
+    /// The error for a stream that sent nothing for `stall`.
+    pub fn stalled(source: SourceKind, stall: Duration) -> ValkeyError {
+        let secs = stall.as_secs();
+        match source {
+            SourceKind::Cli => ValkeyError::Cli {
+                detail: format!(
+                    "no data from the cli for {secs} s (backup.stall-timeout-seconds); the server may be hung"
+                ),
+            },
+            _ => ValkeyError::Interrupted {
+                detail: format!(
+                    "no data from the server for {secs} s (backup.stall-timeout-seconds); the server may be hung"
+                ),
+            },
+        }
+    }
+
+    /// After the last chunk: the cli must exit 0 (within `stall`); the built-in source is
+    /// complete by construction.
+    pub async fn finish(&mut self, stall: Duration) -> Result<(), ValkeyError> {
+        match self {
+            Snapshot::Native(_) => Ok(()),
+            Snapshot::Cli(cli) => {
+                let CliStream {
+                    process, stdout, ..
+                } = cli.as_mut();
+                *stdout = None;
+                match tokio::time::timeout(stall, process.wait()).await {
+                    Ok(exit) => exit,
+                    Err(_) => Err(ValkeyError::Cli {
+                        detail: "the cli closed its output but did not exit".into(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Stops the transfer: kills and reaps the cli, or closes the connection.
+    pub async fn stop(self) {
+        match self {
+            Snapshot::Native(s) => drop(s),
+            Snapshot::Cli(mut cli) => cli.process.kill().await,
+        }
+    }
+}
