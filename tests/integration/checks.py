@@ -65,10 +65,13 @@ def failed_backup_id(agent: Any) -> str:
 
 def check_rdb(components: Components, rdb: Path, workdir: Path) -> int:
     """Run valkey-check-rdb (the server binary under that name) and return the offset at
-    which it found the checksum OK — the RDB's exact length."""
-    tool = workdir / "valkey-check-rdb"
+    which it found the checksum OK — the RDB's exact length. Valkey's own format
+    (`VALKEY…`) is checked by Valkey 9, every `REDIS…` format by Valkey 8."""
+    kind = "valkey9" if rdb.read_bytes()[:6] == b"VALKEY" else "valkey8"
+    tool = workdir / f"{kind}-check" / "valkey-check-rdb"
     if not tool.exists():
-        tool.symlink_to(components.server_for("valkey8"))
+        tool.parent.mkdir(exist_ok=True)
+        tool.symlink_to(components.server_for(kind))
     out = subprocess.run([str(tool), str(rdb)], capture_output=True, text=True, timeout=120)
     assert "RDB looks OK" in out.stdout, out.stdout[-2000:]
     for line in out.stdout.splitlines():

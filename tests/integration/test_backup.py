@@ -13,6 +13,10 @@ MiB = 1024 * 1024
 PART = 5 * MiB
 
 
+#: Both snapshot sources: the agent's own replication client and `valkey-cli --rdb -`.
+SOURCES = ("native", "cli")
+
+
 def _configure(agent, server, store, cluster, bucket=None, **extra):
     params = configure_params(
         server, store, bucket, cluster=cluster, backup={"part-size-bytes": PART}, **extra
@@ -21,9 +25,10 @@ def _configure(agent, server, store, cluster, bucket=None, **extra):
     return params
 
 
+@pytest.mark.parametrize("source_name", SOURCES)
 @pytest.mark.parametrize("store_name", ["moto", "garage"])
 def test_backup_is_the_exact_rdb_and_loads_with_the_same_data(
-    request, server_kind, store_name, valkey_server, agent, components, tmp_path
+    request, server_kind, store_name, source_name, valkey_server, agent, components, tmp_path
 ):
     store = request.getfixturevalue(store_name)
     source = valkey_server(server_kind, password="src-pw")
@@ -31,7 +36,7 @@ def test_backup_is_the_exact_rdb_and_loads_with_the_same_data(
     expected = dataset_fingerprint(source)
     a = agent()
     cluster = f"m{int(time.time() * 1000) % 10**9}.{server_kind}"
-    params = _configure(a, source, store, cluster)
+    params = _configure(a, source, store, cluster, source=source_name)
     bucket = params["s3"]["bucket"]
 
     resp = a.request("create-backup")
@@ -41,6 +46,7 @@ def test_backup_is_the_exact_rdb_and_loads_with_the_same_data(
     assert result["parts"] >= 4, result  # several parts of 5 MiB, all but the last equal
     assert result["part-size-bytes"] == PART
     assert result["source-version"] == source.version()
+    assert result["source"] == source_name
 
     s3 = store.client()
     prefix = prefix_of(params)
@@ -64,9 +70,18 @@ def test_backup_is_the_exact_rdb_and_loads_with_the_same_data(
     assert manifest["unit"] == "valkey/0" and manifest["cluster"] == cluster
     assert manifest["source-kind"] == ("redis" if server_kind == "redis7" else "valkey")
     assert manifest["keyspace-at-start"]["db3"] > 0
+    assert manifest["source"] == source_name
+    assert manifest["source-version"] == source.version()
+    # Valkey 9 sends its own format to a replica that announces its version (the built-in
+    # source does); the cli never does and gets the older format.
+    native_format = source_name == "native" and server_kind == "valkey9"
+    magic = (b"VALKEY", 80) if native_format else (b"REDIS", 10 if server_kind == "redis7" else 11)
+    assert data.startswith(magic[0]) and int(data[len(magic[0]) : 9]) == magic[1], data[:9]
+    assert (manifest["rdb-magic"], manifest["rdb-version"]) == (magic[0].decode(), magic[1])
     # Diskless sync (the servers' default) ends the stream with a 40-byte EOF marker that
-    # `--rdb -` cannot strip from a pipe: the agent did, or the size checks above would fail.
-    assert manifest["eof-mark-stripped"] is True
+    # `--rdb -` cannot strip from a pipe: the agent did, or the size checks above would
+    # fail. The built-in source reads the framing exactly and never sees the marker.
+    assert manifest["eof-mark-stripped"] is (source_name == "cli")
 
     restored = valkey_server.from_rdb(server_kind, rdb)
     assert_same_dataset(expected, dataset_fingerprint(restored))
@@ -211,15 +226,16 @@ def test_cli_subcommands_do_what_the_socket_does(valkey_server, agent, moto, mot
     assert bad.returncode == 2 and "missing.json" in bad.stderr
 
 
+@pytest.mark.parametrize("source_name", SOURCES)
 def test_disk_based_sync_has_no_eof_marker_and_is_stored_exactly(
-    valkey_server, agent, moto, moto_bucket, components, tmp_path
+    source_name, valkey_server, agent, moto, moto_bucket, components, tmp_path
 ):
     # With repl-diskless-sync no the server sends a length-prefixed file instead of a
     # stream ended by an EOF marker; both must store exactly the RDB.
     server = valkey_server("valkey8", extra_args=["--repl-diskless-sync", "no"])
     load_dataset(server, size_mb=8, seed=31)
     a = agent()
-    _configure(a, server, moto, "disk.valkey", moto_bucket)
+    _configure(a, server, moto, "disk.valkey", moto_bucket, source=source_name)
     result = a.request("create-backup").expect_ok()
     data = moto.client().get_object(Bucket=moto_bucket, Key=result["data-key"])["Body"].read()
     rdb = tmp_path / "disk.rdb"

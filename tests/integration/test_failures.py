@@ -76,7 +76,7 @@ def test_cli_output_that_is_not_an_rdb(valkey_server, agent, moto, moto_bucket, 
     server.client().set("k", "v")
     a = agent()
     params = configure_params(server, moto, moto_bucket, cluster="junk.valkey")
-    params["valkey"]["cli"] = str(cli_wrapper(tmp_path, server.cli, "junk"))
+    params["valkey"].update(cli=str(cli_wrapper(tmp_path, server.cli, "junk")), source="cli")
     a.request("configure", params).expect_ok()
     err = a.request("create-backup").expect_error("stream-invalid")
     assert "not an RDB" in err.message
@@ -96,6 +96,7 @@ def test_cli_killed_mid_stream_aborts_the_started_upload(
     params = configure_params(server, moto, moto_bucket, cluster="killed.valkey", backup=PART)
     # 7 MiB reach the agent: one part is uploaded before the cli dies.
     params["valkey"]["cli"] = str(cli_wrapper(tmp_path, server.cli, "kill", after_bytes=7 * MiB))
+    params["valkey"]["source"] = "cli"
     a.request("configure", params).expect_ok()
     resp = a.request("create-backup")
     err = resp.expect_error("valkey-error")
@@ -227,6 +228,7 @@ def test_a_stalled_stream_fails_and_frees_the_lock(
         cluster="stall.valkey",
         backup={**PART, "stall-timeout-seconds": 1},
     )
+    params["valkey"]["source"] = "cli"
     params["valkey"]["cli"] = str(
         cli_wrapper(
             tmp_path, server.cli, "pause", after_bytes=6 * MiB, marker=str(tmp_path / "never")

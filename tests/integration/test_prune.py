@@ -353,7 +353,7 @@ def test_upload_left_by_a_killed_agent_is_abandoned_then_aborted(
     s3 = moto.client()
     slow = agent()
     slow.request(
-        "configure", dict(params, valkey=dict(params["valkey"], cli=str(paused)))
+        "configure", dict(params, valkey=dict(params["valkey"], cli=str(paused), source="cli"))
     ).expect_ok()
     pending = slow.request_async("create-backup")
 

@@ -489,7 +489,7 @@ def test_sigterm_during_a_backup_cancels_it_cleanly(
     slow = SlowCli(tmp_path, server.cli, pause_after=7 * MiB)
     a = agent()
     params = configure_params(server, moto, moto_bucket, backup={"part-size-bytes": PART_SIZE})
-    params["valkey"]["cli"] = str(slow.path)
+    params["valkey"].update(cli=str(slow.path), source="cli")
     a.request("configure", params, timeout=60).expect_ok()
     s3 = moto.client()
 
@@ -569,7 +569,7 @@ def test_second_backup_is_busy_and_names_the_running_one(
     slow = SlowCli(tmp_path, server.cli, pause_after=MiB)
     a = agent()
     params = configure_params(server, moto, moto_bucket)
-    params["valkey"]["cli"] = str(slow.path)
+    params["valkey"].update(cli=str(slow.path), source="cli")
     a.request("configure", params, timeout=60).expect_ok()
 
     first = a.request_async("create-backup", timeout=120)

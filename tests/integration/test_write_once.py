@@ -24,7 +24,10 @@ def test_object_lock_bucket_sees_one_version_per_key_and_no_delete(
     finished = [a.request("create-backup").expect_ok()["backup-id"] for _ in range(2)]
 
     junk = dict(
-        params, valkey=dict(params["valkey"], cli=str(cli_wrapper(tmp_path, server.cli, "junk")))
+        params,
+        valkey=dict(
+            params["valkey"], cli=str(cli_wrapper(tmp_path, server.cli, "junk")), source="cli"
+        ),
     )
     a.request("configure", junk).expect_ok()
     a.request("create-backup").expect_error("stream-invalid")
@@ -33,6 +36,7 @@ def test_object_lock_bucket_sees_one_version_per_key_and_no_delete(
         valkey=dict(
             params["valkey"],
             cli=str(cli_wrapper(tmp_path, server.cli, "kill", after_bytes=6 * MiB)),
+            source="cli",
         ),
     )
     a.request("configure", killed).expect_ok()

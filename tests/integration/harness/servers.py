@@ -49,6 +49,8 @@ class ValkeyServer:
     - `username` + `password` creates an ACL user with all permissions; the default user
       is then switched off, so only that user can connect (no spaces in the password).
     `extra_args` are appended to the server's command line (e.g. `["--appendonly", "yes"]`).
+    `host` is the only address the server binds (another loopback address such as
+    127.0.0.2 proves a client does not assume 127.0.0.1).
     """
 
     def __init__(
@@ -62,12 +64,13 @@ class ValkeyServer:
         components: Components | None = None,
         rdb_path: Path | None = None,
         startup_timeout: float = 30.0,
+        host: str = LOOPBACK,
     ):
         comps = components or load_components()
         self.kind = kind
         self.server_bin = comps.server_for(kind)
         self.cli = comps.cli_for(kind)
-        self.host = LOOPBACK
+        self.host = host
         self.port = 0
         self.password = password
         self.username = username
@@ -111,7 +114,7 @@ class ValkeyServer:
     def start(self) -> ValkeyServer:
         """Start on a free port (retrying if another process takes it) and wait for ready."""
         for _attempt in range(3):
-            self.port = free_port()
+            self.port = free_port(self.host)
             self.proc = ManagedProcess(
                 self._argv(),
                 self.log_path,
@@ -926,18 +929,22 @@ def configure_params(
     path: str = "valkey",
     credentials: S3Credentials | None = None,
     s3_extra: dict[str, Any] | None = None,
+    source: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Params of a `configure` request for `valkey` and a bucket on `s3` (docs/protocol.md).
 
     `s3=None` gives a configuration without storage. `s3_extra` adds or overrides keys of
-    the `s3` section; `extra` adds top-level sections such as `backup`.
+    the `s3` section; `source` sets `valkey.source` (`auto`, `native`, `cli`; unset means
+    the agent's default); `extra` adds top-level sections such as `backup`.
     """
     params: dict[str, Any] = {
         "cluster": cluster,
         "unit": unit,
         "valkey": valkey.connection_params(),
     }
+    if source is not None:
+        params["valkey"]["source"] = source
     if s3 is not None:
         if bucket is None:
             bucket = s3.bucket if isinstance(s3, GarageServer) else s3.create_bucket()

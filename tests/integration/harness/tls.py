@@ -3,7 +3,7 @@
 The agent must trust a private CA given in its configuration (PEM or base64 of PEM)
 and reject a server whose certificate it cannot verify. This makes a CA and a server
 certificate for 127.0.0.1/localhost with `cryptography` (a dependency of moto), valid
-for one day.
+for one day, plus a client certificate for mutual TLS (`tls-auth-clients yes`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ class CertAuthority:
     ca_path: Path
     cert_path: Path
     key_path: Path
+    client_cert_path: Path | None = None
+    client_key_path: Path | None = None
 
 
 def make_test_ca(directory: Path, common_name: str = "valkey-backup test CA") -> CertAuthority:
@@ -64,6 +66,24 @@ def make_test_ca(directory: Path, common_name: str = "valkey-backup test CA") ->
         )
         .sign(ca_key, hashes.SHA256())
     )
+
+    def _leaf(name: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]):
+        leaf_key = ec.generate_private_key(ec.SECP256R1())
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name)
+            .public_key(leaf_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        return leaf, leaf_key
+
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
@@ -104,4 +124,25 @@ def make_test_ca(directory: Path, common_name: str = "valkey-backup test CA") ->
         )
     )
     key_path.chmod(0o600)
-    return CertAuthority(ca_pem=ca_pem, ca_path=ca_path, cert_path=cert_path, key_path=key_path)
+    client, client_key = _leaf(
+        "valkey-backup", ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName("valkey-backup")]
+    )
+    client_cert_path = directory / "client.pem"
+    client_key_path = directory / "client.key"
+    client_cert_path.write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    client_key_path.write_bytes(
+        client_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    client_key_path.chmod(0o600)
+    return CertAuthority(
+        ca_pem=ca_pem,
+        ca_path=ca_path,
+        cert_path=cert_path,
+        key_path=key_path,
+        client_cert_path=client_cert_path,
+        client_key_path=client_key_path,
+    )
