@@ -34,14 +34,15 @@ def _no_cli_left(process_argvs) -> None:
     assert not details, details
 
 
-def test_wrong_valkey_password(valkey_server, agent, moto, moto_bucket):
+@pytest.mark.parametrize("source", ["native", "cli"])
+def test_wrong_valkey_password(source, valkey_server, agent, moto, moto_bucket):
     server = valkey_server("valkey8", password="right-pw")
     a = agent()
-    params = configure_params(server, moto, moto_bucket, cluster="pw.valkey")
+    params = configure_params(server, moto, moto_bucket, cluster="pw.valkey", source=source)
     params["valkey"]["password"] = "wrong-pw"
     a.request("configure", params).expect_ok()
     err = a.request("create-backup").expect_error("valkey-auth")
-    assert "credentials" in err.message
+    assert "credentials" in err.message and "wrong-pw" not in err.message
     backup_id = failed_backup_id(a)
     assert_failed_cleanly(moto.client(), moto_bucket, prefix_of(params), backup_id, "valkey-auth")
     _lock_is_free(a)
@@ -243,13 +244,14 @@ def test_a_stalled_stream_fails_and_frees_the_lock(
     _no_cli_left(process_argvs)
 
 
+@pytest.mark.parametrize("source", ["native", "cli"])
 def test_acl_user_without_sync_rights_is_told_what_to_grant(
-    valkey_server, agent, moto, moto_bucket
+    source, valkey_server, agent, moto, moto_bucket
 ):
     server = valkey_server("valkey8", username="backup", password="acl-pw")
     server.client().execute_command("ACL", "SETUSER", "backup", "-sync", "-psync")
     a = agent()
-    params = configure_params(server, moto, moto_bucket, cluster="acl.valkey")
+    params = configure_params(server, moto, moto_bucket, cluster="acl.valkey", source=source)
     a.request("configure", params).expect_ok()
     err = a.request("create-backup").expect_error("valkey-auth")
     assert "+sync" in err.message and "NOPERM" in err.message
