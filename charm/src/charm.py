@@ -312,9 +312,13 @@ class ValkeyBackupCharm(ops.CharmBase):
         config = self._config()
         password = self._valkey_password(config.valkey_password_secret)
         try:
-            cli = resolve_cli(config.valkey_cli_path)
+            cli: str | None = resolve_cli(config.valkey_cli_path)
         except InvalidConfigError as exc:
-            raise UnusableConfigError(str(exc)) from exc
+            # Only the cli source needs a cli; the agent's own client does not (a cli
+            # that is found is still passed: verify-backup looks for servers beside it).
+            if config.valkey_source == "cli" or config.valkey_cli_path:
+                raise UnusableConfigError(str(exc)) from exc
+            cli = None
         principal_app, principal_unit = self._principal()
         cluster = config.cluster_name or f"{self.model.name}.{principal_app}"
         _, s3_info = self._s3_info()

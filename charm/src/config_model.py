@@ -29,6 +29,10 @@ HOST_RE = re.compile(r"^[A-Za-z0-9\[][A-Za-z0-9._:\[\]-]{0,252}$")
 # charmed-valkey snap's command (in /snap/bin, which is on the hook PATH).
 CLI_CANDIDATES = ("valkey-cli", "redis-cli", "charmed-valkey.cli")
 
+# `valkey-source`: the agent's own replication client (`native`; `auto` is the agent's
+# recommendation, today `native`) or `valkey-cli --rdb -` (`cli`).
+SOURCES = ("auto", "native", "cli")
+
 MIB = 1024 * 1024
 
 BACKUP_FROM = ("replica", "primary", "any")
@@ -40,10 +44,11 @@ class InvalidConfigError(Exception):
 
 @dataclass(frozen=True)
 class TlsSettings:
-    """How the agent's cli connects to Valkey over TLS."""
+    """How the agent (its own client, or the cli) connects to Valkey over TLS."""
 
     enabled: bool = False
     ca_file: str = ""
+    ca_dir: str = ""
     cert_file: str = ""
     key_file: str = ""
     sni: str = ""
@@ -56,6 +61,7 @@ class TlsSettings:
         params: dict[str, Any] = {"enabled": True, "insecure": self.insecure}
         for key, value in (
             ("ca-file", self.ca_file),
+            ("ca-dir", self.ca_dir),
             ("cert-file", self.cert_file),
             ("key-file", self.key_file),
             ("sni", self.sni),
@@ -74,6 +80,7 @@ class CharmConfig:
     valkey_username: str
     valkey_password_secret: str
     valkey_cli_path: str
+    valkey_source: str
     tls: TlsSettings
     valkey_service: str
     cluster_name: str
@@ -92,7 +99,11 @@ class CharmConfig:
 
     @classmethod
     def from_mapping(
-        cls, config: Mapping[str, Any], *, path_exists: Callable[[str], bool] = os.path.isfile
+        cls,
+        config: Mapping[str, Any],
+        *,
+        path_exists: Callable[[str], bool] = os.path.isfile,
+        dir_exists: Callable[[str], bool] = os.path.isdir,
     ) -> CharmConfig:
         """Parse and check ``config`` (the charm's config mapping).
 
@@ -111,15 +122,22 @@ class CharmConfig:
         if cli_path and not os.path.isabs(cli_path):
             raise InvalidConfigError("valkey-cli-path must be an absolute path")
 
+        source = _str(config, "valkey-source") or "auto"
+        if source not in SOURCES:
+            raise InvalidConfigError(
+                f"valkey-source {source!r} is not one of {', '.join(SOURCES)}"
+            )
+
         tls = TlsSettings(
             enabled=bool(config.get("valkey-tls", False)),
             ca_file=_str(config, "valkey-tls-ca-file"),
+            ca_dir=_str(config, "valkey-tls-ca-dir"),
             cert_file=_str(config, "valkey-tls-cert-file"),
             key_file=_str(config, "valkey-tls-key-file"),
             sni=_str(config, "valkey-tls-sni"),
             insecure=bool(config.get("valkey-tls-insecure", False)),
         )
-        _check_tls(tls, path_exists)
+        _check_tls(tls, path_exists, dir_exists)
 
         service = _str(config, "valkey-service")
         if service and not UNIT_NAME_RE.match(service):
@@ -172,6 +190,7 @@ class CharmConfig:
             valkey_username=_str(config, "valkey-username"),
             valkey_password_secret=_str(config, "valkey-password"),
             valkey_cli_path=cli_path,
+            valkey_source=source,
             tls=tls,
             valkey_service=service,
             cluster_name=cluster,
@@ -210,7 +229,9 @@ def resolve_cli(
     )
 
 
-def _check_tls(tls: TlsSettings, path_exists: Callable[[str], bool]) -> None:
+def _check_tls(
+    tls: TlsSettings, path_exists: Callable[[str], bool], dir_exists: Callable[[str], bool]
+) -> None:
     if not tls.enabled:
         return
     if bool(tls.cert_file) != bool(tls.key_file):
@@ -228,6 +249,11 @@ def _check_tls(tls: TlsSettings, path_exists: Callable[[str], bool]) -> None:
             raise InvalidConfigError(f"{option} must be an absolute path")
         if not path_exists(path):
             raise InvalidConfigError(f"{option} {path} does not exist")
+    if tls.ca_dir:
+        if not os.path.isabs(tls.ca_dir):
+            raise InvalidConfigError("valkey-tls-ca-dir must be an absolute path")
+        if not dir_exists(tls.ca_dir):
+            raise InvalidConfigError(f"valkey-tls-ca-dir {tls.ca_dir} is not a directory")
 
 
 def _check_schedule(schedule: str, option: str) -> None:

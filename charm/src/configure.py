@@ -98,7 +98,7 @@ def build_configure_params(
     cluster: str,
     unit: str,
     config: CharmConfig,
-    cli: str,
+    cli: str | None,
     password: str | None,
     s3_info: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
@@ -110,9 +110,11 @@ def build_configure_params(
     valkey: dict[str, Any] = {
         "host": config.valkey_host,
         "port": config.valkey_port,
-        "cli": cli,
+        "source": config.valkey_source,
         "tls": config.tls.to_params(),
     }
+    if cli:
+        valkey["cli"] = cli
     if config.valkey_username:
         valkey["username"] = config.valkey_username
     if password:

@@ -42,12 +42,31 @@ def test_fixing_the_config_unblocks(ctx, agent):
     assert state.unit_status == testing.ActiveStatus("")
 
 
-def test_no_cli_on_the_machine_blocks(ctx, agent, monkeypatch, tmp_path):
+def test_no_cli_on_the_machine_blocks_the_cli_source_only(ctx, agent, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    state = ctx.run(ctx.on.config_changed(), full_state())
+    state = ctx.run(ctx.on.config_changed(), full_state(config={"valkey-source": "cli"}))
     assert state.unit_status == testing.BlockedStatus(
         "no valkey-cli or redis-cli found on this machine; install one or set valkey-cli-path"
     )
+    assert configures(agent) == []
+    # The agent's own client needs no cli: the default source configures without one.
+    state = ctx.run(ctx.on.config_changed(), full_state())
+    sent = configures(agent)[-1]["valkey"]
+    assert sent["source"] == "auto" and "cli" not in sent
+    assert state.unit_status == testing.ActiveStatus("")
+
+
+@pytest.mark.parametrize("source", ["native", "cli"])
+def test_the_configured_source_is_sent(ctx, agent, source):
+    ctx.run(ctx.on.config_changed(), full_state(config={"valkey-source": source}))
+    assert configures(agent)[-1]["valkey"]["source"] == source
+
+
+def test_an_unknown_source_blocks(ctx, agent):
+    state = ctx.run(ctx.on.config_changed(), full_state(config={"valkey-source": "redis"}))
+    assert isinstance(state.unit_status, testing.BlockedStatus)
+    assert "valkey-source" in state.unit_status.message
+    assert configures(agent) == []
 
 
 def test_redis_cli_is_used_when_there_is_no_valkey_cli(ctx, agent, cli_dir):

@@ -13,8 +13,10 @@ DEFAULTS: dict[str, Any] = {
     "valkey-port": 6379,
     "valkey-username": "",
     "valkey-cli-path": "",
+    "valkey-source": "auto",
     "valkey-tls": False,
     "valkey-tls-ca-file": "",
+    "valkey-tls-ca-dir": "",
     "valkey-tls-cert-file": "",
     "valkey-tls-key-file": "",
     "valkey-tls-sni": "",
@@ -28,7 +30,11 @@ DEFAULTS: dict[str, Any] = {
 
 def parse(**overrides: Any) -> CharmConfig:
     values = {**DEFAULTS, **{k.replace("_", "-"): v for k, v in overrides.items()}}
-    return CharmConfig.from_mapping(values, path_exists=lambda p: p.startswith("/exists/"))
+    return CharmConfig.from_mapping(
+        values,
+        path_exists=lambda p: p.startswith("/exists/"),
+        dir_exists=lambda p: p.startswith("/exists/"),
+    )
 
 
 def test_defaults_parse_to_loopback_without_tls():
@@ -61,6 +67,9 @@ def test_missing_keys_fall_back_to_defaults():
         ({"part_size_mib": 4}, "part-size-mib"),
         ({"part_size_mib": 5121}, "part-size-mib"),
         ({"valkey_cli_path": "valkey-cli"}, "absolute"),
+        ({"valkey_source": "valkey-cli"}, "valkey-source 'valkey-cli' is not one of auto"),
+        ({"valkey_tls": True, "valkey_tls_ca_dir": "certs"}, "valkey-tls-ca-dir must be"),
+        ({"valkey_tls": True, "valkey_tls_ca_dir": "/missing/certs"}, "not a directory"),
         ({"valkey_service": "--now"}, "valkey-service"),
         ({"valkey_service": "valkey server"}, "valkey-service"),
     ],
@@ -91,6 +100,22 @@ def test_tls_files_must_exist_and_be_absolute():
         parse(valkey_tls=True, valkey_tls_ca_file="/missing/ca.pem")
     with pytest.raises(InvalidConfigError, match="absolute"):
         parse(valkey_tls=True, valkey_tls_ca_file="ca.pem")
+
+
+@pytest.mark.parametrize("source", ["auto", "native", "cli"])
+def test_every_source_is_accepted(source):
+    assert parse(valkey_source=source).valkey_source == source
+
+
+def test_source_defaults_to_auto():
+    assert CharmConfig.from_mapping({}).valkey_source == "auto"
+    assert parse(valkey_source="").valkey_source == "auto"
+
+
+def test_a_ca_dir_is_sent_as_ca_dir():
+    config = parse(valkey_tls=True, valkey_tls_ca_dir="/exists/certs")
+    params = config.tls.to_params()
+    assert params == {"enabled": True, "insecure": False, "ca-dir": "/exists/certs"}
 
 
 def test_tls_files_are_not_checked_while_tls_is_off():

@@ -106,6 +106,7 @@ def test_full_request_shape():
             "port": 6379,
             "username": "backup",
             "password": "pw",
+            "source": "auto",
             "cli": "/usr/bin/valkey-cli",
             "tls": {"enabled": False},
         },
@@ -120,3 +121,16 @@ def test_without_storage_s3_is_null():
     assert params["s3"] is None
     assert "password" not in params["valkey"]
     assert "username" not in params["valkey"]
+
+
+def test_the_source_is_sent_and_a_missing_cli_is_left_out():
+    params = build_configure_params(
+        cluster="m.valkey",
+        unit="valkey/0",
+        config=config(**{"valkey-source": "native"}),
+        cli=None,
+        password=None,
+        s3_info=None,
+    )
+    assert params["valkey"]["source"] == "native"
+    assert "cli" not in params["valkey"]
