@@ -1,19 +1,21 @@
 """Benchmark: backup throughput, CPU and memory of the agent against a raw-cli anchor.
 
-For each dataset size (GiB) it starts a Valkey 8.1 server filled with incompressible-size
-data (`DEBUG POPULATE` with 1 KiB values and `rdbcompression no`, so the RDB is about the
-dataset size), then measures in the same run:
+For each dataset size (GiB) it starts a Valkey 8.1 server (or `--server valkey9`) filled
+with incompressible-size data (`DEBUG POPULATE` with 1 KiB values and `rdbcompression no`,
+so the RDB is about the dataset size), then measures on that same dataset, in one run:
 
 - anchor: `valkey-cli --rdb -` piped to /dev/null (the fastest the snapshot can leave the
   server on this machine);
-- agent: a fresh `valkey-backup-agent serve` (release build, default settings: 8 MiB parts,
-  3 uploads at once) doing `create-backup` into a local Garage: wall time, throughput,
-  CPU seconds per GiB (utime+stime of the agent), and peak RSS (VmHWM).
+- agent, once per snapshot source (`--sources native,cli`: the built-in replication client
+  and `valkey-cli --rdb -`): a fresh `valkey-backup-agent serve` (release build, default
+  settings: 8 MiB parts, 3 uploads at once) doing `create-backup` into a local Garage (or
+  `--store moto`): wall time, throughput, CPU seconds per GiB (utime+stime of the agent
+  and, for the cli source, of the cli it ran), and peak RSS (VmHWM of the agent).
 
 Output: a table on stdout and a JSON file (bench/results.json). Figures are ratios to the
 anchor where it matters, since machines are noisy.
 
-Usage: bench/run.sh [--sizes 1,4]
+Usage: bench/run.sh [--sizes 1,4] [--sources native,cli] [--store garage|moto]
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from harness import Agent, GarageServer, ValkeyServer, configure_params  # noqa: E402
+from harness import (  # noqa: E402
+    Agent,
+    GarageServer,
+    MotoServer,
+    ValkeyServer,
+    configure_params,
+)
 
 GiB = 1024**3
 MiB = 1024**2
@@ -40,6 +48,12 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def proc_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU of `pid`'s reaped children (cutime + cstime): the cli the agent ran."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / TICKS
 
 
 def proc_peak_rss(pid: int) -> int:
@@ -63,74 +77,110 @@ def anchor_rate(server: ValkeyServer) -> tuple[float, int]:
     return seconds, int(wc.stdout.split()[0])
 
 
-def run_size(size_gib: float, work: Path, garage: GarageServer, agent_bin: Path) -> dict:
+def backup_with(
+    source: str, server: ValkeyServer, store, bucket: str, work: Path, agent_bin: Path, tag: str
+) -> dict:
+    """One `create-backup` by a fresh agent using `source`; its figures."""
+    agent = Agent(work / f"agent-{tag}-{source}", binary=agent_bin).start()
+    try:
+        params = configure_params(
+            server, store, bucket, cluster=f"bench{tag}-{source}.valkey", source=source
+        )
+        agent.request("configure", params).expect_ok()
+        cpu0 = proc_cpu_seconds(agent.pid) + children_cpu_seconds(agent.pid)
+        t0 = time.monotonic()
+        result = agent.request("create-backup", timeout=3600).expect_ok()
+        wall = time.monotonic() - t0
+        cpu = proc_cpu_seconds(agent.pid) + children_cpu_seconds(agent.pid) - cpu0
+        rss = proc_peak_rss(agent.pid)
+    finally:
+        agent.stop()
+    return {"result": result, "wall": wall, "cpu": cpu, "rss": rss}
+
+
+def run_size(
+    size_gib: float,
+    work: Path,
+    store,
+    bucket: str,
+    agent_bin: Path,
+    sources: list[str],
+    kind: str,
+) -> list[dict]:
     keys = int(size_gib * GiB / 1024)
     server = ValkeyServer(
-        "valkey8",
+        kind,
         work / f"valkey-{size_gib}",
         extra_args=["--rdbcompression", "no", "--maxmemory", "0"],
     ).start()
+    rows = []
     try:
         t0 = time.monotonic()
         server.run_cli("DEBUG", "POPULATE", str(keys), "key", "1024", timeout=600)
         populate_s = time.monotonic() - t0
         anchor_s, anchor_bytes = anchor_rate(server)
-
-        agent = Agent(work / f"agent-{size_gib}", binary=agent_bin).start()
-        try:
-            params = configure_params(
-                server, garage, garage.bucket, cluster=f"bench{size_gib}.valkey"
+        for source in sources:
+            run = backup_with(source, server, store, bucket, work, agent_bin, f"{size_gib:g}")
+            result, wall = run["result"], run["wall"]
+            size = result["size-bytes"]
+            rows.append(
+                {
+                    "dataset-gib": size_gib,
+                    "source": source,
+                    "rdb-format": f"{result['rdb-magic']}{result['rdb-version']}",
+                    "rdb-bytes": size,
+                    "populate-seconds": round(populate_s, 1),
+                    "anchor-seconds": round(anchor_s, 2),
+                    "anchor-mib-per-s": round(anchor_bytes / MiB / anchor_s, 1),
+                    "agent-seconds": round(wall, 2),
+                    "agent-mib-per-s": round(size / MiB / wall, 1),
+                    "agent-vs-anchor": round((size / wall) / (anchor_bytes / anchor_s), 3),
+                    "agent-cpu-s-per-gib": round(run["cpu"] / (size / GiB), 2),
+                    "agent-peak-rss-mib": round(run["rss"] / MiB, 1),
+                    "parts": result["parts"],
+                    "part-size-mib": result["part-size-bytes"] / MiB,
+                    "memory-bound-mib": result["memory-bound-bytes"] / MiB,
+                }
             )
-            agent.request("configure", params).expect_ok()
-            cpu0 = proc_cpu_seconds(agent.pid)
-            t0 = time.monotonic()
-            result = agent.request("create-backup", timeout=3600).expect_ok()
-            wall = time.monotonic() - t0
-            cpu = proc_cpu_seconds(agent.pid) - cpu0
-            rss = proc_peak_rss(agent.pid)
-        finally:
-            agent.stop()
     finally:
         server.stop()
-    size = result["size-bytes"]
-    return {
-        "dataset-gib": size_gib,
-        "rdb-bytes": size,
-        "populate-seconds": round(populate_s, 1),
-        "anchor-seconds": round(anchor_s, 2),
-        "anchor-mib-per-s": round(anchor_bytes / MiB / anchor_s, 1),
-        "agent-seconds": round(wall, 2),
-        "agent-mib-per-s": round(size / MiB / wall, 1),
-        "agent-vs-anchor": round((size / wall) / (anchor_bytes / anchor_s), 3),
-        "agent-cpu-s-per-gib": round(cpu / (size / GiB), 2),
-        "agent-peak-rss-mib": round(rss / MiB, 1),
-        "parts": result["parts"],
-        "part-size-mib": result["part-size-bytes"] / MiB,
-        "memory-bound-mib": result["memory-bound-bytes"] / MiB,
-    }
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1,4", help="dataset sizes in GiB, comma separated")
+    ap.add_argument(
+        "--sources", default="native,cli", help="snapshot sources to compare, comma separated"
+    )
+    ap.add_argument("--store", choices=["garage", "moto"], default="garage")
+    ap.add_argument("--server", choices=["valkey8", "valkey9"], default="valkey8")
     ap.add_argument("--agent-bin", default=str(ROOT / "target" / "release" / "valkey-backup-agent"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     args = ap.parse_args()
     agent_bin = Path(args.agent_bin)
     sizes = [float(s) for s in args.sizes.split(",")]
+    sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     work = Path(tempfile.mkdtemp(prefix="valkey-backup-bench-"))
-    garage = GarageServer(work / "garage").start()
+    if args.store == "garage":
+        store = GarageServer(work / "garage").start()
+        bucket, store_name = store.bucket, "garage 2.5.0 (single node, local disk)"
+    else:
+        store = MotoServer(work / "moto").start()
+        bucket, store_name = store.create_bucket(), "moto 5.2 (in memory)"
     rows = []
     try:
         for size in sizes:
             print(f"-- {size:g} GiB ...", flush=True)
-            rows.append(run_size(size, work, garage, agent_bin))
-            print(json.dumps(rows[-1]), flush=True)
+            for row in run_size(size, work, store, bucket, agent_bin, sources, args.server):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     finally:
-        garage.stop()
+        store.stop()
         subprocess.run(["rm", "-rf", str(work)], check=False)
     cols = [
-        ("dataset-gib", "GiB"), ("rdb-bytes", "RDB bytes"), ("anchor-mib-per-s", "cli→null MiB/s"),
+        ("dataset-gib", "GiB"), ("source", "source"), ("rdb-format", "RDB"),
+        ("rdb-bytes", "RDB bytes"), ("anchor-mib-per-s", "cli→null MiB/s"),
         ("agent-mib-per-s", "agent MiB/s"), ("agent-vs-anchor", "agent/anchor"),
         ("agent-cpu-s-per-gib", "CPU s/GiB"), ("agent-peak-rss-mib", "peak RSS MiB"),
         ("parts", "parts"),
@@ -140,9 +190,9 @@ def main() -> None:
     print("  ".join(h.ljust(w) for (_, h), w in zip(cols, widths, strict=True)))
     for r in rows:
         print("  ".join(str(r[k]).ljust(w) for (k, _), w in zip(cols, widths, strict=True)))
+    server_name = {"valkey8": "valkey 8.1.8", "valkey9": "valkey 9.1.2"}[args.server]
     meta = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release},
-            "store": "garage 2.5.0 (single node, local disk)", "server": "valkey 8.1.8",
-            "rows": rows}  # fmt: skip
+            "store": store_name, "server": server_name, "rows": rows}  # fmt: skip
     Path(args.out).write_text(json.dumps(meta, indent=2) + "\n")
     print(f"\nwritten to {args.out}")
 
