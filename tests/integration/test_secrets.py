@@ -75,7 +75,10 @@ def _leaks(text: str | bytes, needles: list[str]) -> list[str]:
     return [n for n in needles if n in text]
 
 
-def test_secrets_never_appear_anywhere(agent, valkey_server, moto, moto_bucket, argv_sampler):
+@pytest.mark.parametrize("source", ["native", "cli"])
+def test_secrets_never_appear_anywhere(
+    source, agent, valkey_server, moto, moto_bucket, argv_sampler
+):
     password = "vbpw-" + secrets.token_hex(12)
     wrong_password = "vbwrongpw-" + secrets.token_hex(12)
     secret_key = "vbsecret-" + secrets.token_hex(16)
@@ -98,6 +101,7 @@ def test_secrets_never_appear_anywhere(agent, valkey_server, moto, moto_bucket, 
         cluster=CLUSTER,
         credentials=creds,
         backup={"part-size-bytes": 5 * MiB, "upload-concurrency": 1},
+        source=source,
     )
     wrong = json.loads(json.dumps(good))
     wrong["valkey"]["password"] = wrong_password
@@ -142,13 +146,26 @@ def test_secrets_never_appear_anywhere(agent, valkey_server, moto, moto_bucket, 
         assert run.returncode == 0, (run.args[1:], run.stderr)
     assert CLUSTER in cli_runs[1].stdout
 
-    # The sampler was looking: it saw the cli streaming, without any password flag.
     rdb_argvs = [argv for argv in sampler.argvs() if "--rdb" in argv]
+    assert sampler.leaks(needles) == []
+    if source == "native":
+        # The built-in client runs no process at all: the password went only into AUTH.
+        assert rdb_argvs == [] and cli_envs == {}, rdb_argvs
+    else:
+        _cli_got_the_password_in_its_environment_only(
+            rdb_argvs, cli_envs, server, password, secret_key
+        )
+    _nothing_the_agent_wrote_holds_a_secret(a, responses, cli_runs, moto, moto_bucket, needles)
+
+
+def _cli_got_the_password_in_its_environment_only(
+    rdb_argvs, cli_envs, server, password, secret_key
+) -> None:
+    # The sampler was looking: it saw the cli streaming, without any password flag.
     assert rdb_argvs, "the argv sampler never saw a `--rdb` process"
     assert any(str(server.port) in argv for argv in rdb_argvs)
     for argv in rdb_argvs:
         assert not {"-a", "--pass", "--askpass"} & set(argv), argv
-    assert sampler.leaks(needles) == []
 
     # The password reached the cli through its environment (and only the variables the
     # cli needs are passed on: not the agent's own environment)...
@@ -158,6 +175,9 @@ def test_secrets_never_appear_anywhere(agent, valkey_server, moto, moto_bucket, 
         assert env.get("VALKEYCLI_AUTH") == password, sorted(env)
         assert "VALKEY_BACKUP_LOG" not in env, sorted(env)
         assert not _leaks("\n".join(env.values()), [secret_key]), sorted(env)
+
+
+def _nothing_the_agent_wrote_holds_a_secret(a, responses, cli_runs, moto, moto_bucket, needles):
     # ...and the server demands it: both backups taken with the right one (socket and
     # CLI) finished.
     after = a.request("list-backups").expect_ok()["backups"]
