@@ -155,9 +155,12 @@ impl ValkeySettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum SourceKind {
+    /// The agent's recommendation (today: `native`).
     #[default]
     Auto,
+    /// The built-in replication client.
     Native,
+    /// `valkey-cli --rdb -`.
     Cli,
 }
 

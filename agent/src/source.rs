@@ -22,7 +22,9 @@ use crate::valkey::{RdbProcess, ServerInfo, ValkeyCli, ValkeyError};
 /// client.
 #[derive(Debug, Clone)]
 pub enum ValkeyAdmin {
+    /// The agent's own RESP client (sources `auto` and `native`).
     Native(NativeClient),
+    /// `valkey-cli` (source `cli`), exactly as before the built-in client existed.
     Cli(ValkeyCli),
 }
 

@@ -22,8 +22,10 @@ use crate::config::ValkeyTls;
 /// Why a TLS client cannot be set up. Names the file, never its contents.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TlsSetupError {
+    /// A configured file or directory cannot be used (missing, not PEM, key mismatch).
     #[error("valkey.tls.{field}: {reason}")]
     Material { field: &'static str, reason: String },
+    /// rustls refused the combination of settings.
     #[error("valkey.tls: {0}")]
     Other(String),
 }
