@@ -14,6 +14,7 @@ from harness import (
     configure_params,
     dataset_fingerprint,
     load_dataset,
+    port_accepts,
     wait_until,
 )
 
@@ -55,6 +56,7 @@ def test_valkey9_field_ttls_back_up_with_the_defaults_and_restore(
     server = valkey_server(
         "valkey9", username="charmed-operator", password="op-pw", host="127.0.0.2"
     )
+    assert not port_accepts("127.0.0.1", server.port), "bound to 127.0.0.2 only"
     load_dataset(server, size_mb=2, dbs=(0, 2), seed=41)
     _hashes_with_field_ttls(server)
     expected = dataset_fingerprint(server)

@@ -27,6 +27,7 @@ from .process import (
     all_process_argv,
     argv_containing,
     free_port,
+    port_accepts,
     wait_until,
 )
 from .servers import (
@@ -71,6 +72,7 @@ __all__ = [
     "load_components",
     "load_dataset",
     "make_test_ca",
+    "port_accepts",
     "s3_params",
     "start_from_rdb",
     "unique_bucket_name",
