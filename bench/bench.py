@@ -77,6 +77,11 @@ def anchor_rate(server: ValkeyServer) -> tuple[float, int]:
     return seconds, int(wc.stdout.split()[0])
 
 
+def rdb_format(magic: str, version: int) -> str:
+    """`REDIS0011` / `VALKEY080`, as the RDB header spells it."""
+    return f"{magic}{version:03}" if magic == "VALKEY" else f"{magic}{version:04}"
+
+
 def backup_with(
     source: str, server: ValkeyServer, store, bucket: str, work: Path, agent_bin: Path, tag: str
 ) -> dict:
@@ -127,7 +132,7 @@ def run_size(
                 {
                     "dataset-gib": size_gib,
                     "source": source,
-                    "rdb-format": f"{result['rdb-magic']}{result['rdb-version']}",
+                    "rdb-format": rdb_format(result["rdb-magic"], result["rdb-version"]),
                     "rdb-bytes": size,
                     "populate-seconds": round(populate_s, 1),
                     "anchor-seconds": round(anchor_s, 2),
