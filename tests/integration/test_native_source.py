@@ -272,3 +272,36 @@ def test_a_misbehaving_peer_fails_cleanly_naming_the_cause(
         assert [b"REPLCONF", b"version"] not in sent
     finally:
         peer.stop()
+
+
+def test_verify_load_finds_a_server_that_knows_the_format_beside_the_cli(
+    valkey_server, agent, moto, moto_bucket, components, tmp_path
+):
+    # Without `server`, verify looks beside the configured cli (then the system's bin
+    # directories) and takes the first server whose version loads the backup's format.
+    server = valkey_server("valkey9")
+    load_dataset(server, size_mb=1, dbs=(0,), seed=6)
+    a = agent()
+    params = configure_params(server, moto, moto_bucket, cluster="pick.valkey")
+    a.request("configure", params).expect_ok()
+    backup_id = a.request("create-backup").expect_ok()["backup-id"]
+
+    def cli_dir_with(kind: str):
+        d = tmp_path / f"bin-{kind}"
+        d.mkdir()
+        (d / "valkey-cli").symlink_to(components.cli_for("valkey8"))
+        (d / "valkey-server").symlink_to(components.server_for(kind))
+        return d
+
+    params["valkey"]["cli"] = str(cli_dir_with("valkey8") / "valkey-cli")
+    a.request("configure", params).expect_ok()
+    err = a.request("verify-backup", {"backup-id": backup_id, "load": True}).expect_error(
+        "bad-request"
+    )
+    assert "no server on this machine can load this backup's RDB VALKEY080" in err.message
+    assert "is Valkey 8.1.8 (RDB up to REDIS0011)" in err.message, err.message
+
+    params["valkey"]["cli"] = str(cli_dir_with("valkey9") / "valkey-cli")
+    a.request("configure", params).expect_ok()
+    ok = a.request("verify-backup", {"backup-id": backup_id, "load": True}).expect_ok()
+    assert ok["load"]["keys-match"] is True
