@@ -12,7 +12,7 @@
 //!
 //! 1. `REPLCONF capa eof` — diskless transfers (`$EOF:<mark>` framing) are understood;
 //! 2. `REPLCONF rdb-only 1` — only the snapshot, no replication stream after it;
-//! 3. `REPLCONF version <v>` — only to Valkey ≥ 9 (older servers refuse the option);
+//! 3. `REPLCONF version <v>` — only to Valkey ≥ 9 (Redis refuses the option);
 //! 4. `SYNC`, then the server sends keep-alive newlines until the snapshot starts, then
 //!    `$<length>\r\n` or `$EOF:<40-byte mark>\r\n`, then the payload.
 //!
@@ -51,9 +51,9 @@ pub enum Framing {
 
 /// The version to announce with `REPLCONF version`, when the server takes it.
 ///
-/// Valkey 9 uses it to pick the RDB format; Valkey 8 and Redis answer it with an error,
-/// so it is sent to Valkey ≥ 9 only, and it is the server's own version, which every
-/// server of that version accepts.
+/// Valkey 9 uses it to pick the RDB format; Redis answers it with an error and Valkey 8
+/// has no use for it, so it is sent to Valkey ≥ 9 only, and it is the server's own
+/// version, which every server of that version accepts.
 pub fn announced_version(info: &ServerInfo) -> Option<&str> {
     if info.kind != "valkey" {
         return None;
