@@ -155,6 +155,36 @@ mod tests {
             ),
             (RdbError::TooShort(0).into(), ErrorCode::StreamInvalid),
             (
+                ValkeyError::Permission {
+                    detail: String::new(),
+                }
+                .into(),
+                ErrorCode::ValkeyAuth,
+            ),
+            (
+                ValkeyError::Refused {
+                    command: "REPLCONF rdb-only 1".into(),
+                    detail: String::new(),
+                }
+                .into(),
+                ErrorCode::ValkeyError,
+            ),
+            (
+                ValkeyError::Protocol {
+                    addr: String::new(),
+                    detail: String::new(),
+                }
+                .into(),
+                ErrorCode::ValkeyError,
+            ),
+            (
+                ValkeyError::Interrupted {
+                    detail: String::new(),
+                }
+                .into(),
+                ErrorCode::ValkeyError,
+            ),
+            (
                 S3Error::NoBucket { bucket: "b".into() }.into(),
                 ErrorCode::S3NoBucket,
             ),
