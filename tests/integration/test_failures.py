@@ -20,8 +20,11 @@ def _lock_is_free(a) -> None:
     assert status["busy"] is False and status["running"] is None, status
 
 
-def _no_cli_left(process_argvs) -> None:
-    left = [(pid, argv) for pid, argv in process_argvs() if "--rdb" in argv]
+def _no_cli_left(process_argvs, server) -> None:
+    # Only this test's server counts: other suites on the machine run clis of their own.
+    left = [
+        (pid, argv) for pid, argv in process_argvs() if "--rdb" in argv and str(server.port) in argv
+    ]
     details = []
     for pid, argv in left:
         try:
@@ -111,7 +114,7 @@ def test_cli_killed_mid_stream_aborts_the_started_upload(
     )
     assert failure["bytes-streamed"] >= 7 * MiB
     _lock_is_free(a)
-    _no_cli_left(process_argvs)
+    _no_cli_left(process_argvs, server)
 
 
 def test_revoked_s3_keys(valkey_server, agent, moto_auth):
@@ -175,7 +178,7 @@ def test_s3_endpoint_down(valkey_server, agent, tmp_path, process_argvs):
     err = a.request("create-backup").expect_error("s3-unreachable")
     assert store.endpoint in err.message
     _lock_is_free(a)
-    _no_cli_left(process_argvs)
+    _no_cli_left(process_argvs, server)
     # Nothing was left running: a second attempt fails the same way, not `busy`.
     a.request("create-backup").expect_error("s3-unreachable")
 
@@ -241,7 +244,7 @@ def test_a_stalled_stream_fails_and_frees_the_lock(
     backup_id = failed_backup_id(a)
     assert_failed_cleanly(moto.client(), moto_bucket, prefix_of(params), backup_id, "valkey-error")
     _lock_is_free(a)
-    _no_cli_left(process_argvs)
+    _no_cli_left(process_argvs, server)
 
 
 @pytest.mark.parametrize("source", ["native", "cli"])
