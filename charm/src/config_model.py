@@ -122,12 +122,7 @@ class CharmConfig:
         if cli_path and not os.path.isabs(cli_path):
             raise InvalidConfigError("valkey-cli-path must be an absolute path")
 
-        source = _str(config, "valkey-source") or "auto"
-        if source not in SOURCES:
-            raise InvalidConfigError(
-                f"valkey-source {source!r} is not one of {', '.join(SOURCES)}"
-            )
-
+        source = _source(config)
         tls = TlsSettings(
             enabled=bool(config.get("valkey-tls", False)),
             ca_file=_str(config, "valkey-tls-ca-file"),
@@ -227,6 +222,14 @@ def resolve_cli(
     raise InvalidConfigError(
         "no valkey-cli or redis-cli found on this machine; install one or set valkey-cli-path"
     )
+
+
+def _source(config: Mapping[str, Any]) -> str:
+    """``valkey-source``: one of SOURCES, ``auto`` when empty."""
+    source = _str(config, "valkey-source") or "auto"
+    if source not in SOURCES:
+        raise InvalidConfigError(f"valkey-source {source!r} is not one of {', '.join(SOURCES)}")
+    return source
 
 
 def _check_tls(
