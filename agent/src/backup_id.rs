@@ -30,17 +30,8 @@ impl BackupId {
     /// A new id for a backup of `unit` (a Juju unit name such as `valkey/0`) started at `now`.
     pub fn generate(now: OffsetDateTime, unit: &str) -> Result<Self, InvalidBackupId> {
         let slug = unit_slug(unit)?;
-        let now = now.to_offset(time::UtcOffset::UTC);
         let suffix: u32 = rand::rng().random_range(0..0x0100_0000);
-        let id = format!(
-            "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{slug}-{suffix:06x}",
-            now.year(),
-            u8::from(now.month()),
-            now.day(),
-            now.hour(),
-            now.minute(),
-            now.second()
-        );
+        let id = format!("{}-{slug}-{suffix:06x}", crate::timefmt::compact(now));
         Self::parse(&id)
     }
 

@@ -376,16 +376,8 @@ impl AgentConfig {
                     return Err(invalid("valkey.tls.ca-dir", "directory does not exist"));
                 }
             }
-            // The built-in client reads the same files with rustls: a certificate or key it
-            // cannot use is a bad request now, not a failed backup at 3 a.m.
-            if tls.enabled && self.valkey.effective_source() == SourceKind::Native {
-                crate::valkey_tls::client(tls, &self.valkey.host).map_err(|e| {
-                    ConfigError::Shape {
-                        path: "valkey.tls".into(),
-                        reason: e.to_string(),
-                    }
-                })?;
-            }
+            // Whether the built-in client can use these files is checked by `configure`
+            // itself (`ops::configure`), where the TLS setup lives above this module.
         }
         Ok(())
     }
@@ -778,7 +770,11 @@ mod tests {
         std::fs::write(dir.path().join("junk.pem"), "no certificate here").unwrap();
         let mut v = base();
         v["valkey"]["tls"] = json!({"enabled": true, "ca-dir": dir.path()});
-        let err = AgentConfig::from_params(v.clone()).unwrap_err().to_string();
+        // Checked by `configure` (the TLS setup sits above this module).
+        let config = AgentConfig::from_params(v.clone()).unwrap();
+        let err = crate::ops::configure::check_native_tls(&config)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("valkey.tls.ca-dir"), "{err}");
         v["valkey"]["tls"]["ca-dir"] = json!("/nonexistent/ca");
         let err = AgentConfig::from_params(v).unwrap_err().to_string();

@@ -10,7 +10,7 @@ use crate::config::ConfigError;
 use crate::lock::LockError;
 use crate::protocol::ErrorCode;
 use crate::rdb::RdbError;
-use crate::s3::S3Error;
+use crate::storage::StoreError;
 use crate::valkey::ValkeyError;
 
 /// Which check a stored backup failed (recorded in verification records).
@@ -74,6 +74,28 @@ pub enum OpError {
     Integrity { check: Check, message: String },
     #[error("the agent is shutting down; the operation was cancelled")]
     Cancelled,
+    /// The snapshot source sent nothing for the stall timeout.
+    #[error("no data from {source_name} for {seconds} s (backup.stall-timeout-seconds); the server may be hung")]
+    Stalled {
+        source_name: &'static str,
+        seconds: u64,
+    },
+    /// The cli closed its output but did not exit within the stall timeout.
+    #[error("the cli closed its output but did not exit")]
+    CliDidNotExit,
+    /// The scratch server of `verify-backup --load` failed to start or to finish loading
+    /// (a server that refuses the file is an [`OpError::Integrity`] failure instead).
+    #[error("the scratch server {0}")]
+    ScratchServer(String),
+    /// The restored server did not finish loading within `timeout-seconds`.
+    #[error("the server did not finish loading the restored data in time ({last})")]
+    RestoreNotLoaded { last: String },
+    /// A restore onto a server whose AOF layout cannot take the restored RDB.
+    #[error("the server runs with appendonly yes but has no multi-part AOF (Redis < 7.0): set appendonly no for the restore")]
+    AofNotRestorable,
+    /// Local file or pipe I/O failed (details: the operation and the error kind).
+    #[error("local I/O failed: {0}")]
+    LocalIo(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -83,7 +105,7 @@ pub enum OpError {
     #[error(transparent)]
     Stream(#[from] RdbError),
     #[error(transparent)]
-    S3(#[from] S3Error),
+    Store(#[from] StoreError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -96,6 +118,12 @@ impl OpError {
             OpError::NotConfigured(_) => ErrorCode::NotConfigured,
             OpError::NotFound(_) => ErrorCode::NotFound,
             OpError::Cancelled => ErrorCode::Cancelled,
+            OpError::Stalled { .. }
+            | OpError::CliDidNotExit
+            | OpError::ScratchServer(_)
+            | OpError::RestoreNotLoaded { .. }
+            | OpError::AofNotRestorable => ErrorCode::ValkeyError,
+            OpError::LocalIo(_) => ErrorCode::Internal,
             OpError::ValkeyReplica(_) => ErrorCode::ValkeyReplica,
             OpError::ValkeyRunning(_) => ErrorCode::ValkeyRunning,
             OpError::NoSpace(_) => ErrorCode::NoSpace,
@@ -118,14 +146,22 @@ impl OpError {
                 | ValkeyError::Interrupted { .. },
             ) => ErrorCode::ValkeyError,
             OpError::Stream(_) => ErrorCode::StreamInvalid,
-            OpError::S3(S3Error::AccessDenied { .. }) => ErrorCode::S3AccessDenied,
-            OpError::S3(S3Error::NoBucket { .. } | S3Error::CannotCreateBucket { .. }) => {
-                ErrorCode::S3NoBucket
-            }
-            OpError::S3(S3Error::Unreachable { .. }) => ErrorCode::S3Unreachable,
-            OpError::S3(S3Error::Conflict { .. }) => ErrorCode::S3Conflict,
-            OpError::S3(S3Error::Other { .. } | S3Error::BadRecord { .. }) => ErrorCode::S3Error,
-            OpError::S3(S3Error::Setup(_)) => ErrorCode::BadRequest,
+            OpError::Store(e) => match e {
+                StoreError::AccessDenied { .. } => ErrorCode::S3AccessDenied,
+                StoreError::NoBucket { .. } | StoreError::CannotCreateBucket { .. } => {
+                    ErrorCode::S3NoBucket
+                }
+                StoreError::Unreachable { .. } => ErrorCode::S3Unreachable,
+                StoreError::AlreadyExists { .. } => ErrorCode::S3Conflict,
+                StoreError::NotFound { .. }
+                | StoreError::Unsupported { .. }
+                | StoreError::Answer { .. }
+                | StoreError::StuckListing { .. }
+                | StoreError::TooManyParts { .. }
+                | StoreError::BadRecord { .. } => ErrorCode::S3Error,
+                StoreError::TaskFailed { .. } => ErrorCode::Internal,
+                StoreError::Setup(_) => ErrorCode::BadRequest,
+            },
             OpError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -185,11 +221,11 @@ mod tests {
                 ErrorCode::ValkeyError,
             ),
             (
-                S3Error::NoBucket { bucket: "b".into() }.into(),
+                StoreError::NoBucket { bucket: "b".into() }.into(),
                 ErrorCode::S3NoBucket,
             ),
             (
-                S3Error::AccessDenied {
+                StoreError::AccessDenied {
                     detail: String::new(),
                 }
                 .into(),

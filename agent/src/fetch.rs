@@ -1,31 +1,79 @@
-//! Reading a finished backup back: its manifest, and its data checked end to end.
+//! Reading what the bucket holds: a cluster's listing, a finished backup's manifest,
+//! and its data checked end to end.
 //!
-//! Restore and verify both stream the stored object through the same checks before they
-//! trust it: the size and SHA-256 the manifest recorded, and the RDB's own structure
-//! (header, `0xFF` + CRC64 trailer, nothing after it) via the same [`RdbValidator`] the
-//! backup used. A single flipped or missing byte fails one of them.
+//! Restore and verify both stream the stored object through the same pipeline the
+//! backup used ([`crate::pipeline`]) and then hold it to the manifest: the size and
+//! SHA-256 it recorded, and the RDB's own structure (header, `0xFF` + CRC64 trailer,
+//! nothing after it). A single flipped or missing byte fails one of them.
 
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::backup_id::BackupId;
 use crate::error::{Check, OpError};
+use crate::layout::{
+    FailureRecord, Layout, ManifestCheck, ManifestV1, UploadSeen, MANIFEST_OBJECT,
+};
+use crate::pipeline::{check_stream, store_reader, RdbSink, StreamLimits};
 use crate::progress::ProgressReporter;
-use crate::rdb::RdbValidator;
-use crate::s3::{S3Error, Store};
-use crate::store::{FailureRecord, Layout, ManifestV1};
+use crate::storage::{self, get_json, ObjectStore, OpenUpload, StoreError};
+
+/// Every key (with its size) and every open upload under the layout's prefix: what a
+/// backup's status is derived from.
+pub async fn list_prefix(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+) -> Result<(Vec<(String, u64)>, Vec<OpenUpload>), StoreError> {
+    let keys = storage::list(store, layout.prefix())
+        .await?
+        .into_iter()
+        .map(|m| (m.key, m.size))
+        .collect();
+    let uploads = storage::list_uploads(store, layout.prefix()).await?;
+    Ok((keys, uploads))
+}
+
+/// Open uploads as the layout's status rules see them.
+pub fn seen(uploads: &[OpenUpload]) -> Vec<UploadSeen> {
+    uploads
+        .iter()
+        .map(|u| UploadSeen {
+            key: u.key.clone(),
+            initiated: u.initiated,
+        })
+        .collect()
+}
+
+/// Reads the manifest of backup `id` and checks it against the data object's listed
+/// size (see [`ManifestV1::unrestorable_reason`]). A manifest that cannot be parsed
+/// is `Damaged`; access and reachability errors are returned.
+pub async fn check_manifest(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    id: &BackupId,
+    data_size: Option<u64>,
+) -> Result<ManifestCheck, StoreError> {
+    match get_json::<ManifestV1>(store, &layout.manifest_key(id)).await {
+        Ok(Some(m)) => Ok(match m.unrestorable_reason(layout, id, data_size) {
+            None => ManifestCheck::Restorable(Box::new(m)),
+            Some(why) => ManifestCheck::Damaged(why),
+        }),
+        Ok(None) => Ok(ManifestCheck::Damaged(format!(
+            "{MANIFEST_OBJECT} disappeared while it was being read"
+        ))),
+        Err(StoreError::BadRecord { .. }) => Ok(ManifestCheck::Damaged(format!(
+            "{MANIFEST_OBJECT} cannot be parsed (truncated or not a manifest)"
+        ))),
+        Err(e) => Err(e),
+    }
+}
 
 /// The manifest of a finished backup, or `not-found` saying what exists instead.
 pub async fn finished_manifest(
-    store: &Store,
+    store: &dyn ObjectStore,
     layout: &Layout,
     id: &BackupId,
 ) -> Result<ManifestV1, OpError> {
-    if let Some(m) = store
-        .get_record::<ManifestV1>(&layout.manifest_key(id))
-        .await?
-    {
+    if let Some(m) = get_json::<ManifestV1>(store, &layout.manifest_key(id)).await? {
         // A manifest names its own data key: one that is not this backup's own (copied
         // or forged) would send a restore to read outside the backup's directory.
         if m.backup_id != id.as_str() || m.data_key != layout.data_key(id) {
@@ -36,10 +84,7 @@ pub async fn finished_manifest(
         }
         return Ok(m);
     }
-    if let Some(f) = store
-        .get_record::<FailureRecord>(&layout.failure_key(id))
-        .await?
-    {
+    if let Some(f) = get_json::<FailureRecord>(store, &layout.failure_key(id)).await? {
         return Err(OpError::NotFound(format!(
             "backup {id} failed ({}) and cannot be used; choose a finished backup",
             f.code
@@ -59,28 +104,21 @@ pub struct Checked {
     pub crc64: u64,
 }
 
-/// Streams the backup's data, writing it to `out` if given, and checks it against the
+/// Streams the backup's data into `sink` (a file, or nothing) and checks it against the
 /// manifest. Any mismatch is an [`OpError::Integrity`] (`stream-invalid`) naming the
 /// check that failed.
-pub async fn download_checked(
-    store: &Store,
+pub async fn download_checked<S: RdbSink + ?Sized>(
+    store: &dyn ObjectStore,
     manifest: &ManifestV1,
-    mut out: Option<&mut tokio::fs::File>,
+    sink: &mut S,
     reporter: &mut ProgressReporter,
     phase: &str,
     cancel: &CancellationToken,
 ) -> Result<Checked, OpError> {
     let key = &manifest.data_key;
-    let obj = match store
-        .client
-        .get_object()
-        .bucket(&store.bucket)
-        .key(key)
-        .send()
-        .await
-    {
+    let obj = match store.get(key).await {
         Ok(o) => o,
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+        Err(StoreError::NotFound { .. }) => {
             return Err(OpError::integrity(
                 Check::Object,
                 format!(
@@ -89,36 +127,28 @@ pub async fn download_checked(
                 ),
             ))
         }
-        Err(e) => return Err(store.classify("GetObject", key, e).into()),
+        Err(e) => return Err(e.into()),
     };
-    let mut body = obj.body;
-    let mut validator = RdbValidator::new();
-    let mut sha = Sha256::new();
-    let mut bytes = 0u64;
-    loop {
-        let chunk = tokio::select! {
-            _ = cancel.cancelled() => return Err(OpError::Cancelled),
-            c = body.next() => c,
-        };
-        let Some(chunk) = chunk else { break };
-        let chunk = chunk.map_err(|_| {
-            OpError::S3(S3Error::Unreachable {
-                endpoint: store.endpoint.clone(),
-                detail: "connection lost while downloading the backup".into(),
-            })
-        })?;
-        validator
-            .push(&chunk, |_| {})
-            .map_err(|e| OpError::integrity(Check::Rdb, e.to_string()))?;
-        sha.update(&chunk);
-        bytes += chunk.len() as u64;
-        if let Some(f) = out.as_deref_mut() {
-            f.write_all(&chunk).await.map_err(|e| {
-                OpError::Internal(format!("writing the restored file: {}", e.kind()))
-            })?;
-        }
-        reporter.update(phase, bytes, None, false);
-    }
+    let limits = StreamLimits {
+        stall: None,
+        source_name: "the store",
+        // The stored object is exactly the RDB: nothing may follow its trailer.
+        exact: false,
+        cancel,
+    };
+    let streamed = check_stream(
+        store_reader(obj.body),
+        sink,
+        || async { Ok(()) },
+        limits,
+        |done, _| reporter.update(phase, done, None, false),
+    )
+    .await
+    .map_err(|e| match e {
+        OpError::Stream(e) => OpError::integrity(Check::Rdb, e.to_string()),
+        other => other,
+    })?;
+    let bytes = streamed.received;
     if bytes != manifest.stored_size_bytes {
         return Err(OpError::integrity(
             Check::Size,
@@ -128,26 +158,25 @@ pub async fn download_checked(
             ),
         ));
     }
-    let validated = validator
-        .finish()
+    let checked = streamed
+        .rdb
         .map_err(|e| OpError::integrity(Check::Rdb, e.to_string()))?;
-    if validated.eof_mark_stripped {
+    if checked.eof_mark_stripped {
         return Err(OpError::integrity(
             Check::Rdb,
             "the stored object has bytes after the RDB trailer",
         ));
     }
-    let sha256 = hex::encode(sha.finalize());
-    if sha256 != manifest.sha256 {
+    if checked.sha256 != manifest.sha256 {
         return Err(OpError::integrity(
             Check::Sha256,
             format!(
-                "SHA-256 of the stored object ({sha256}) differs from the manifest ({}): the object was altered",
-                manifest.sha256
+                "SHA-256 of the stored object ({}) differs from the manifest ({}): the object was altered",
+                checked.sha256, manifest.sha256
             ),
         ));
     }
-    if format!("{:016x}", validated.crc64) != manifest.crc64 {
+    if format!("{:016x}", checked.crc64) != manifest.crc64 {
         return Err(OpError::integrity(
             Check::Crc64,
             "the RDB's CRC64 differs from the manifest",
@@ -156,7 +185,7 @@ pub async fn download_checked(
     reporter.update(phase, bytes, None, true);
     Ok(Checked {
         bytes,
-        sha256,
-        crc64: validated.crc64,
+        sha256: checked.sha256,
+        crc64: checked.crc64,
     })
 }

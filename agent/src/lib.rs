@@ -1,65 +1,71 @@
 //! valkey-backup agent: streams Valkey/Redis snapshots to S3-compatible storage.
 //!
-//! The agent is a library plus a thin binary (`main.rs`). Each module owns one concept:
+//! The agent is a library plus a thin binary (`main.rs`). Each module owns one concept;
+//! dependencies point downwards in this list, never up, and never in a circle
+//! (`tests/module_graph.rs` checks it):
 //!
-//! * [`protocol`] — the JSON-lines request/response types spoken on the Unix socket.
-//! * [`error`] — the one place where module errors become stable protocol codes.
-//! * [`server`] — socket, peer check, dispatch and graceful shutdown; [`access`] — which
-//!   peer may run which operation.
+//! * [`cli`] — the command line (`serve` and the socket client subcommands).
+//! * [`server`] — socket, peer check, dispatch, audit line and graceful shutdown;
+//!   [`access`] — which peer may run which operation.
 //! * [`ops`] — one module per operation (`status`, `configure`, `create-backup`,
-//!   `list-backups`, `restore-backup`, `verify-backup`, `prune-backups`).
-//! * [`config`] — validated, atomically stored configuration; [`secret`] — values that
-//!   never format.
-//! * [`rdb`] — the pure streaming validator for RDB snapshots; [`parts`] — part-size
-//!   planning; [`backup_id`] — the id grammar.
-//! * [`source`] — the seam between operations and the Valkey client `valkey.source`
-//!   selects: the built-in one ([`resp`] framing, [`connection`] over TCP/TLS/Unix with
-//!   [`valkey_tls`], [`replication`] — the `SYNC` handshake and exact payload framing) or
-//!   [`valkey`] — running `valkey-cli`/`redis-cli` without leaking the password.
-//! * [`rdb_compat`] — which server version loads which RDB format.
-//! * [`s3`], [`upload`], [`store`], [`fetch`] — the S3 client, write-once multipart
-//!   upload, the object layout (manifest, failure and verify records, listing), and
-//!   reading a backup back with every check.
-//! * [`retention`] — the pure keep/delete decisions of pruning.
-//! * [`schedule`] — the pure side of scheduled backups (cron, slots, claims, who claims);
-//!   [`scheduler`] — the task that takes them; [`metrics`] — Prometheus numbers and the
-//!   `/metrics` endpoint.
-//! * [`datadir`] — the server's data directory, handled by descriptor (a restore runs as
+//!   `list-backups`, `restore-backup`, `verify-backup`, `prune-backups`) and the state
+//!   they share.
+//! * [`fetch`] — reading the bucket: a cluster's listing, manifests, checked downloads.
+//! * [`pipeline`] — the one byte pipeline (RDB checker from any `AsyncRead` into a sink),
+//!   shared by backup, verify and restore; [`source`] — where a backup's bytes come from.
+//! * [`scheduler`] — the task that takes scheduled backups and verifications;
+//!   [`exporter`] — the `/metrics` endpoint.
+//! * [`error`] — the one place where module errors become stable protocol codes.
+//! * [`storage`] — the storage seam: the `ObjectStore` trait, the S3 implementation (the
+//!   only user of the SDK), every store quirk in `storage::compat`, the part writer, an
+//!   in-memory store and a fault injector for tests.
+//! * [`schedule`] — the pure side of scheduled backups (cron, slots, claims, who
+//!   claims); [`metrics`] — the Prometheus numbers, kept across restarts.
+//! * [`source`] also holds the client `valkey.source` selects: the built-in one
+//!   ([`resp`] framing, [`connection`] over TCP/TLS/Unix with [`valkey_tls`],
+//!   [`replication`] — the `SYNC` handshake and exact payload framing) or
+//!   [`valkey`] — running `valkey-cli`/`redis-cli` without leaking the password;
+//!   [`rdb_compat`] — which server version loads which RDB format;
+//!   [`datadir`] — the server's data directory, handled by descriptor (a restore runs as
 //!   root in a directory another user owns).
-//! * [`lock`] — the per-unit `flock` that keeps backups, restores and prunes apart.
-//! * [`progress`] — throttled progress events.
-//! * [`client`], [`cli`], [`restore_cli`] — the socket client and the command line built
-//!   on it.
+//! * [`layout`] — object keys, records and statuses; [`retention`] — the keep/delete
+//!   decisions of pruning; [`progress`] — throttled progress events.
+//! * [`protocol`] — the wire contract: envelope, codes, events, every op's params and
+//!   result.
+//! * [`config`] — validated, atomically stored configuration; [`lock`] — the per-unit
+//!   `flock`; [`secret`] — values that never format.
+//! * Pure leaves: [`rdb`] (the streaming validator), [`parts`] (part-size planning),
+//!   [`backup_id`] (the id grammar), [`timefmt`] (every time format).
 
 pub mod access;
 pub mod backup_id;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod connection;
 pub mod datadir;
 pub mod error;
+pub mod exporter;
 pub mod fetch;
+pub mod layout;
 pub mod lock;
 pub mod metrics;
 pub mod ops;
 pub mod parts;
+pub mod pipeline;
 pub mod progress;
 pub mod protocol;
 pub mod rdb;
 pub mod rdb_compat;
 pub mod replication;
 pub mod resp;
-pub mod restore_cli;
 pub mod retention;
-pub mod s3;
 pub mod schedule;
 pub mod scheduler;
 pub mod secret;
 pub mod server;
 pub mod source;
-pub mod store;
-pub mod upload;
+pub mod storage;
+pub mod timefmt;
 pub mod valkey;
 pub mod valkey_tls;
 

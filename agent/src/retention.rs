@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use time::OffsetDateTime;
 
 use crate::backup_id::BackupId;
-use crate::store::BackupStatus;
+use crate::protocol::BackupStatus;
 
 /// The default for `abandoned-after-hours`: an upload open this long has no agent left.
 pub const DEFAULT_ABANDONED_AFTER_HOURS: f64 = 24.0;
@@ -271,7 +271,7 @@ pub fn lock_reason(locks: &[VersionLock], now: OffsetDateTime) -> Option<String>
         let until = l
             .retain_until
             .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
-            .map(crate::ops::rfc3339)
+            .map(crate::timefmt::rfc3339)
             .unwrap_or_default();
         match &l.mode {
             Some(m) => format!("retained until {until} ({m})"),

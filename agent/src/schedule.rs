@@ -19,7 +19,10 @@ use std::time::Duration;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use time::OffsetDateTime;
+
+use crate::timefmt::rfc3339;
 
 /// Folder under `<path>/<cluster>/` that holds one claim object per taken slot. Not a
 /// valid backup id, so listing and pruning never take it for a backup.
@@ -284,6 +287,162 @@ pub fn too_old_margin(period: Duration) -> Duration {
     // A tenth of the period, at least a minute and at most an hour: a daily backup may
     // take a while, a test schedule of seconds must not wait an hour.
     (period / 10).clamp(Duration::from_secs(60), Duration::from_secs(3600))
+}
+
+/// What one unit did with one slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SlotOutcome {
+    /// The slot, RFC 3339.
+    pub slot: String,
+    pub result: SlotResult,
+    /// The unit that took the slot, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// This unit's role at the slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The error code of a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// What retention did after a backup: counts, or why it did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Value>,
+    /// When this unit finished with the slot.
+    pub at: String,
+}
+
+/// What one unit did with one slot (see docs/protocol.md, `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotResult {
+    /// This unit claimed the slot and the backup finished.
+    BackedUp,
+    /// This unit claimed the slot and the backup failed (`code`, `message`).
+    Failed,
+    /// Another unit's claim is the one stored (`taken-by`).
+    TakenByOther,
+    /// This unit's role may not back up under `from`.
+    NotEligible,
+    /// The unit lock was held: this unit did not claim, another may.
+    Busy,
+    /// The server did not answer `INFO`.
+    ValkeyUnreachable,
+    /// The claim could not be written (`code`).
+    ClaimFailed,
+    /// No S3 storage is configured.
+    NotConfigured,
+    /// The agent shut down first.
+    Cancelled,
+    /// This unit claimed a verification slot and the newest backup passed.
+    Verified,
+    /// A verification slot found no finished backup to verify.
+    NothingToVerify,
+}
+
+impl SlotResult {
+    /// The protocol's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotResult::BackedUp => "backed-up",
+            SlotResult::Failed => "failed",
+            SlotResult::TakenByOther => "taken-by-other",
+            SlotResult::NotEligible => "not-eligible",
+            SlotResult::Busy => "busy",
+            SlotResult::ValkeyUnreachable => "valkey-unreachable",
+            SlotResult::ClaimFailed => "claim-failed",
+            SlotResult::NotConfigured => "not-configured",
+            SlotResult::Cancelled => "cancelled",
+            SlotResult::Verified => "verified",
+            SlotResult::NothingToVerify => "nothing-to-verify",
+        }
+    }
+}
+
+/// What the scheduler persists between restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct Persisted {
+    /// The expression this state belongs to; another one starts afresh.
+    pub cron: String,
+    /// When this schedule was first seen (Unix seconds).
+    pub since: i64,
+    /// Every slot up to this one (Unix seconds) has been looked at.
+    pub checked_through: i64,
+    /// The newest finished backup of the cluster this unit knows of.
+    pub cluster_last_success: Option<i64>,
+    pub last_scheduled: Option<SlotOutcome>,
+    pub recent_missed: Vec<String>,
+}
+
+/// What the scheduler did, as `status` and `list-backups` show it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    /// The backup job's state.
+    pub persisted: Persisted,
+    /// The verification job's state.
+    pub verify: Persisted,
+}
+
+impl Report {
+    /// The `schedule` object of `status` and `list-backups` for the configured
+    /// `settings` (`null` without a schedule). The next slot and the period come from the
+    /// configuration itself, so the answer is right the moment `configure` returns.
+    /// `own_last_success` is this unit's own newest success (from its metrics).
+    pub fn to_json(
+        &self,
+        settings: Option<&ScheduleSettings>,
+        own_last_success: Option<i64>,
+        now: OffsetDateTime,
+    ) -> Value {
+        let Some(settings) = settings else {
+            return Value::Null;
+        };
+        let Ok(schedule) = Schedule::parse(&settings.cron) else {
+            return Value::Null;
+        };
+        let p = &self.persisted;
+        // State of another (earlier) expression says nothing about this one's lateness.
+        let since = match p.cron == settings.cron {
+            true => OffsetDateTime::from_unix_timestamp(p.since).unwrap_or(now),
+            false => now,
+        };
+        let period = schedule.period(now);
+        let last_success = p.cluster_last_success.max(own_last_success);
+        let at = |t: i64| OffsetDateTime::from_unix_timestamp(t).ok().map(rfc3339);
+        let (too_old_now, allowed) = match period {
+            Some(period) => {
+                let margin = too_old_margin(period);
+                let last = last_success.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+                (
+                    too_old(last, since, period, margin, now),
+                    Some((period + margin).as_secs()),
+                )
+            }
+            None => (false, None),
+        };
+        json!({
+            "cron": settings.cron,
+            "from": settings.from.as_str(),
+            "primary-delay-seconds": settings.primary_delay_seconds,
+            "next-slot": schedule.next_after(now).map(rfc3339),
+            "period-seconds": period.map(|p| p.as_secs()),
+            "allowed-age-seconds": allowed,
+            "last-success-at": last_success.and_then(at),
+            "too-old": too_old_now,
+            "last-scheduled": p.last_scheduled,
+            "recent-missed-slots": p.recent_missed,
+            "verify": settings.verify_cron.as_deref().and_then(|c| Schedule::parse(c).ok()).map(|v| json!({
+                "cron": v.expression(),
+                "next-slot": v.next_after(now).map(rfc3339),
+                "last-scheduled": self.verify.last_scheduled,
+            })),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -37,13 +37,15 @@ use tracing::{info, warn};
 use crate::backup_id::BackupId;
 use crate::config::{keep_days_hint, AgentConfig, S3Settings};
 use crate::error::OpError;
-use crate::ops::{create_backup, list_backups, prune_backups, rfc3339, verify_backup, AgentState};
-use crate::s3::{S3Error, Store};
+use crate::layout::{Layout, ManifestV1};
+use crate::ops::{create_backup, list_backups, prune_backups, verify_backup, AgentState};
+use crate::protocol::{BackupStatus, VerifyBackupParams};
 use crate::schedule::{
-    claim_delay, claim_key, slot_name, too_old, too_old_margin, verify_claim_key, BackupFrom, Role,
-    Schedule, ScheduleSettings,
+    claim_delay, claim_key, slot_name, verify_claim_key, BackupFrom, Persisted, Role, Schedule,
+    ScheduleSettings, SlotOutcome, SlotResult,
 };
-use crate::store::{Layout, ManifestV1};
+use crate::storage::{get_json, put_json, DynStore, StoreError};
+use crate::timefmt::rfc3339;
 use crate::valkey::ValkeyCli;
 
 const STATE_FILE: &str = "schedule.json";
@@ -57,80 +59,6 @@ const CLAIM_GRACE: Duration = Duration::from_secs(10);
 const MAX_NAP: Duration = Duration::from_secs(30);
 /// Missed slots remembered for `status`.
 const RECENT_MISSED: usize = 10;
-
-/// What one unit did with one slot.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct SlotOutcome {
-    /// The slot, RFC 3339.
-    pub slot: String,
-    pub result: SlotResult,
-    /// The unit that took the slot, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub taken_by: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup_id: Option<String>,
-    /// This unit's role at the slot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-    /// The error code of a failure.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// What retention did after a backup: counts, or why it did not run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention: Option<Value>,
-    /// When this unit finished with the slot.
-    pub at: String,
-}
-
-/// What one unit did with one slot (see docs/protocol.md, `status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SlotResult {
-    /// This unit claimed the slot and the backup finished.
-    BackedUp,
-    /// This unit claimed the slot and the backup failed (`code`, `message`).
-    Failed,
-    /// Another unit's claim is the one stored (`taken-by`).
-    TakenByOther,
-    /// This unit's role may not back up under `from`.
-    NotEligible,
-    /// The unit lock was held: this unit did not claim, another may.
-    Busy,
-    /// The server did not answer `INFO`.
-    ValkeyUnreachable,
-    /// The claim could not be written (`code`).
-    ClaimFailed,
-    /// No S3 storage is configured.
-    NotConfigured,
-    /// The agent shut down first.
-    Cancelled,
-    /// This unit claimed a verification slot and the newest backup passed.
-    Verified,
-    /// A verification slot found no finished backup to verify.
-    NothingToVerify,
-}
-
-impl SlotResult {
-    /// The protocol's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SlotResult::BackedUp => "backed-up",
-            SlotResult::Failed => "failed",
-            SlotResult::TakenByOther => "taken-by-other",
-            SlotResult::NotEligible => "not-eligible",
-            SlotResult::Busy => "busy",
-            SlotResult::ValkeyUnreachable => "valkey-unreachable",
-            SlotResult::ClaimFailed => "claim-failed",
-            SlotResult::NotConfigured => "not-configured",
-            SlotResult::Cancelled => "cancelled",
-            SlotResult::Verified => "verified",
-            SlotResult::NothingToVerify => "nothing-to-verify",
-        }
-    }
-}
 
 /// What a scheduler task takes care of: backups (`schedule.cron`) or the verification
 /// of the newest backup (`schedule.verify-cron`). Both run the same loop and claims.
@@ -167,86 +95,6 @@ impl Job {
             Job::Backup => "backup",
             Job::Verify => "verify",
         }
-    }
-}
-
-/// What the scheduler persists between restarts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", default)]
-struct Persisted {
-    /// The expression this state belongs to; another one starts afresh.
-    cron: String,
-    /// When this schedule was first seen (Unix seconds).
-    since: i64,
-    /// Every slot up to this one (Unix seconds) has been looked at.
-    checked_through: i64,
-    /// The newest finished backup of the cluster this unit knows of.
-    cluster_last_success: Option<i64>,
-    last_scheduled: Option<SlotOutcome>,
-    recent_missed: Vec<String>,
-}
-
-/// What the scheduler did, as `status` and `list-backups` show it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Report {
-    persisted: Persisted,
-    verify: Persisted,
-}
-
-impl Report {
-    /// The `schedule` object of `status` and `list-backups` for the configured
-    /// `settings` (`null` without a schedule). The next slot and the period come from the
-    /// configuration itself, so the answer is right the moment `configure` returns.
-    /// `own_last_success` is this unit's own newest success (from its metrics).
-    pub fn to_json(
-        &self,
-        settings: Option<&ScheduleSettings>,
-        own_last_success: Option<i64>,
-        now: OffsetDateTime,
-    ) -> Value {
-        let Some(settings) = settings else {
-            return Value::Null;
-        };
-        let Ok(schedule) = Schedule::parse(&settings.cron) else {
-            return Value::Null;
-        };
-        let p = &self.persisted;
-        // State of another (earlier) expression says nothing about this one's lateness.
-        let since = match p.cron == settings.cron {
-            true => OffsetDateTime::from_unix_timestamp(p.since).unwrap_or(now),
-            false => now,
-        };
-        let period = schedule.period(now);
-        let last_success = p.cluster_last_success.max(own_last_success);
-        let at = |t: i64| OffsetDateTime::from_unix_timestamp(t).ok().map(rfc3339);
-        let (too_old_now, allowed) = match period {
-            Some(period) => {
-                let margin = too_old_margin(period);
-                let last = last_success.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
-                (
-                    too_old(last, since, period, margin, now),
-                    Some((period + margin).as_secs()),
-                )
-            }
-            None => (false, None),
-        };
-        json!({
-            "cron": settings.cron,
-            "from": settings.from.as_str(),
-            "primary-delay-seconds": settings.primary_delay_seconds,
-            "next-slot": schedule.next_after(now).map(rfc3339),
-            "period-seconds": period.map(|p| p.as_secs()),
-            "allowed-age-seconds": allowed,
-            "last-success-at": last_success.and_then(at),
-            "too-old": too_old_now,
-            "last-scheduled": p.last_scheduled,
-            "recent-missed-slots": p.recent_missed,
-            "verify": settings.verify_cron.as_deref().and_then(|c| Schedule::parse(c).ok()).map(|v| json!({
-                "cron": v.expression(),
-                "next-slot": v.next_after(now).map(rfc3339),
-                "last-scheduled": self.verify.last_scheduled,
-            })),
-        })
     }
 }
 
@@ -414,7 +262,7 @@ async fn look_back(
     if earlier.is_empty() {
         return;
     }
-    let Ok(store) = Store::new(&s3) else {
+    let Ok(store) = state.open_store(&s3) else {
         return;
     };
     let layout = Layout::new(s3.clean_path(), &config.cluster);
@@ -429,9 +277,8 @@ async fn look_back(
             }
             Ok(Some(claim)) => {
                 if let Ok(id) = BackupId::parse(&claim.backup_id) {
-                    if let Ok(Some(m)) = store
-                        .get_record::<ManifestV1>(&layout.manifest_key(&id))
-                        .await
+                    if let Ok(Some(m)) =
+                        get_json::<ManifestV1>(&*store, &layout.manifest_key(&id)).await
                     {
                         let finished = time::OffsetDateTime::parse(
                             &m.finished_at,
@@ -454,8 +301,8 @@ async fn look_back(
     state.metrics.save().await;
 }
 
-async fn read_claim_at(store: &Store, key: &str) -> Result<Option<ClaimRecord>, S3Error> {
-    store.get_record(key).await
+async fn read_claim_at(store: &DynStore, key: &str) -> Result<Option<ClaimRecord>, StoreError> {
+    get_json(&**store, key).await
 }
 
 /// Verifies the newest finished backup with a load into a scratch server, through the
@@ -468,27 +315,33 @@ async fn verify_newest(
     let listing = list_backups::run(state, json!({}))
         .await
         .map_err(|e| (None, e))?;
-    let newest = listing["backups"].as_array().and_then(|b| {
-        b.iter()
-            .find(|e| e["status"] == "finished")
-            .and_then(|e| e["backup-id"].as_str())
-            .map(str::to_owned)
-    });
+    let newest = listing
+        .backups
+        .into_iter()
+        .find(|e| e.status == BackupStatus::Finished)
+        .map(|e| e.backup_id);
     let Some(id) = newest else {
         return Ok(None);
     };
-    verify_backup::run(state, json!({"backup-id": id, "load": true}), events)
+    let params = VerifyBackupParams {
+        backup_id: id.clone(),
+        source_cluster: None,
+        load: true,
+        server: None,
+    };
+    let params = serde_json::to_value(params).expect("params serialise");
+    verify_backup::run(state, params, events)
         .await
         .map_err(|e| (Some(id.clone()), e))?;
     Ok(Some(id))
 }
 
 async fn read_claim(
-    store: &Store,
+    store: &DynStore,
     layout: &Layout,
     slot: OffsetDateTime,
-) -> Result<Option<ClaimRecord>, S3Error> {
-    store.get_record(&claim_key(layout.prefix(), slot)).await
+) -> Result<Option<ClaimRecord>, StoreError> {
+    get_json(&**store, &claim_key(layout.prefix(), slot)).await
 }
 
 /// One unit's part in one slot.
@@ -565,10 +418,9 @@ async fn take_slot(
             return finish(out, SlotResult::Busy);
         }
     };
-    let store = match Store::new(&s3) {
+    let store = match state.open_store(&s3) {
         Ok(s) => s,
         Err(e) => {
-            let e = OpError::from(e);
             out.code = Some(e.code().as_str().to_owned());
             out.message = Some(e.to_string());
             return finish(out, SlotResult::ClaimFailed);
@@ -598,9 +450,9 @@ async fn take_slot(
         out.taken_by = Some(existing.unit);
         return finish(out, SlotResult::TakenByOther);
     }
-    match store.put_record(&key, &claim).await {
+    match put_json(&*store, &key, &claim).await {
         Ok(()) => {}
-        Err(S3Error::Conflict { .. }) => {
+        Err(StoreError::AlreadyExists { .. }) => {
             drop(guard);
             out.taken_by = read_claim_at(&store, &key)
                 .await
@@ -686,15 +538,12 @@ async fn retain(state: &Arc<AgentState>, config: &AgentConfig, s3: &S3Settings) 
         None => return json!({"applied": false, "why": "no retention policy is configured"}),
     };
     match prune_backups::prune(state, params).await {
-        Ok(r) => {
-            let count = |k: &str| r[k].as_array().map_or(0, Vec::len);
-            json!({
-                "applied": true,
-                "deleted": count("deleted"),
-                "kept": count("kept"),
-                "skipped": count("skipped"),
-            })
-        }
+        Ok(r) => json!({
+            "applied": true,
+            "deleted": r.deleted.len(),
+            "kept": r.kept.len(),
+            "skipped": r.skipped.len(),
+        }),
         Err(e) => {
             warn!(error = %e, "retention after a scheduled backup failed");
             json!({"applied": false, "code": e.code().as_str(), "why": e.to_string()})
@@ -730,6 +579,7 @@ async fn save(state_dir: &Path, job: Job, persisted: &Persisted) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schedule::Report;
     use time::macros::datetime;
 
     fn settings() -> ScheduleSettings {

@@ -117,7 +117,7 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
             shutdown.clone(),
         ));
     }
-    tracker.spawn(crate::metrics::run_endpoint(
+    tracker.spawn(crate::exporter::run_endpoint(
         Arc::clone(&state),
         shutdown.clone(),
     ));
@@ -249,12 +249,15 @@ async fn handle(stream: UnixStream, state: Arc<AgentState>, allowed: &Peers) {
     tracing::debug!(peer_uid = uid, peer_pid = pid, op = op.as_str(), "request");
     let outcome = ops::dispatch(&state, op, request.params, tx.clone()).await;
     let (final_event, result_code, backup_id) = match outcome {
-        Ok(data) => {
-            let id = data
-                .get("backup-id")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned);
-            (Event::Result { data }, "ok", id)
+        Ok(reply) => {
+            let id = reply.backup_id().map(str::to_owned);
+            (
+                Event::Result {
+                    data: reply.to_value(),
+                },
+                "ok",
+                id,
+            )
         }
         Err(e) => {
             let code = e.code();

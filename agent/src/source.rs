@@ -7,13 +7,15 @@
 //! RDB snapshot handed out chunk by chunk, with what the validator must know about its
 //! framing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::ChildStdout;
 
 use crate::config::{SourceKind, ValkeySettings};
 use crate::connection::NativeClient;
+use crate::error::OpError;
 use crate::rdb::RdbValidator;
 use crate::replication::{ReplicationStream, READ_BUF};
 use crate::valkey::{RdbProcess, ServerInfo, ValkeyCli, ValkeyError};
@@ -184,6 +186,137 @@ impl Snapshot {
         match self {
             Snapshot::Native(s) => drop(s),
             Snapshot::Cli(mut cli) => cli.process.kill().await,
+        }
+    }
+}
+
+/// What `create-backup` needs from a server, whatever the client: `INFO` before and
+/// after (version, size estimate, key counts), the snapshot as an [`AsyncRead`], and, once
+/// the reader ended, whether the producer ended well. [`ConfiguredSource`] is the
+/// configured client; tests hand in a source of fixed bytes, so a whole backup runs
+/// without a server.
+#[async_trait::async_trait]
+pub trait SnapshotSource: Send + Sync {
+    /// How messages name the stream ("the cli", "the server").
+    fn name(&self) -> &'static str;
+    /// What manifests and results record as the source (`native`, `cli`).
+    fn kind(&self) -> &'static str;
+    /// Whether the stream is framed exactly (no diskless EOF marker can follow the RDB).
+    fn exact(&self) -> bool;
+    /// `INFO`: the server's kind, version, memory and key counts.
+    async fn info(&mut self) -> Result<ServerInfo, OpError>;
+    /// Starts the snapshot; `info` is what `INFO` said just before, `stall` bounds the
+    /// wait for it to start.
+    async fn open(&mut self, info: &ServerInfo, stall: Duration)
+        -> Result<SnapshotReader, OpError>;
+    /// After the reader ended: `Ok` only if the producer finished cleanly (waiting at
+    /// most `stall` for it).
+    async fn finish(&mut self, stall: Duration) -> Result<(), OpError>;
+    /// Stops the producer (idempotent); used on every failure.
+    async fn kill(&mut self);
+}
+
+/// The snapshot stream handed to the pipeline.
+pub type SnapshotReader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// Builds the source for a configured server (tests replace it).
+pub type SourceFactory = Box<dyn Fn(&ValkeySettings) -> Box<dyn SnapshotSource> + Send + Sync>;
+
+/// The default [`SourceFactory`]: the client `valkey.source` selects.
+pub fn configured_sources() -> SourceFactory {
+    Box::new(|settings| Box::new(ConfiguredSource::new(settings.clone())))
+}
+
+/// [`SnapshotSource`] over the configured client ([`ValkeyAdmin`] and [`Snapshot`]).
+pub struct ConfiguredSource {
+    settings: ValkeySettings,
+    admin: ValkeyAdmin,
+    snapshot: Arc<tokio::sync::Mutex<Option<Snapshot>>>,
+}
+
+impl ConfiguredSource {
+    /// A source for the configured server; nothing runs until [`SnapshotSource::open`].
+    pub fn new(settings: ValkeySettings) -> Self {
+        ConfiguredSource {
+            admin: ValkeyAdmin::new(&settings),
+            settings,
+            snapshot: Arc::new(tokio::sync::Mutex::new(None)),
+        }
+    }
+
+    fn is_cli(&self) -> bool {
+        self.settings.effective_source() == SourceKind::Cli
+    }
+}
+
+#[async_trait::async_trait]
+impl SnapshotSource for ConfiguredSource {
+    fn name(&self) -> &'static str {
+        if self.is_cli() {
+            "the cli"
+        } else {
+            "the server"
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        if self.is_cli() {
+            SourceKind::Cli.as_str()
+        } else {
+            SourceKind::Native.as_str()
+        }
+    }
+
+    fn exact(&self) -> bool {
+        !self.is_cli()
+    }
+
+    async fn info(&mut self) -> Result<ServerInfo, OpError> {
+        Ok(self.admin.info().await?)
+    }
+
+    async fn open(
+        &mut self,
+        info: &ServerInfo,
+        stall: Duration,
+    ) -> Result<SnapshotReader, OpError> {
+        let snapshot = Snapshot::open(&self.settings, info, stall).await?;
+        *self.snapshot.lock().await = Some(snapshot);
+        // The chunks as a byte stream; the snapshot stays shared so that `finish` and
+        // `kill` reach it after (or while) the pipeline reads.
+        let shared = Arc::clone(&self.snapshot);
+        let chunks = futures::stream::unfold(shared, |shared| async move {
+            let next = {
+                let mut guard = shared.lock().await;
+                match guard.as_mut() {
+                    None => return None,
+                    Some(s) => s
+                        .next_chunk()
+                        .await
+                        .map(|c| c.map(bytes::Bytes::copy_from_slice)),
+                }
+            };
+            match next {
+                Ok(Some(chunk)) => Some((Ok(chunk), shared)),
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e)), shared)),
+            }
+        });
+        Ok(Box::new(tokio_util::io::StreamReader::new(Box::pin(
+            chunks,
+        ))))
+    }
+
+    async fn finish(&mut self, stall: Duration) -> Result<(), OpError> {
+        match self.snapshot.lock().await.as_mut() {
+            Some(s) => Ok(s.finish(stall).await?),
+            None => Ok(()),
+        }
+    }
+
+    async fn kill(&mut self) {
+        if let Some(s) = self.snapshot.lock().await.take() {
+            s.stop().await;
         }
     }
 }

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -89,6 +89,15 @@ class UnusableConfigError(Exception):
 
 class PrincipalUnknownError(Exception):
     """The juju-info relation has not told us the principal yet (waiting)."""
+
+
+@dataclass(frozen=True)
+class ActionRun:
+    """What an action's work needs: its event, the redactor and the progress logger."""
+
+    event: ops.ActionEvent
+    redact: Redactor
+    progress: ProgressLog
 
 
 @dataclass(frozen=True)
@@ -474,39 +483,65 @@ class ValkeyBackupCharm(ops.CharmBase):
         self._fail(event, AgentError("not-configured", message), redact)
         return False
 
-    def _on_create_backup(self, event: ops.ActionEvent) -> None:
+    def _run_action(
+        self,
+        event: ops.ActionEvent,
+        work: Callable[[ActionRun], Mapping[str, Any] | None],
+    ) -> None:
+        """The one way every storage action runs.
+
+        It redacts with the unit's secrets, refuses up front when S3 is not ready,
+        turns any `AgentError` the work raises into a failed action with the agent's
+        code, message and a hint, and sets the results the work returns. Each handler
+        only says what its action does.
+        """
         redact = self._redactor()
         if not self._require_storage(event, redact):
             return
-        self.unit.status = ops.MaintenanceStatus("creating a backup")
-        event.log("starting a backup")
+        run = ActionRun(event=event, redact=redact, progress=ProgressLog(event.log, redact))
         try:
-            result = self._client().create_backup(on_progress=ProgressLog(event.log, redact))
+            results = work(run)
         except AgentError as exc:
             self._fail(event, exc, redact)
             return
+        if results is not None:
+            event.set_results(dict(results))
+
+    def _on_create_backup(self, event: ops.ActionEvent) -> None:
+        self._run_action(event, self._create_backup)
+
+    def _on_list_backups(self, event: ops.ActionEvent) -> None:
+        self._run_action(event, self._list_backups)
+
+    def _on_verify_backup(self, event: ops.ActionEvent) -> None:
+        self._run_action(event, self._verify_backup)
+
+    def _on_prune_backups(self, event: ops.ActionEvent) -> None:
+        self._run_action(event, self._prune_backups)
+
+    def _on_restore_backup(self, event: ops.ActionEvent) -> None:
+        self._run_action(event, self._restore_backup)
+
+    def _create_backup(self, run: ActionRun) -> Mapping[str, Any]:
+        self.unit.status = ops.MaintenanceStatus("creating a backup")
+        run.event.log("starting a backup")
+        result = self._client().create_backup(on_progress=run.progress)
         self._stored.last_backup = {
             key: str(result[key])
             for key in ("backup-id", "status", "started-at", "finished-at")
             if result.get(key) is not None
         }
-        event.log(
+        run.event.log(
             f"backup {result.get('backup-id')} finished: {human_size(result.get('size-bytes'))}"
             f" in {result.get('duration-seconds', '?')}s"
         )
-        event.set_results(action_results(result, redact))
+        return action_results(result, run.redact)
 
-    def _on_list_backups(self, event: ops.ActionEvent) -> None:
-        redact = self._redactor()
-        if not self._require_storage(event, redact):
-            return
-        output = str(event.params.get("output", "table"))
-        limit = int(event.params.get("limit", 100))
-        try:
-            data = self._client().list_backups(event.params.get("cluster") or None)
-        except AgentError as exc:
-            self._fail(event, exc, redact)
-            return
+    def _list_backups(self, run: ActionRun) -> Mapping[str, Any]:
+        params = run.event.params
+        output = str(params.get("output", "table"))
+        limit = int(params.get("limit", 100))
+        data = self._client().list_backups(params.get("cluster") or None)
         backups = [b for b in data.get("backups") or [] if isinstance(b, Mapping)]
         shown = backups[:limit]
         rendered = self._render_listing(shown, output)
@@ -514,17 +549,17 @@ class ValkeyBackupCharm(ops.CharmBase):
             shown = shown[: len(shown) // 2]
             rendered = self._render_listing(shown, output)
         if len(shown) < len(backups):
-            event.log(f"showing the newest {len(shown)} of {len(backups)} backups")
+            run.event.log(f"showing the newest {len(shown)} of {len(backups)} backups")
         results = {
-            "cluster": redact(str(data.get("cluster") or "")),
+            "cluster": run.redact(str(data.get("cluster") or "")),
             "count": str(len(backups)),
             "shown": str(len(shown)),
-            "backups": redact(rendered),
+            "backups": run.redact(rendered),
         }
         schedule = schedule_summary(data.get("schedule"))
         if schedule:
-            results["schedule"] = redact(schedule)
-        event.set_results(results)
+            results["schedule"] = run.redact(schedule)
+        return results
 
     @staticmethod
     def _render_listing(backups: list[Mapping[str, Any]], output: str) -> str:
@@ -532,10 +567,8 @@ class ValkeyBackupCharm(ops.CharmBase):
             return json.dumps(backups, separators=(",", ":"), sort_keys=True)
         return backups_table(backups)
 
-    def _on_verify_backup(self, event: ops.ActionEvent) -> None:
-        redact = self._redactor()
-        if not self._require_storage(event, redact):
-            return
+    def _verify_backup(self, run: ActionRun) -> None:
+        event = run.event
         params: dict[str, Any] = {
             "backup-id": event.params["backup-id"],
             "load": bool(event.params.get("load", False)),
@@ -543,36 +576,20 @@ class ValkeyBackupCharm(ops.CharmBase):
         if event.params.get("source-cluster"):
             params["source-cluster"] = event.params["source-cluster"]
         self.unit.status = ops.MaintenanceStatus(f"verifying {params['backup-id']}")
-        try:
-            result = self._client().verify_backup(
-                params, on_progress=ProgressLog(event.log, redact)
-            )
-        except AgentError as exc:
-            self._fail(event, exc, redact)
-            return
-        event.set_results(action_results(result, redact))
+        result = self._client().verify_backup(params, on_progress=run.progress)
+        event.set_results(action_results(result, run.redact))
         if result.get("ok") is False:
             # The protocol reports a failed check as an error event; a result saying
             # ok=false is treated the same way.
-            self._fail(
-                event, AgentError("stream-invalid", "the backup failed verification"), redact
-            )
+            raise AgentError("stream-invalid", "the backup failed verification")
 
-    def _on_prune_backups(self, event: ops.ActionEvent) -> None:
-        redact = self._redactor()
-        if not self._require_storage(event, redact):
-            return
+    def _prune_backups(self, run: ActionRun) -> Mapping[str, Any]:
+        event = run.event
         params: dict[str, Any] = {"confirm": bool(event.params.get("confirm", False))}
         for key in ("keep-last", "keep-days"):
             if event.params.get(key) is not None:
                 params[key] = int(event.params[key])
-        try:
-            result = self._client().prune_backups(
-                params, on_progress=ProgressLog(event.log, redact)
-            )
-        except AgentError as exc:
-            self._fail(event, exc, redact)
-            return
+        result = self._client().prune_backups(params, on_progress=run.progress)
         deleted = list(result.get("deleted") or [])
         if result.get("dry-run", not params["confirm"]):
             event.log(
@@ -580,12 +597,12 @@ class ValkeyBackupCharm(ops.CharmBase):
             )
         else:
             event.log(f"deleted {len(deleted)} backup(s)")
-        results = action_results(result, redact)
+        results = action_results(result, run.redact)
         results["deleted-count"] = str(len(deleted))
         results["kept-count"] = str(len(result.get("kept") or []))
-        event.set_results(results)
+        return results
 
-    def _on_restore_backup(self, event: ops.ActionEvent) -> None:
+    def _restore_backup(self, run: ActionRun) -> Mapping[str, Any]:
         """Restore through the agent while the charm stops and starts the server.
 
         prepare (agent: download + verify next to the dump, take the unit lock)
@@ -593,49 +610,33 @@ class ValkeyBackupCharm(ops.CharmBase):
         → start the Valkey unit → finish (agent: wait for the load, count keys, unlock).
         Any failure after prepare sends ``abort`` and makes sure the server runs again.
         """
-        redact = self._redactor()
-        if not self._require_storage(event, redact):
-            return
+        event, redact = run.event, run.redact
         try:
             config = self._config()
         except UnusableConfigError as exc:
-            self._fail(event, AgentError("bad-config", str(exc)), redact)
-            return
+            raise AgentError("bad-config", str(exc)) from exc
         systemctl = self._systemctl()
         unit = find_valkey_service(systemctl, config.valkey_service)
         if unit is None:
             wanted = config.valkey_service or "any known Valkey/Redis unit"
-            self._fail(
-                event,
-                AgentError(
-                    "service-not-found",
-                    f"cannot find the server's systemd unit ({wanted}); set valkey-service",
-                ),
-                redact,
+            raise AgentError(
+                "service-not-found",
+                f"cannot find the server's systemd unit ({wanted}); set valkey-service",
             )
-            return
 
         backup_id = str(event.params["backup-id"])
         prepare: dict[str, Any] = {"backup-id": backup_id}
         if event.params.get("source-cluster"):
             prepare["source-cluster"] = event.params["source-cluster"]
         client = self._client()
-        progress = ProgressLog(event.log, redact)
         started = time.monotonic()
         self.unit.status = ops.MaintenanceStatus(f"restoring {backup_id}")
 
         event.log(f"downloading and verifying {backup_id}")
-        try:
-            prepared = client.restore_step("prepare", prepare, on_progress=progress)
-        except AgentError as exc:
-            self._fail(event, exc, redact)
-            return
+        prepared = client.restore_step("prepare", prepare, on_progress=run.progress)
         restore_id = prepared.get("restore-id")
         if not restore_id:
-            self._fail(
-                event, AgentError(CODE_PROTOCOL, "the agent returned no restore-id"), redact
-            )
-            return
+            raise AgentError(CODE_PROTOCOL, "the agent returned no restore-id")
         ref = {"restore-id": restore_id}
 
         stage = "stopping"
@@ -653,16 +654,11 @@ class ValkeyBackupCharm(ops.CharmBase):
             server_stopped = False
             stage = "checking the loaded data"
             event.log("waiting for the server to load the data")
-            finished = client.restore_step("finish", ref, on_progress=progress)
+            finished = client.restore_step("finish", ref, on_progress=run.progress)
         except (AgentError, ServiceError) as exc:
             error = exc if isinstance(exc, AgentError) else AgentError("service-error", str(exc))
             self._abort_restore(client, ref, systemctl, unit, server_stopped, event, redact)
-            self._fail(
-                event,
-                AgentError(error.code, f"restore failed while {stage}: {error.message}"),
-                redact,
-            )
-            return
+            raise AgentError(error.code, f"restore failed while {stage}: {error.message}") from exc
 
         results: dict[str, Any] = {}
         for step_result in (prepared, committed, finished):
@@ -674,7 +670,7 @@ class ValkeyBackupCharm(ops.CharmBase):
         results["service"] = unit
         results["duration-seconds"] = f"{time.monotonic() - started:.1f}"
         event.log(f"restore of {backup_id} finished")
-        event.set_results(results)
+        return results
 
     def _abort_restore(
         self,

@@ -422,3 +422,35 @@ def test_prune_failure(ctx, agent):
 
 def test_prune_without_s3(ctx, agent):
     assert "[not-configured]" in fail_action(ctx, "prune-backups", state=no_s3_state())
+
+
+# -- the wrapper every action shares ------------------------------------------------------
+
+# action -> (params, the fake agent's response key of its first request)
+ACTIONS = {
+    "create-backup": ({}, "create-backup"),
+    "list-backups": ({}, "list-backups"),
+    "verify-backup": ({"backup-id": BACKUP_ID}, "verify-backup"),
+    "prune-backups": ({"keep-last": 1}, "prune-backups"),
+    "restore-backup": ({"backup-id": BACKUP_ID}, "restore-backup:prepare"),
+}
+
+
+@pytest.mark.parametrize("action", sorted(ACTIONS))
+def test_every_action_refuses_without_s3_before_asking_the_agent(ctx, agent, action):
+    params, _ = ACTIONS[action]
+    message = fail_action(ctx, action, params, state=no_s3_state())
+    assert message.startswith("no S3 storage is related [not-configured]"), message
+    assert [op for op in agent.ops() if op != "status"] == [], agent.ops()
+    assert ctx.action_results == {"error-code": "not-configured"}
+
+
+@pytest.mark.parametrize("action", sorted(ACTIONS))
+def test_every_action_fails_with_the_agents_code_hint_and_no_secret(ctx, agent, action, systemd):
+    params, key = ACTIONS[action]
+    agent.responses[key] = AgentError("s3-access-denied", f"denied for {S3_SECRET_KEY}")
+    message = fail_action(ctx, action, params)
+    assert "denied for *** [s3-access-denied]" in message, message
+    assert "check the s3-integrator's credentials secret" in message
+    assert ctx.action_results["error-code"] == "s3-access-denied"
+    assert_nothing_secret(ctx)

@@ -6,89 +6,60 @@
 
 use std::sync::Arc;
 
-use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::AgentState;
-use crate::config::AgentConfig;
+use super::state::AgentState;
+use crate::config::{AgentConfig, ConfigError, SourceKind};
 use crate::error::OpError;
-use crate::s3::{S3Error, Store};
+use crate::protocol::ConfigureResult;
 
-pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> {
+/// Validates `raw`, checks (or creates) the bucket, stores the configuration atomically
+/// and only then puts it in force.
+pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<ConfigureResult, OpError> {
     // One configure at a time: the stored file and the live configuration must agree.
     let _serial = state.configuring.lock().await;
     // Validation stats the cli and TLS files: small blocking I/O, kept off the runtime.
-    let config = tokio::task::spawn_blocking(move || AgentConfig::from_params(raw))
-        .await
-        .map_err(|e| OpError::Internal(e.to_string()))??;
+    let config = tokio::task::spawn_blocking(move || {
+        let config = AgentConfig::from_params(raw)?;
+        check_native_tls(&config)?;
+        Ok::<_, ConfigError>(config)
+    })
+    .await
+    .map_err(|e| OpError::Internal(e.to_string()))??;
     let mut bucket_created = false;
     if let Some(s3) = &config.s3 {
-        let store = Store::new(s3)?;
-        bucket_created = ensure_bucket(&store, s3.region()).await?;
+        // HeadBucket, and CreateBucket when it is missing.
+        bucket_created = state.open_store(s3)?.ensure_bucket().await?;
     }
     let dir = state.state_dir.clone();
     let to_store = config.clone();
     tokio::task::spawn_blocking(move || to_store.store(&dir))
         .await
         .map_err(|e| OpError::Internal(e.to_string()))??;
-    let result = json!({
-        "configured": true,
-        "cluster": config.cluster,
-        "s3-configured": config.s3.is_some(),
-        "bucket": config.s3.as_ref().map(|s| s.bucket.clone()),
-        "bucket-created": bucket_created,
-        "valkey-source": config.valkey.source.as_str(),
-    });
+    let result = ConfigureResult {
+        configured: true,
+        cluster: config.cluster.clone(),
+        s3_configured: config.s3.is_some(),
+        bucket: config.s3.as_ref().map(|s| s.bucket.clone()),
+        bucket_created,
+        valkey_source: config.valkey.source.as_str().to_owned(),
+    };
     state.set_config(config);
     Ok(result)
 }
 
-/// Makes sure the bucket exists: HeadBucket, and CreateBucket when it is missing.
-/// Returns whether it was created.
-pub async fn ensure_bucket(store: &Store, region: &str) -> Result<bool, S3Error> {
-    match store
-        .client
-        .head_bucket()
-        .bucket(&store.bucket)
-        .send()
-        .await
-    {
-        Ok(_) => return Ok(false),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {}
-        Err(e) => {
-            return Err(match store.classify("HeadBucket", "", e) {
-                // HEAD answers have no body: a bare 404 means "no such bucket".
-                S3Error::Other { detail, .. } if detail.contains("404") => S3Error::NoBucket {
-                    bucket: store.bucket.clone(),
-                },
-                other => other,
-            });
+/// The built-in client reads the TLS files with rustls: a certificate or key it cannot
+/// use is a bad request now, not a failed backup at 3 a.m.
+pub fn check_native_tls(config: &AgentConfig) -> Result<(), ConfigError> {
+    let valkey = &config.valkey;
+    match &valkey.tls {
+        Some(tls) if tls.enabled && valkey.effective_source() == SourceKind::Native => {
+            crate::valkey_tls::client(tls, &valkey.host).map_err(|e| ConfigError::Shape {
+                path: "valkey.tls".into(),
+                reason: e.to_string(),
+            })?;
+            Ok(())
         }
-    }
-    let mut req = store.client.create_bucket().bucket(&store.bucket);
-    if region != "us-east-1" {
-        req = req.create_bucket_configuration(
-            CreateBucketConfiguration::builder()
-                .location_constraint(BucketLocationConstraint::from(region))
-                .build(),
-        );
-    }
-    match req.send().await {
-        Ok(_) => Ok(true),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_bucket_already_owned_by_you()) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(match store.classify("CreateBucket", "", e) {
-            S3Error::AccessDenied { detail } | S3Error::Other { detail, .. } => {
-                S3Error::CannotCreateBucket {
-                    bucket: store.bucket.clone(),
-                    detail,
-                }
-            }
-            other => other,
-        }),
+        _ => Ok(()),
     }
 }

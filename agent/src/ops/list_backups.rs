@@ -1,5 +1,5 @@
 //! `list-backups`: every backup under `<path>/<cluster>/`, newest first, with a status
-//! derived from which objects exist (see [`crate::store`]). Reading another cluster's
+//! derived from which objects exist (see [`crate::layout`]). Reading another cluster's
 //! prefix is allowed (that is how a restore into a new cluster finds its source) and is
 //! read-only.
 //!
@@ -7,31 +7,22 @@
 //! (default 24) is shown as `abandoned`: its agent is gone, and `prune-backups` aborts
 //! the upload.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::{params, rfc3339, AgentState};
+use super::state::{params, AgentState};
 use crate::backup_id::BackupId;
 use crate::error::OpError;
-use crate::retention;
-use crate::s3::{S3Error, Store};
-use crate::store::{
-    group, BackupStatus, FailureRecord, Found, Layout, ManifestCheck, OpenUpload, VerifyRecord,
-    DATA_OBJECT,
+use crate::fetch::{check_manifest, list_prefix, seen};
+use crate::layout::{
+    group, upload_times, BackupStatus, FailureRecord, Found, Layout, ManifestCheck, VerifyRecord,
 };
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct ListParams {
-    #[serde(default)]
-    cluster: Option<String>,
-    #[serde(default)]
-    abandoned_after_hours: Option<f64>,
-}
+use crate::protocol::{BackupEntry, LastVerify, ListBackupsParams, ListBackupsResult};
+use crate::retention;
+use crate::storage::{get_json, ObjectStore, StoreError};
+use crate::timefmt::rfc3339;
 
 /// How many of a backup's newest verification records are read to find one that is
 /// really its own.
@@ -40,20 +31,21 @@ const VERIFY_RECORDS_TRIED: usize = 3;
 /// Records fetched at once while listing.
 const FETCH_CONCURRENCY: usize = 8;
 
-pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> {
-    let p: ListParams = params(raw)?;
+/// Lists the backups of the configured (or the named) cluster, newest first.
+pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<ListBackupsResult, OpError> {
+    let p: ListBackupsParams = params(raw)?;
     let abandoned_after =
         retention::abandoned_after_hours(p.abandoned_after_hours).map_err(OpError::BadRequest)?;
     let (config, s3) = state.storage()?;
     let cluster = config.cluster_or(p.cluster.as_deref())?;
-    let store = Store::new(&s3)?;
+    let store = state.open_store(&s3)?;
     let layout = Layout::new(s3.clean_path(), &cluster);
-    let keys = store.list_keys(layout.prefix()).await?;
-    let uploads = store.list_uploads(layout.prefix()).await?;
+    let (keys, uploads) = list_prefix(&*store, &layout).await?;
+    let uploads = seen(&uploads);
     let grouped = group(&layout, &keys, &uploads);
     let initiated = upload_times(&layout, &uploads);
     let now = time::OffsetDateTime::now_utc();
-    let entries: Vec<Result<Value, S3Error>> = stream::iter(grouped)
+    let entries: Vec<Result<BackupEntry, StoreError>> = stream::iter(grouped)
         .map(|(id, found)| {
             let times = initiated.get(&id).map(Vec::as_slice).unwrap_or_default();
             let status = found.status().expect("grouped entries have a status");
@@ -65,7 +57,7 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
                     .max();
                 abandoned_reason(newest, abandoned_after)
             });
-            describe(&store, &layout, id, found, status, abandoned)
+            describe(&*store, &layout, id, found, status, abandoned)
         })
         .buffered(FETCH_CONCURRENCY)
         .collect()
@@ -76,25 +68,11 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
         state.metrics.snapshot().last_success,
         now,
     );
-    let mut result = json!({"cluster": cluster, "backups": backups});
-    if !schedule.is_null() {
-        result["schedule"] = schedule;
-    }
-    Ok(result)
-}
-
-/// When each backup's open data uploads were initiated (Unix seconds, when known).
-pub fn upload_times(
-    layout: &Layout,
-    uploads: &[OpenUpload],
-) -> HashMap<BackupId, Vec<Option<i64>>> {
-    let mut out: HashMap<BackupId, Vec<Option<i64>>> = HashMap::new();
-    for u in uploads {
-        if let Some((id, DATA_OBJECT)) = layout.parse_key(&u.key) {
-            out.entry(id).or_default().push(u.initiated);
-        }
-    }
-    out
+    Ok(ListBackupsResult {
+        cluster,
+        backups,
+        schedule: (!schedule.is_null()).then_some(schedule),
+    })
 }
 
 fn abandoned_reason(newest_upload: Option<time::OffsetDateTime>, after_hours: f64) -> String {
@@ -117,44 +95,46 @@ fn unit_from_id(id: &BackupId) -> Option<String> {
 }
 
 async fn describe(
-    store: &Store,
+    store: &dyn ObjectStore,
     layout: &Layout,
     id: BackupId,
     found: Found,
     status: BackupStatus,
     abandoned_reason: Option<String>,
-) -> Result<Value, S3Error> {
-    let mut entry = json!({
-        "backup-id": id.to_string(),
-        "status": status,
-        "unit": unit_from_id(&id),
-        "size-bytes": found.data_size,
-        "started-at": rfc3339(id.started_at()),
-        "finished-at": null,
-        "source-version": null,
-        "code": null,
-        "reason": abandoned_reason,
-        "verify-records": found.verify_records.len(),
-        "last-verify": null,
-    });
+) -> Result<BackupEntry, StoreError> {
+    let mut entry = BackupEntry {
+        backup_id: id.to_string(),
+        status,
+        unit: unit_from_id(&id),
+        size_bytes: found.data_size,
+        started_at: rfc3339(id.started_at()),
+        finished_at: None,
+        source_version: None,
+        code: None,
+        reason: abandoned_reason,
+        verify_records: found.verify_records.len(),
+        last_verify: None,
+        rdb_version: None,
+        sha256: None,
+    };
     match status {
         BackupStatus::Finished => {
-            let m = match store.check_manifest(layout, &id, found.data_size).await? {
+            let m = match check_manifest(store, layout, &id, found.data_size).await? {
                 ManifestCheck::Restorable(m) => Some(m),
                 ManifestCheck::Damaged(why) => {
-                    entry["status"] = json!(BackupStatus::Damaged);
-                    entry["reason"] = json!(format!("not restorable: {why}"));
+                    entry.status = BackupStatus::Damaged;
+                    entry.reason = Some(format!("not restorable: {why}"));
                     None
                 }
             };
             if let Some(m) = m {
-                entry["unit"] = json!(m.unit);
-                entry["size-bytes"] = json!(m.stored_size_bytes);
-                entry["started-at"] = json!(m.started_at);
-                entry["finished-at"] = json!(m.finished_at);
-                entry["source-version"] = json!(format!("{} {}", m.source_kind, m.source_version));
-                entry["rdb-version"] = json!(m.rdb_version);
-                entry["sha256"] = json!(m.sha256);
+                entry.unit = Some(m.unit);
+                entry.size_bytes = Some(m.stored_size_bytes);
+                entry.started_at = m.started_at;
+                entry.finished_at = Some(m.finished_at);
+                entry.source_version = Some(format!("{} {}", m.source_kind, m.source_version));
+                entry.rdb_version = Some(m.rdb_version);
+                entry.sha256 = Some(m.sha256);
             }
             // Names sort by time, so the newest comes first. A record that does not
             // parse or names another backup (copied, forged) is passed over, so that it
@@ -163,14 +143,16 @@ async fn describe(
             names.sort_unstable_by(|a, b| b.cmp(a));
             for name in names.into_iter().take(VERIFY_RECORDS_TRIED) {
                 let key = format!("{}{name}", layout.backup_prefix(&id));
-                match store.get_record::<VerifyRecord>(&key).await {
+                match get_json::<VerifyRecord>(store, &key).await {
                     Ok(Some(v)) if v.backup_id == id.as_str() => {
-                        entry["last-verify"] = json!({
-                            "checked-at": v.checked_at, "ok": v.ok, "code": v.code,
+                        entry.last_verify = Some(LastVerify {
+                            checked_at: v.checked_at,
+                            ok: v.ok,
+                            code: v.code,
                         });
                         break;
                     }
-                    Ok(_) | Err(S3Error::BadRecord { .. }) => {
+                    Ok(_) | Err(StoreError::BadRecord { .. }) => {
                         tracing::warn!(backup_id = %id, record = %name, "ignoring a verification record that is not this backup's");
                     }
                     Err(e) => return Err(e),
@@ -178,14 +160,12 @@ async fn describe(
             }
         }
         BackupStatus::Failed => {
-            let got = store
-                .get_record::<FailureRecord>(&layout.failure_key(&id))
-                .await;
+            let got = get_json::<FailureRecord>(store, &layout.failure_key(&id)).await;
             if let Some(f) = readable(got, &mut entry)? {
-                entry["unit"] = json!(f.unit);
-                entry["finished-at"] = json!(f.failed_at);
-                entry["code"] = json!(f.code);
-                entry["reason"] = json!(f.reason);
+                entry.unit = Some(f.unit);
+                entry.finished_at = Some(f.failed_at);
+                entry.code = Some(f.code);
+                entry.reason = Some(f.reason);
             }
         }
         BackupStatus::Running
@@ -198,10 +178,13 @@ async fn describe(
 
 /// A record that exists but cannot be parsed must not hide every other backup: the
 /// entry says so and the listing goes on. Store errors (access, reachability) still fail.
-fn readable<T>(got: Result<Option<T>, S3Error>, entry: &mut Value) -> Result<Option<T>, S3Error> {
+fn readable<T>(
+    got: Result<Option<T>, StoreError>,
+    entry: &mut BackupEntry,
+) -> Result<Option<T>, StoreError> {
     match got {
-        Err(e @ S3Error::BadRecord { .. }) => {
-            entry["reason"] = json!(e.to_string());
+        Err(e @ StoreError::BadRecord { .. }) => {
+            entry.reason = Some(e.to_string());
             Ok(None)
         }
         other => other,

@@ -23,47 +23,41 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use super::list_backups::upload_times;
-use super::{params, rfc3339, AgentState};
+use super::state::{params, AgentState};
 use crate::backup_id::BackupId;
 use crate::config::keep_days_hint;
 use crate::error::OpError;
-use crate::retention::{self, Policy, Verdict, VersionLock};
-use crate::s3::{S3Error, Store};
-use crate::store::{
-    group, BackupStatus, Found, Layout, ManifestCheck, StoredVersion, DATA_OBJECT, FAILURE_OBJECT,
+use crate::fetch::{check_manifest, list_prefix, seen};
+use crate::layout::{
+    group, upload_times, BackupStatus, Found, Layout, ManifestCheck, DATA_OBJECT, FAILURE_OBJECT,
     MANIFEST_OBJECT,
 };
+use crate::protocol::{
+    AbortedUpload, PruneBackupsParams, PrunePolicy, PruneResult, PrunedBackup, SparedBackup,
+};
+use crate::retention::{self, Policy, Verdict, VersionLock};
+use crate::storage::{self, compat, ObjectStore, StoreError, StoredVersion};
+use crate::timefmt::rfc3339;
 
 /// What to prune: the op's params, and what the scheduler asks for after a backup.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct PruneParams {
-    #[serde(default)]
-    pub keep_last: Option<u32>,
-    #[serde(default)]
-    pub keep_days: Option<f64>,
-    #[serde(default)]
-    pub confirm: bool,
-    #[serde(default)]
-    pub abandoned_after_hours: Option<f64>,
-}
+pub type PruneParams = PruneBackupsParams;
 
 /// Lock-state reads (HeadObject) in flight at once.
 const HEAD_CONCURRENCY: usize = 8;
 
-pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> {
+/// Applies the retention policy: reports what goes and why, and deletes only with
+/// `confirm`.
+pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<PruneResult, OpError> {
     prune(state, params(raw)?).await
 }
 
 /// The whole prune, dry run or not: `prune-backups` and the scheduler's retention after
 /// a backup both run exactly this (same selection, same safety, same unit lock).
-pub async fn prune(state: &Arc<AgentState>, p: PruneParams) -> Result<Value, OpError> {
+pub async fn prune(state: &Arc<AgentState>, p: PruneBackupsParams) -> Result<PruneResult, OpError> {
     let abandoned_after =
         retention::abandoned_after_hours(p.abandoned_after_hours).map_err(OpError::BadRequest)?;
     let (config, s3) = state.storage()?;
@@ -98,11 +92,11 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneParams) -> Result<Value, OpE
         None
     };
 
-    let store = Store::new(&s3)?;
+    let store = state.open_store(&s3)?;
     let layout = Layout::new(s3.clean_path(), &config.cluster);
     let now = OffsetDateTime::now_utc();
-    let keys = store.list_keys(layout.prefix()).await?;
-    let uploads = store.list_uploads(layout.prefix()).await?;
+    let (keys, open_uploads) = list_prefix(&*store, &layout).await?;
+    let uploads = seen(&open_uploads);
     let grouped: HashMap<BackupId, Found> = group(&layout, &keys, &uploads).into_iter().collect();
     let initiated = upload_times(&layout, &uploads);
     let listed: Vec<(BackupId, BackupStatus)> = grouped
@@ -116,7 +110,7 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneParams) -> Result<Value, OpE
         .collect();
     // "Finished" must mean restorable before any rule counts it: a manifest whose data is
     // gone, or that does not parse, must not take the place of the newest backup.
-    let damaged = damaged_backups(&store, &layout, &grouped, &listed).await?;
+    let damaged = damaged_backups(&*store, &layout, &grouped, &listed).await?;
     let backups: Vec<(BackupId, BackupStatus)> = listed
         .into_iter()
         .map(|(id, status)| match damaged.contains_key(&id) {
@@ -154,7 +148,7 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneParams) -> Result<Value, OpE
         .iter()
         .any(|d| matches!(d.verdict, Verdict::Delete(_)));
     // Only decides how a `null` version id is named (see `inspect`).
-    let versioned = any_candidate && store.bucket_versioned().await?;
+    let versioned = any_candidate && store.versioning().await?;
 
     let mut out = Outcome::default();
     for d in decisions {
@@ -163,8 +157,7 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneParams) -> Result<Value, OpE
                 // An abandoned backup has nothing but its upload: it is reported under
                 // aborted-uploads, not as "kept".
                 if d.status != BackupStatus::Abandoned {
-                    out.kept
-                        .push(json!({"backup-id": d.id.as_str(), "status": d.status, "why": why}));
+                    out.kept.push(spared(&d.id, d.status, why));
                 }
                 continue;
             }
@@ -173,18 +166,18 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneParams) -> Result<Value, OpE
         if state.shutdown.is_cancelled() {
             return Err(OpError::Cancelled);
         }
-        let plan = match inspect(&store, &layout, versioned, &d.id, &keys, now).await {
+        let plan = match inspect(&*store, &layout, versioned, &d.id, &keys, now).await {
             Inspection::Delete(plan) => plan,
             Inspection::Locked(reason) => {
-                out.kept.push(json!({
-                    "backup-id": d.id.as_str(), "status": d.status,
-                    "why": format!("{reason}; the policy alone would delete it ({why})"),
-                }));
+                out.kept.push(spared(
+                    &d.id,
+                    d.status,
+                    format!("{reason}; the policy alone would delete it ({why})"),
+                ));
                 continue;
             }
             Inspection::Unreadable(reason) => {
-                out.skipped
-                    .push(json!({"backup-id": d.id.as_str(), "status": d.status, "why": reason}));
+                out.skipped.push(spared(&d.id, d.status, reason));
                 continue;
             }
         };
@@ -194,20 +187,22 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneParams) -> Result<Value, OpE
             .collect::<BTreeSet<_>>()
             .len();
         if p.confirm {
-            if let Err(reason) = delete(&store, &layout, &d.id, &plan).await {
-                out.skipped
-                    .push(json!({"backup-id": d.id.as_str(), "status": d.status, "why": reason}));
+            if let Err(reason) = delete(&*store, &layout, &d.id, &plan).await {
+                out.skipped.push(spared(&d.id, d.status, reason));
                 continue;
             }
             info!(backup_id = %d.id, objects, versions = plan.len(), why = %why, "backup pruned");
         }
-        out.deleted.push(json!({
-            "backup-id": d.id.as_str(), "status": d.status,
-            "objects": objects, "versions": plan.len(), "why": why,
-        }));
+        out.deleted.push(PrunedBackup {
+            backup_id: d.id.to_string(),
+            status: d.status,
+            objects,
+            versions: plan.len(),
+            why,
+        });
     }
 
-    for u in &uploads {
+    for u in &open_uploads {
         let Some((id, _)) = layout.parse_key(&u.key) else {
             continue;
         };
@@ -221,52 +216,63 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneParams) -> Result<Value, OpE
             if state.shutdown.is_cancelled() {
                 return Err(OpError::Cancelled);
             }
-            if let Err(e) = store.abort_upload(&u.key, &u.upload_id).await {
+            if let Err(e) = store.abort_multipart(&u.key, &u.upload_id).await {
                 warn!(backup_id = %id, error = %e, "could not abort an abandoned upload");
-                out.skipped.push(json!({
-                    "backup-id": id.as_str(),
-                    "status": status_of.get(&id).copied().unwrap_or(BackupStatus::Abandoned),
-                    "why": format!("could not abort its open upload: {e}"),
-                }));
+                out.skipped.push(spared(
+                    &id,
+                    status_of
+                        .get(&id)
+                        .copied()
+                        .unwrap_or(BackupStatus::Abandoned),
+                    format!("could not abort its open upload: {e}"),
+                ));
                 continue;
             }
             info!(backup_id = %id, "abandoned multipart upload aborted");
         }
-        out.aborted_uploads.push(json!({
-            "backup-id": id.as_str(),
-            "key": u.key,
-            "initiated": rfc3339(since),
-            "why": format!(
+        out.aborted_uploads.push(AbortedUpload {
+            backup_id: id.to_string(),
+            key: u.key.clone(),
+            initiated: rfc3339(since),
+            why: format!(
                 "open since {}, longer than {}, with no manifest: its agent is gone",
                 rfc3339(since),
                 retention::hours(abandoned_after)
             ),
-        }));
+        });
     }
 
-    Ok(json!({
-        "dry-run": !p.confirm,
-        "cluster": config.cluster,
-        "policy": {
-            "keep-last": policy.keep_last(),
-            "keep-days": policy.keep_days(),
-            "keep-days-from": keep_days_from,
-            "abandoned-after-hours": abandoned_after,
+    Ok(PruneResult {
+        dry_run: !p.confirm,
+        cluster: config.cluster,
+        policy: PrunePolicy {
+            keep_last: policy.keep_last(),
+            keep_days: policy.keep_days(),
+            keep_days_from: keep_days_from.map(str::to_owned),
+            abandoned_after_hours: abandoned_after,
         },
-        "deleted": out.deleted,
-        "kept": out.kept,
-        "skipped": out.skipped,
-        "aborted-uploads": out.aborted_uploads,
-    }))
+        deleted: out.deleted,
+        kept: out.kept,
+        skipped: out.skipped,
+        aborted_uploads: out.aborted_uploads,
+    })
+}
+
+fn spared(id: &BackupId, status: BackupStatus, why: String) -> SparedBackup {
+    SparedBackup {
+        backup_id: id.to_string(),
+        status,
+        why,
+    }
 }
 
 /// Manifest reads in flight at once while checking finished backups.
 const MANIFEST_CONCURRENCY: usize = 16;
 
 /// The backups listed as finished whose manifest does not make them restorable, with
-/// the reason (see [`crate::store::ManifestV1::unrestorable_reason`]).
+/// the reason (see [`crate::layout::ManifestV1::unrestorable_reason`]).
 async fn damaged_backups(
-    store: &Store,
+    store: &dyn ObjectStore,
     layout: &Layout,
     grouped: &HashMap<BackupId, Found>,
     listed: &[(BackupId, BackupStatus)],
@@ -276,14 +282,10 @@ async fn damaged_backups(
         .filter(|(_, s)| *s == BackupStatus::Finished)
         .map(|(id, _)| (id.clone(), grouped.get(id).and_then(|f| f.data_size)))
         .collect();
-    let checks: Vec<(BackupId, Result<ManifestCheck, S3Error>)> = stream::iter(finished)
-        .map(|(id, size)| {
-            let store = store.clone();
-            let layout = layout.clone();
-            async move {
-                let check = store.check_manifest(&layout, &id, size).await;
-                (id, check)
-            }
+    let checks: Vec<(BackupId, Result<ManifestCheck, StoreError>)> = stream::iter(finished)
+        .map(|(id, size)| async move {
+            let check = check_manifest(store, layout, &id, size).await;
+            (id, check)
         })
         .buffer_unordered(MANIFEST_CONCURRENCY)
         .collect()
@@ -300,10 +302,10 @@ async fn damaged_backups(
 
 #[derive(Default)]
 struct Outcome {
-    deleted: Vec<Value>,
-    kept: Vec<Value>,
-    skipped: Vec<Value>,
-    aborted_uploads: Vec<Value>,
+    deleted: Vec<PrunedBackup>,
+    kept: Vec<SparedBackup>,
+    skipped: Vec<SparedBackup>,
+    aborted_uploads: Vec<AbortedUpload>,
 }
 
 /// What the store says about deleting one candidate.
@@ -326,7 +328,7 @@ enum Inspection {
 /// named only on buckets that have versioning: elsewhere some stores refuse a version id
 /// altogether.
 async fn inspect(
-    store: &Store,
+    store: &dyn ObjectStore,
     layout: &Layout,
     versioned: bool,
     id: &BackupId,
@@ -335,20 +337,18 @@ async fn inspect(
 ) -> Inspection {
     let prefix = layout.backup_prefix(id);
     let mine = |key: &str| layout.parse_key(key).is_some_and(|(k, _)| &k == id);
-    let mut versions: Vec<StoredVersion> = match store.list_versions(&prefix).await {
+    let mut versions: Vec<StoredVersion> = match storage::list_versions(store, &prefix).await {
         Ok(v) => v
             .into_iter()
             .filter(|v| mine(&v.key))
             .map(|mut v| {
-                if v.version_id.as_deref() == Some("null") && !versioned {
-                    v.version_id = None;
-                }
+                v.version_id = compat::version_id_to_send(v.version_id, versioned);
                 v
             })
             .collect(),
         // No version listing (Garage): one version per key. Not on a bucket known to keep
         // versions, where deleting by key alone would leave them behind a delete marker.
-        Err(S3Error::Other { .. }) if !versioned => Vec::new(),
+        Err(StoreError::Unsupported { .. }) if !versioned => Vec::new(),
         Err(e) => {
             return Inspection::Unreadable(format!(
                 "cannot list its object versions ({e}); nothing deleted"
@@ -382,13 +382,17 @@ async fn inspect(
         .filter(|v| !v.delete_marker)
         .map(|v| (v.key.clone(), v.version_id.clone()))
         .collect();
-    let heads: Vec<(String, Result<VersionLock, S3Error>)> = stream::iter(objects)
-        .map(|(key, version_id)| {
-            let store = store.clone();
-            async move {
-                let lock = store.version_lock(&key, version_id.as_deref()).await;
-                (key, lock)
-            }
+    let heads: Vec<(String, Result<VersionLock, StoreError>)> = stream::iter(objects)
+        .map(|(key, version_id)| async move {
+            let lock = store
+                .head(&key, version_id.as_deref())
+                .await
+                .map(|m| VersionLock {
+                    mode: m.lock.mode,
+                    retain_until: m.lock.retain_until,
+                    legal_hold: m.lock.legal_hold,
+                });
+            (key, lock)
         })
         .buffered(HEAD_CONCURRENCY)
         .collect()
@@ -430,7 +434,7 @@ fn delete_rank(object: &str) -> u8 {
 
 /// Deletes `plan` in order; on the first failure stops and says what is left.
 async fn delete(
-    store: &Store,
+    store: &dyn ObjectStore,
     layout: &Layout,
     id: &BackupId,
     plan: &[StoredVersion],
@@ -452,6 +456,7 @@ async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_manifest_goes_first_and_the_snapshot_and_failure_record_last() {
@@ -483,9 +488,9 @@ mod tests {
             json!({"cluster": "other"}),
         ];
         for raw in bad {
-            assert!(params::<PruneParams>(raw.clone()).is_err(), "{raw}");
+            assert!(params::<PruneBackupsParams>(raw.clone()).is_err(), "{raw}");
         }
-        let p: PruneParams = params(json!({"keep-days": 0.5, "confirm": true})).unwrap();
+        let p: PruneBackupsParams = params(json!({"keep-days": 0.5, "confirm": true})).unwrap();
         assert_eq!(p.keep_days, Some(0.5));
         assert!(p.confirm && p.keep_last.is_none() && p.abandoned_after_hours.is_none());
     }

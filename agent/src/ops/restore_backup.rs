@@ -28,21 +28,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tracing::{info, warn};
 
-use super::{params, AgentState, UnitGuard};
+use super::state::{params, AgentState, UnitGuard};
 use crate::backup_id::BackupId;
 use crate::config::ValkeySettings;
 use crate::datadir::{DataDir, Ownership};
 use crate::error::OpError;
 use crate::fetch::{download_checked, finished_manifest};
+use crate::layout::{Layout, ManifestV1};
 use crate::progress::{EventSink, ProgressReporter};
+use crate::protocol::{
+    KeyCounts, RestoreAborted, RestoreBackupParams, RestoreCommitted, RestoreFinished,
+    RestorePrepared, RestoreResult, RestoreStep as Step,
+};
 use crate::rdb_compat::{self, ServerVersion};
-use crate::s3::Store;
 use crate::source::ValkeyAdmin;
-use crate::store::{Layout, ManifestV1};
+use crate::storage::ObjectStore;
 
 /// How long a prepared restore may wait for its next step.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -54,29 +57,6 @@ const MAX_LOAD_TIMEOUT_SECS: u64 = 86_400;
 /// Free space a restore leaves on the data directory's filesystem beyond the download,
 /// so the live server is never starved of room by the restore itself.
 const SPACE_HEADROOM: u64 = 64 * 1024 * 1024;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RestoreParams {
-    step: Step,
-    #[serde(default)]
-    backup_id: Option<String>,
-    #[serde(default)]
-    source_cluster: Option<String>,
-    #[serde(default)]
-    restore_id: Option<String>,
-    #[serde(default)]
-    timeout_seconds: Option<u64>,
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
-#[serde(rename_all = "kebab-case")]
-enum Step {
-    Prepare,
-    Commit,
-    Finish,
-    Abort,
-}
 
 /// Where the server keeps its append-only files.
 #[derive(Debug, Clone)]
@@ -113,17 +93,22 @@ pub struct RestoreSession {
     _guard: UnitGuard,
 }
 
-pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Result<Value, OpError> {
-    let p: RestoreParams = params(raw)?;
-    match p.step {
-        Step::Prepare => prepare(state, p, events).await,
-        Step::Commit => commit(state, session_id(&p)?).await,
+/// Runs one step of the restore conversation (see the module docs).
+pub async fn run(
+    state: &Arc<AgentState>,
+    raw: Value,
+    events: EventSink,
+) -> Result<RestoreResult, OpError> {
+    let p: RestoreBackupParams = params(raw)?;
+    Ok(match p.step {
+        Step::Prepare => RestoreResult::Prepared(prepare(state, p, events).await?),
+        Step::Commit => RestoreResult::Committed(commit(state, session_id(&p)?).await?),
         Step::Finish => {
             let timeout = load_timeout(p.timeout_seconds)?;
-            finish(state, session_id(&p)?, timeout).await
+            RestoreResult::Finished(finish(state, session_id(&p)?, timeout).await?)
         }
-        Step::Abort => abort(state, session_id(&p)?).await,
-    }
+        Step::Abort => RestoreResult::Aborted(abort(state, session_id(&p)?).await?),
+    })
 }
 
 /// `timeout-seconds` of `finish`: 1 to a day, 600 when absent.
@@ -136,7 +121,7 @@ fn load_timeout(param: Option<u64>) -> Result<Duration, OpError> {
     }
 }
 
-fn session_id(p: &RestoreParams) -> Result<&str, OpError> {
+fn session_id(p: &RestoreBackupParams) -> Result<&str, OpError> {
     p.restore_id
         .as_deref()
         .ok_or_else(|| OpError::BadRequest("restore-id is required for this step".into()))
@@ -144,9 +129,9 @@ fn session_id(p: &RestoreParams) -> Result<&str, OpError> {
 
 async fn prepare(
     state: &Arc<AgentState>,
-    p: RestoreParams,
+    p: RestoreBackupParams,
     events: EventSink,
-) -> Result<Value, OpError> {
+) -> Result<RestorePrepared, OpError> {
     let (config, s3) = state.storage()?;
     let id = BackupId::parse(
         p.backup_id
@@ -155,13 +140,13 @@ async fn prepare(
     )
     .map_err(|e| OpError::BadRequest(e.to_string()))?;
     let source_cluster = config.cluster_or(p.source_cluster.as_deref())?;
-    let store = Store::new(&s3)?;
+    let store = state.open_store(&s3)?;
     let layout = Layout::new(s3.clean_path(), &source_cluster);
     let restore_id = format!("r{:08x}", rand::random::<u32>());
 
     let guard = state.lock_unit("restore-backup", id.to_string()).await?;
 
-    let manifest = finished_manifest(&store, &layout, &id).await?;
+    let manifest = finished_manifest(&*store, &layout, &id).await?;
     let cli = ValkeyAdmin::new(&config.valkey);
     let info = cli.info().await?;
     if info.role.as_deref() == Some("slave") {
@@ -183,12 +168,7 @@ async fn prepare(
         // Servers before Redis 7.0 keep one AOF file, not a manifest-driven directory; the
         // restored RDB cannot become their AOF's base, so they are refused, not half-done.
         let Some(dirname) = cli.config_get("appenddirname").await? else {
-            return Err(OpError::Valkey(crate::valkey::ValkeyError::Cli {
-                detail:
-                    "the server runs with appendonly yes but has no multi-part AOF (Redis < 7.0): \
-                         set appendonly no for the restore"
-                        .into(),
-            }));
+            return Err(OpError::AofNotRestorable);
         };
         if dirname.is_empty() || dirname.contains('/') || dirname == "." || dirname == ".." {
             return Err(OpError::Internal(format!(
@@ -220,7 +200,7 @@ async fn prepare(
 
     let mut reporter = ProgressReporter::new(events, Some(id.to_string()));
     let downloaded = download_to(
-        &store,
+        &*store,
         &manifest,
         &file,
         owner,
@@ -238,16 +218,16 @@ async fn prepare(
         }
     };
     info!(backup_id = %id, restore_id = %restore_id, target = %target.display(), "restore prepared");
-    let result = json!({
-        "restore-id": restore_id,
-        "backup-id": id.to_string(),
-        "source-cluster": source_cluster,
-        "target": target.display().to_string(),
-        "size-bytes": checked.bytes,
-        "sha256": checked.sha256,
-        "appendonly": aof.is_some(),
-        "next": "stop the server, then send step commit",
-    });
+    let result = RestorePrepared {
+        restore_id: restore_id.clone(),
+        backup_id: id.to_string(),
+        source_cluster: source_cluster.clone(),
+        target: target.display().to_string(),
+        size_bytes: checked.bytes,
+        sha256: checked.sha256,
+        appendonly: aof.is_some(),
+        next: "stop the server, then send step commit".into(),
+    };
     let ended = tokio_util::sync::CancellationToken::new();
     let session = RestoreSession {
         restore_id: restore_id.clone(),
@@ -268,7 +248,7 @@ async fn prepare(
         started: Instant::now(),
         _guard: guard,
     };
-    *state.restore.lock().expect("restore lock") = Some(session);
+    state.restore.put(session);
     spawn_watchdog(Arc::clone(state), restore_id, ended);
     Ok(result)
 }
@@ -364,7 +344,7 @@ fn server_process_user(pid: u32) -> Option<(u32, u32)> {
 /// dump's owner and mode through the descriptor (the name may have been swapped for a
 /// symlink by the directory's owner in the meantime: it is never used here).
 async fn download_to(
-    store: &Store,
+    store: &dyn ObjectStore,
     manifest: &ManifestV1,
     file: &File,
     owner: Ownership,
@@ -378,15 +358,8 @@ async fn download_to(
         ))
     };
     let mut out = tokio::fs::File::from_std(file.try_clone().map_err(io)?);
-    let checked = download_checked(
-        store,
-        manifest,
-        Some(&mut out),
-        reporter,
-        "downloading",
-        cancel,
-    )
-    .await?;
+    let checked =
+        download_checked(store, manifest, &mut out, reporter, "downloading", cancel).await?;
     out.sync_all().await.map_err(io)?;
     drop(out);
     let file = file.try_clone().map_err(io)?;
@@ -416,11 +389,14 @@ fn spawn_watchdog(
                     return;
                 }
             }
-            let expired = match state.restore.lock().expect("restore lock").as_ref() {
-                Some(s) if s.restore_id == restore_id => s.started.elapsed() > SESSION_TIMEOUT,
-                Some(_) => return,
-                None => false,
-            };
+            let expired = state.restore.peek(|s: Option<&RestoreSession>| match s {
+                Some(s) if s.restore_id == restore_id => {
+                    Some(s.started.elapsed() > SESSION_TIMEOUT)
+                }
+                Some(_) => None,
+                None => Some(false),
+            });
+            let Some(expired) = expired else { return };
             if expired {
                 warn!(restore_id = %restore_id, "restore session timed out; aborting it");
                 let _ = abort(&state, &restore_id).await;
@@ -435,10 +411,7 @@ fn spawn_watchdog(
 pub async fn abort_current(state: &Arc<AgentState>) {
     let id = state
         .restore
-        .lock()
-        .expect("restore lock")
-        .as_ref()
-        .map(|s| s.restore_id.clone());
+        .peek(|s: Option<&RestoreSession>| s.map(|s| s.restore_id.clone()));
     if let Some(id) = id {
         let _ = abort(state, &id).await;
     }
@@ -463,23 +436,21 @@ fn remove_stale_temps(dir: &DataDir, dbfilename: &str) {
 
 /// Takes the session out of the state if `restore_id` names it.
 fn take_session(state: &AgentState, restore_id: &str) -> Result<RestoreSession, OpError> {
-    let mut slot = state.restore.lock().expect("restore lock");
-    match slot.take() {
-        Some(s) if s.restore_id == restore_id => Ok(s),
-        other => {
-            *slot = other;
-            Err(OpError::NotFound(format!(
+    state
+        .restore
+        .take_if(|s: &RestoreSession| s.restore_id == restore_id)
+        .ok_or_else(|| {
+            OpError::NotFound(format!(
                 "no restore {restore_id} in progress (it may have timed out)"
-            )))
-        }
-    }
+            ))
+        })
 }
 
 fn put_back(state: &AgentState, session: RestoreSession) {
-    *state.restore.lock().expect("restore lock") = Some(session);
+    state.restore.put(session);
 }
 
-async fn commit(state: &Arc<AgentState>, restore_id: &str) -> Result<Value, OpError> {
+async fn commit(state: &Arc<AgentState>, restore_id: &str) -> Result<RestoreCommitted, OpError> {
     let mut session = take_session(state, restore_id)?;
     if session.committed {
         put_back(state, session);
@@ -501,15 +472,16 @@ async fn commit(state: &Arc<AgentState>, restore_id: &str) -> Result<Value, OpEr
     .await
     .map_err(|e| OpError::Internal(e.to_string()))?;
     let (session, placed) = outcome;
-    let result = placed.map(|()| {
-        json!({
-            "restore-id": session.restore_id,
-            "target": session.target.display().to_string(),
-            "previous": session.previous.as_ref().map(|p| p.display().to_string()),
-            "previous-aof": session.previous_aof.as_ref().map(|p| p.display().to_string()),
-            "appendonly": session.aof.is_some(),
-            "next": "start the server, then send step finish",
-        })
+    let result = placed.map(|()| RestoreCommitted {
+        restore_id: session.restore_id.clone(),
+        target: session.target.display().to_string(),
+        previous: session.previous.as_ref().map(|p| p.display().to_string()),
+        previous_aof: session
+            .previous_aof
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        appendonly: session.aof.is_some(),
+        next: "start the server, then send step finish".into(),
     });
     put_back(state, session);
     result
@@ -660,7 +632,7 @@ async fn finish(
     state: &Arc<AgentState>,
     restore_id: &str,
     timeout: Duration,
-) -> Result<Value, OpError> {
+) -> Result<RestoreFinished, OpError> {
     let session = take_session(state, restore_id)?;
     if !session.committed {
         put_back(state, session);
@@ -682,41 +654,28 @@ async fn finish(
         }
         if Instant::now() >= deadline {
             put_back(state, session);
-            return Err(OpError::Valkey(crate::valkey::ValkeyError::Cli {
-                detail: format!(
-                    "the server did not finish loading the restored data in time ({last})"
-                ),
-            }));
+            return Err(OpError::RestoreNotLoaded { last });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let keys: serde_json::Map<String, Value> = info
-        .keyspace
-        .iter()
-        .map(|(db, n)| (db.clone(), json!(n)))
-        .collect();
-    let expected: serde_json::Map<String, Value> = session
-        .manifest
-        .keyspace_at_start
-        .iter()
-        .map(|(db, n)| (db.clone(), json!(n)))
-        .collect();
+    let keys: KeyCounts = info.keyspace.iter().cloned().collect();
+    let expected: KeyCounts = session.manifest.keyspace_at_start.clone();
     info!(restore_id = %restore_id, backup_id = %session.manifest.backup_id, "restore finished");
-    Ok(json!({
-        "restore-id": session.restore_id,
-        "backup-id": session.manifest.backup_id,
-        "source-cluster": session.source_cluster,
-        "loaded": true,
-        "keys": keys,
-        "keys-at-backup": expected,
-        "keys-match": keys == expected,
-        "target": session.target.display().to_string(),
-        "previous": session.previous.as_ref().map(|p| p.display().to_string()),
-        "duration-seconds": (session.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-    }))
+    Ok(RestoreFinished {
+        restore_id: session.restore_id.clone(),
+        backup_id: session.manifest.backup_id.clone(),
+        source_cluster: session.source_cluster.clone(),
+        loaded: true,
+        keys_match: keys == expected,
+        keys,
+        keys_at_backup: expected,
+        target: session.target.display().to_string(),
+        previous: session.previous.as_ref().map(|p| p.display().to_string()),
+        duration_seconds: (session.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+    })
 }
 
-async fn abort(state: &Arc<AgentState>, restore_id: &str) -> Result<Value, OpError> {
+async fn abort(state: &Arc<AgentState>, restore_id: &str) -> Result<RestoreAborted, OpError> {
     let session = take_session(state, restore_id)?;
     if !session.committed {
         // Only the file this restore created goes; whatever else has its name now stays.
@@ -725,18 +684,19 @@ async fn abort(state: &Arc<AgentState>, restore_id: &str) -> Result<Value, OpErr
         }
     }
     info!(restore_id = %restore_id, committed = session.committed, "restore aborted");
-    Ok(json!({
-        "restore-id": session.restore_id,
-        "aborted": true,
-        "committed": session.committed,
-        "target": session.target.display().to_string(),
-        "previous": session.previous.as_ref().map(|p| p.display().to_string()),
-        "note": if session.committed {
+    Ok(RestoreAborted {
+        restore_id: session.restore_id.clone(),
+        aborted: true,
+        committed: session.committed,
+        target: session.target.display().to_string(),
+        previous: session.previous.as_ref().map(|p| p.display().to_string()),
+        note: if session.committed {
             "the restored files stay in place; the previous dump (and AOF) are kept with the .pre-restore suffix"
         } else {
             "nothing was changed"
-        },
-    }))
+        }
+        .into(),
+    })
 }
 
 #[cfg(test)]

@@ -3,14 +3,16 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::{params, AgentState, NoParams};
+use super::state::{params, AgentState, NoParams};
 use crate::error::OpError;
 use crate::lock::UnitLock;
 use crate::parts::PartPlan;
+use crate::protocol::{MetricsStatus, RunningOp, StatusResult};
 
-pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> {
+/// Reports configuration and activity without any network request.
+pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<StatusResult, OpError> {
     let _: NoParams = params(raw)?;
     let config = state.config_if_any();
     // The lock file tells about operations of other processes (e.g. a CLI-started agent)
@@ -24,25 +26,36 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<Value, OpError> 
     let memory_bound = config.as_ref().map(|c| {
         PartPlan::new(c.backup.part_size_bytes, c.backup.upload_concurrency, None).memory_bound()
     });
-    Ok(json!({
-        "agent-version": crate::AGENT_VERSION,
-        "configured": config.is_some(),
-        "s3-configured": config.as_ref().is_some_and(|c| c.s3.is_some()),
-        "cluster": config.as_ref().map(|c| c.cluster.clone()),
-        "unit": config.as_ref().map(|c| c.unit.clone()),
-        "bucket": config.as_ref().and_then(|c| c.s3.as_ref().map(|s| s.bucket.clone())),
-        "valkey-source": config.as_ref().map(|c| c.valkey.source.as_str()),
-        "busy": busy,
-        "running": running.map(|h| json!({"op": h.op, "backup-id": h.backup_id, "started-at": h.started_at})),
-        "last-backup": state.last_backup(),
-        "memory-bound-bytes": memory_bound,
-        "schedule": state.schedule_report().to_json(
+    Ok(StatusResult {
+        agent_version: crate::AGENT_VERSION.into(),
+        configured: config.is_some(),
+        s3_configured: config.as_ref().is_some_and(|c| c.s3.is_some()),
+        cluster: config.as_ref().map(|c| c.cluster.clone()),
+        unit: config.as_ref().map(|c| c.unit.clone()),
+        bucket: config
+            .as_ref()
+            .and_then(|c| c.s3.as_ref().map(|s| s.bucket.clone())),
+        valkey_source: config.as_ref().map(|c| c.valkey.source.as_str().to_owned()),
+        busy,
+        running: running.map(|h| RunningOp {
+            op: h.op,
+            backup_id: h.backup_id,
+            started_at: h.started_at,
+        }),
+        last_backup: state.last_backup(),
+        memory_bound_bytes: memory_bound,
+        schedule: Some(state.schedule_report().to_json(
             config.as_ref().and_then(|c| c.schedule.as_ref()),
             state.metrics.snapshot().last_success,
             time::OffsetDateTime::now_utc(),
-        ),
-        "metrics": config.as_ref().and_then(|c| c.metrics.as_ref()).map(|m| json!({
-            "listen": m.listen, "error": state.metrics_error(),
-        })),
-    }))
+        ))
+        .filter(|s| !s.is_null()),
+        metrics: config
+            .as_ref()
+            .and_then(|c| c.metrics.as_ref())
+            .map(|m| MetricsStatus {
+                listen: m.listen.to_string(),
+                error: state.metrics_error(),
+            }),
+    })
 }

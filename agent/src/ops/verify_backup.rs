@@ -16,23 +16,25 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use time::OffsetDateTime;
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tracing::{info, warn};
 
-use super::{params, rfc3339, AgentState};
+use super::state::{params, AgentState};
 use crate::backup_id::BackupId;
 use crate::connection::NativeClient;
 use crate::error::{Check, OpError};
 use crate::fetch::{download_checked, finished_manifest};
+use crate::layout::{Layout, ManifestV1, VerifyRecord, MANIFEST_FORMAT};
+use crate::pipeline::Discard;
 use crate::progress::{EventSink, ProgressReporter};
+use crate::protocol::{KeyCounts, LoadReport, VerifyBackupParams, VerifyResult};
 use crate::rdb::RdbFormat;
 use crate::rdb_compat::{self, ServerVersion};
-use crate::s3::Store;
-use crate::store::{Layout, ManifestV1, VerifyRecord, MANIFEST_FORMAT};
-use crate::valkey::ValkeyError;
+use crate::storage::{put_json, ObjectStore};
+use crate::timefmt::rfc3339;
 
 /// Where scratch servers are looked for when neither `server` nor a cli names one.
 const SERVER_DIRS: [&str; 4] = ["/usr/local/bin", "/usr/bin", "/snap/bin", "/usr/sbin"];
@@ -42,28 +44,21 @@ const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a scratch server may take to load a backup.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(1800);
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct VerifyParams {
-    backup_id: String,
-    #[serde(default)]
-    source_cluster: Option<String>,
-    #[serde(default)]
-    load: bool,
-    /// The server binary for `load` (default: the first one found that loads the format).
-    #[serde(default)]
-    server: Option<PathBuf>,
-}
-
-pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Result<Value, OpError> {
-    let p: VerifyParams = params(raw)?;
+/// Verifies one backup against its manifest (and with `load`, in a scratch server),
+/// recording the verdict for the configured cluster.
+pub async fn run(
+    state: &Arc<AgentState>,
+    raw: Value,
+    events: EventSink,
+) -> Result<VerifyResult, OpError> {
+    let p: VerifyBackupParams = params(raw)?;
     let (config, s3) = state.storage()?;
     let id = BackupId::parse(&p.backup_id).map_err(|e| OpError::BadRequest(e.to_string()))?;
     let cluster = config.cluster_or(p.source_cluster.as_deref())?;
     let own = cluster == config.cluster;
-    let store = Store::new(&s3)?;
+    let store = state.open_store(&s3)?;
     let layout = Layout::new(s3.clean_path(), &cluster);
-    let manifest = finished_manifest(&store, &layout, &id).await?;
+    let manifest = finished_manifest(&*store, &layout, &id).await?;
     let server = if p.load {
         let format = rdb_compat::manifest_format(&manifest.rdb_magic, manifest.rdb_version);
         Some(pick_server(p.server.as_deref(), config.valkey.cli.as_deref(), &format).await?)
@@ -75,9 +70,9 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
     let scratch = tempfile::Builder::new()
         .prefix(SCRATCH_PREFIX)
         .tempdir_in(&state.state_dir)
-        .map_err(|e| OpError::Internal(format!("scratch directory: {}", e.kind())))?;
+        .map_err(|e| OpError::LocalIo(format!("scratch directory: {}", e.kind())))?;
     let outcome = check(
-        &store,
+        &*store,
         &manifest,
         p.load,
         server.as_deref(),
@@ -115,7 +110,7 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
     drop_scratch(scratch).await;
     let record_key = if own {
         let key = layout.verify_key(&id, checked_at);
-        if let Err(e) = store.put_record(&key, &record).await {
+        if let Err(e) = put_json(&*store, &key, &record).await {
             warn!(backup_id = %id, error = %e, "could not write the verification record");
             return Err(e.into());
         }
@@ -127,15 +122,15 @@ pub async fn run(state: &Arc<AgentState>, raw: Value, events: EventSink) -> Resu
     outcome?;
     state.metrics.verify_succeeded(checked_at.unix_timestamp());
     state.metrics.save().await;
-    Ok(json!({
-        "backup-id": id.to_string(),
-        "ok": true,
-        "checked-at": record.checked_at,
-        "size-bytes": manifest.stored_size_bytes,
-        "sha256": manifest.sha256,
-        "load": record.load,
-        "record-key": record_key,
-    }))
+    Ok(VerifyResult {
+        backup_id: id.to_string(),
+        ok: true,
+        checked_at: record.checked_at,
+        size_bytes: manifest.stored_size_bytes,
+        sha256: manifest.sha256,
+        load: record.load,
+        record_key,
+    })
 }
 
 /// The prefix of scratch directories in the state directory.
@@ -255,20 +250,20 @@ async fn server_version(server: &Path) -> Option<ServerVersion> {
 
 #[allow(clippy::too_many_arguments)]
 async fn check(
-    store: &Store,
+    store: &dyn ObjectStore,
     manifest: &ManifestV1,
     load: bool,
     server: Option<&Path>,
     scratch: &Path,
     reporter: &mut ProgressReporter,
     state: &AgentState,
-) -> Result<Option<Value>, OpError> {
+) -> Result<Option<LoadReport>, OpError> {
     let rdb = scratch.join("dump.rdb");
     if !load {
         download_checked(
             store,
             manifest,
-            None,
+            &mut Discard,
             reporter,
             "verifying",
             &state.shutdown,
@@ -278,43 +273,46 @@ async fn check(
     }
     let mut file = tokio::fs::File::create(&rdb)
         .await
-        .map_err(|e| OpError::Internal(format!("scratch file: {}", e.kind())))?;
+        .map_err(|e| OpError::LocalIo(format!("scratch file: {}", e.kind())))?;
     download_checked(
         store,
         manifest,
-        Some(&mut file),
+        &mut file,
         reporter,
         "verifying",
         &state.shutdown,
     )
     .await?;
+    file.flush()
+        .await
+        .map_err(|e| OpError::LocalIo(format!("scratch file: {}", e.kind())))?;
     drop(file);
     let server = server.expect("resolved when load is set");
     reporter.update("loading", manifest.stored_size_bytes, None, true);
     let keys = load_in_scratch_server(server, scratch, &state.shutdown).await?;
-    let expected: serde_json::Map<String, Value> = manifest
-        .keyspace_at_start
-        .iter()
-        .map(|(db, n)| (db.clone(), json!(n)))
-        .collect();
+    let expected: KeyCounts = manifest.keyspace_at_start.clone();
     let matches = keys == expected;
     if !matches && manifest.keyspace_exact {
         return Err(OpError::integrity(
             Check::Load,
             format!(
                 "the backup loads with key counts {} but the source had {} when it was taken",
-                Value::Object(keys),
-                Value::Object(expected)
+                counts_json(&keys),
+                counts_json(&expected)
             ),
         ));
     }
-    Ok(Some(json!({
-        "loaded": true,
-        "keys": keys,
-        "keys-at-backup": expected,
-        "keys-match": matches,
-        "keys-exact-at-backup": manifest.keyspace_exact,
-    })))
+    Ok(Some(LoadReport {
+        loaded: true,
+        keys,
+        keys_at_backup: expected,
+        keys_match: matches,
+        keys_exact_at_backup: manifest.keyspace_exact,
+    }))
+}
+
+fn counts_json(counts: &KeyCounts) -> String {
+    serde_json::to_string(counts).expect("counts serialise")
 }
 
 /// Starts a server on `scratch/dump.rdb`, listening only on a Unix socket, waits until it
@@ -323,7 +321,7 @@ async fn load_in_scratch_server(
     server: &Path,
     scratch: &Path,
     cancel: &tokio_util::sync::CancellationToken,
-) -> Result<serde_json::Map<String, Value>, OpError> {
+) -> Result<KeyCounts, OpError> {
     let socket = scratch.join("s.sock");
     let log = scratch.join("server.log");
     let mut command = Command::new(server);
@@ -395,16 +393,14 @@ async fn load_in_scratch_server(
                     break Ok(info
                         .keyspace
                         .iter()
-                        .map(|(db, n)| (db.clone(), json!(n)))
+                        .map(|(db, n)| (db.clone(), *n))
                         .collect());
                 }
                 _ => {}
             }
         }
         if Instant::now() >= deadline {
-            break Err(OpError::Valkey(ValkeyError::Cli {
-                detail: "the scratch server did not finish loading".into(),
-            }));
+            break Err(OpError::ScratchServer("did not finish loading".into()));
         }
         if cancel.is_cancelled() {
             break Err(OpError::Cancelled);

@@ -5,10 +5,11 @@
 use std::path::Path;
 
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::cli::{client_call, print_json, report_error};
-use crate::client::ClientError;
+use super::client::ClientError;
+use super::output::{client_call, print_json, report_error, to_params};
+use crate::protocol::{RestoreBackupParams, RestorePrepared, RestoreStep};
 
 /// Arguments of `restore-backup`.
 #[derive(Debug, Args)]
@@ -68,8 +69,18 @@ fn shell(cmd: &str) -> Result<(), String> {
     }
 }
 
-async fn step(socket: &Path, params: Value) -> Result<Value, ClientError> {
-    client_call(socket, "restore-backup", params).await
+async fn step(socket: &Path, params: RestoreBackupParams) -> Result<Value, ClientError> {
+    client_call(socket, "restore-backup", to_params(&params)).await
+}
+
+fn with_id(step: RestoreStep, restore_id: &str) -> RestoreBackupParams {
+    RestoreBackupParams {
+        step,
+        backup_id: None,
+        source_cluster: None,
+        restore_id: Some(restore_id.to_owned()),
+        timeout_seconds: None,
+    }
 }
 
 /// Runs the whole restore; returns the exit code.
@@ -78,27 +89,34 @@ pub async fn run(socket: &Path, args: RestoreArgs) -> i32 {
         eprintln!("error: give --service UNIT, or --stop-command and --start-command");
         return 2;
     }
-    let mut prepare = json!({"step": "prepare", "backup-id": args.backup_id});
-    if let Some(c) = &args.source_cluster {
-        prepare["source-cluster"] = json!(c);
-    }
+    let prepare = RestoreBackupParams {
+        step: RestoreStep::Prepare,
+        backup_id: Some(args.backup_id.clone()),
+        source_cluster: args.source_cluster.clone(),
+        restore_id: None,
+        timeout_seconds: None,
+    };
     let prepared = match step(socket, prepare).await {
         Ok(v) => v,
         Err(e) => return report_error(&e),
     };
-    let id = prepared["restore-id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let prepared: RestorePrepared = match serde_json::from_value(prepared) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: the agent's prepare result is not what this CLI understands: {e}");
+            return 1;
+        }
+    };
+    let id = prepared.restore_id.clone();
     eprintln!(
-        "prepared: {} verified ({} bytes) beside {}",
-        args.backup_id, prepared["size-bytes"], prepared["target"]
+        "prepared: {} verified ({} bytes) beside {:?}",
+        args.backup_id, prepared.size_bytes, prepared.target
     );
     let args = &args;
     let abort = |started_again: bool| {
         let id = id.clone();
         async move {
-            let _ = step(socket, json!({"step": "abort", "restore-id": id})).await;
+            let _ = step(socket, with_id(RestoreStep::Abort, &id)).await;
             if !started_again {
                 let _ = args.start();
             }
@@ -109,7 +127,7 @@ pub async fn run(socket: &Path, args: RestoreArgs) -> i32 {
         abort(false).await;
         return 1;
     }
-    if let Err(e) = step(socket, json!({"step": "commit", "restore-id": id})).await {
+    if let Err(e) = step(socket, with_id(RestoreStep::Commit, &id)).await {
         abort(false).await;
         return report_error(&e);
     }
@@ -118,6 +136,9 @@ pub async fn run(socket: &Path, args: RestoreArgs) -> i32 {
         abort(true).await;
         return 1;
     }
-    let finish = json!({"step": "finish", "restore-id": id, "timeout-seconds": args.load_timeout});
+    let finish = RestoreBackupParams {
+        timeout_seconds: Some(args.load_timeout),
+        ..with_id(RestoreStep::Finish, &id)
+    };
     print_json(step(socket, finish).await)
 }

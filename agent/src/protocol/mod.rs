@@ -1,10 +1,14 @@
 //! The agent's socket protocol (v1): newline-delimited JSON, one request per connection.
 //!
-//! See `docs/protocol.md` for the full contract. This module holds the types and the
-//! request parser; it does no I/O, so malformed input is tested directly.
+//! See `docs/protocol.md` for the full contract. This module holds the envelope, the
+//! error codes and events, and (in [`ops`]) every op's params and result; it does no
+//! I/O, so malformed input is tested directly.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub mod ops;
+pub use ops::*;
 
 /// The protocol version this agent speaks.
 pub const PROTOCOL_VERSION: u64 = 1;

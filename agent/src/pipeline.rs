@@ -1,0 +1,362 @@
+//! The one byte pipeline: every snapshot the agent moves passes the same checks.
+//!
+//! A backup (cli or replication stream → store), a verify (store → nowhere or a scratch
+//! file) and a restore (store → file beside the server's dump) all read an RDB through
+//! [`check_stream`]: each chunk goes through the [`RdbChecker`] — the streaming
+//! [`RdbValidator`] (header first, trailer and CRC64 at the end), SHA-256 and a byte
+//! count — and only bytes the validator has released reach the [`RdbSink`]. The sink
+//! decides what "writing" means: a [`PartWriter`] cuts parts and applies backpressure,
+//! a file is written in order, [`Discard`] only counts.
+//!
+//! The input is any [`AsyncRead`], plus an end-of-stream hook that runs when the reader
+//! ends and before the trailer's verdict is used (a cli's exit status says more about
+//! a failure than "truncated stream"). A stall timeout and a cancellation token bound
+//! every read and every write.
+
+use std::future::Future;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::OpError;
+use crate::rdb::{RdbError, RdbFormat, RdbValidator};
+use crate::storage::{PartWriter, StoreError};
+
+/// Read size from the source.
+pub const READ_BUF: usize = 128 * 1024;
+
+/// What a whole, valid RDB stream proved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedRdb {
+    /// Size of the RDB itself (what is stored; a stripped EOF marker is not counted).
+    pub rdb_bytes: u64,
+    /// Hex SHA-256 of exactly those bytes.
+    pub sha256: String,
+    /// The CRC64 stored in (and matching) the trailer.
+    pub crc64: u64,
+    /// The header's format.
+    pub format: RdbFormat,
+    /// Whether a diskless-sync EOF marker followed the trailer and was dropped.
+    pub eof_mark_stripped: bool,
+}
+
+/// The validator, SHA-256 and the byte count, fed together.
+pub struct RdbChecker {
+    validator: RdbValidator,
+    sha: Sha256,
+    received: u64,
+}
+
+impl Default for RdbChecker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RdbChecker {
+    /// A checker at the start of a stream that may end in a diskless EOF marker.
+    pub fn new() -> Self {
+        Self::with(RdbValidator::new())
+    }
+
+    /// A checker for a stream framed exactly (nothing may follow the RDB's trailer).
+    pub fn exact() -> Self {
+        Self::with(RdbValidator::exact())
+    }
+
+    fn with(validator: RdbValidator) -> Self {
+        RdbChecker {
+            validator,
+            sha: Sha256::new(),
+            received: 0,
+        }
+    }
+
+    /// Feeds a chunk; `release` gets the bytes now known to belong to the RDB (already
+    /// hashed), in order. Fails as soon as the header is known to be wrong.
+    pub fn push(&mut self, chunk: &[u8], mut release: impl FnMut(&[u8])) -> Result<(), RdbError> {
+        self.received += chunk.len() as u64;
+        let sha = &mut self.sha;
+        self.validator.push(chunk, |r| {
+            sha.update(r);
+            release(r);
+        })
+    }
+
+    /// Bytes received so far (EOF marker included).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Ends the stream: the RDB's last bytes (hashed, not yet released) and what the
+    /// stream proved.
+    pub fn finish(self) -> Result<(Vec<u8>, CheckedRdb), RdbError> {
+        let v = self.validator.finish()?;
+        let mut sha = self.sha;
+        sha.update(&v.tail);
+        Ok((
+            v.tail,
+            CheckedRdb {
+                rdb_bytes: v.rdb_bytes,
+                sha256: hex::encode(sha.finalize()),
+                crc64: v.crc64,
+                format: v.format,
+                eof_mark_stripped: v.eof_mark_stripped,
+            },
+        ))
+    }
+}
+
+/// Where released RDB bytes go.
+#[async_trait::async_trait]
+pub trait RdbSink: Send {
+    /// Takes the next bytes, in stream order.
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), OpError>;
+    /// Parts uploaded so far, for progress (sinks that upload).
+    fn parts_done(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// A sink that keeps nothing (verify without `load`).
+pub struct Discard;
+
+#[async_trait::async_trait]
+impl RdbSink for Discard {
+    async fn write(&mut self, _bytes: &[u8]) -> Result<(), OpError> {
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl RdbSink for PartWriter {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), OpError> {
+        PartWriter::write(self, bytes).await.map_err(OpError::from)
+    }
+    fn parts_done(&self) -> Option<u64> {
+        Some(PartWriter::parts_done(self))
+    }
+}
+
+#[async_trait::async_trait]
+impl RdbSink for tokio::fs::File {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), OpError> {
+        self.write_all(bytes)
+            .await
+            .map_err(|e| OpError::LocalIo(format!("writing the snapshot file: {}", e.kind())))
+    }
+}
+
+/// How a stream is watched.
+pub struct StreamLimits<'a> {
+    /// Longest wait for the next bytes (`None`: the transport's own timeouts apply).
+    pub stall: Option<Duration>,
+    /// What the bytes come from, as messages name it ("the cli").
+    pub source_name: &'static str,
+    /// The stream is framed exactly: no diskless EOF marker may follow the RDB.
+    pub exact: bool,
+    pub cancel: &'a CancellationToken,
+}
+
+/// The outcome of reading a stream to its end.
+#[derive(Debug)]
+pub struct Streamed {
+    /// Bytes read from the source.
+    pub received: u64,
+    /// The trailer's verdict; when valid, every RDB byte reached the sink.
+    pub rdb: Result<CheckedRdb, RdbError>,
+}
+
+/// Reads `reader` to its end through an [`RdbChecker`] into `sink`; see the module docs.
+///
+/// Errors: a bad header (as soon as it is seen), a read failure, a stall, cancellation,
+/// the sink's own errors, and the end-of-stream hook's. The trailer's verdict comes back
+/// in [`Streamed::rdb`] so the caller orders its checks (a verify reports a wrong size
+/// before a bad trailer).
+pub async fn check_stream<R, S, E, F>(
+    mut reader: R,
+    sink: &mut S,
+    end_of_stream: E,
+    limits: StreamLimits<'_>,
+    mut progress: impl FnMut(u64, Option<u64>) + Send,
+) -> Result<Streamed, OpError>
+where
+    R: AsyncRead + Unpin + Send,
+    S: RdbSink + ?Sized,
+    E: FnOnce() -> F + Send,
+    F: Future<Output = Result<(), OpError>> + Send,
+{
+    let cancel = limits.cancel;
+    let mut checker = if limits.exact {
+        RdbChecker::exact()
+    } else {
+        RdbChecker::new()
+    };
+    let mut buf = vec![0u8; READ_BUF];
+    let mut released: Vec<u8> = Vec::with_capacity(READ_BUF + crate::rdb::HOLD_BACK);
+    loop {
+        let read = async {
+            match limits.stall {
+                Some(stall) => tokio::time::timeout(stall, reader.read(&mut buf))
+                    .await
+                    .map_err(|_| OpError::Stalled {
+                        source_name: limits.source_name,
+                        seconds: stall.as_secs(),
+                    })?,
+                None => reader.read(&mut buf).await,
+            }
+            .map_err(read_error)
+        };
+        let n = tokio::select! {
+            _ = cancel.cancelled() => return Err(OpError::Cancelled),
+            r = read => r?,
+        };
+        if n == 0 {
+            break;
+        }
+        checker.push(&buf[..n], |r| released.extend_from_slice(r))?;
+        if !released.is_empty() {
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(OpError::Cancelled),
+                r = sink.write(&released) => r?,
+            }
+            released.clear();
+        }
+        progress(checker.received(), sink.parts_done());
+    }
+    drop(reader);
+    let received = checker.received();
+    let finished = checker.finish();
+    tokio::select! {
+        _ = cancel.cancelled() => return Err(OpError::Cancelled),
+        r = end_of_stream() => r?,
+    }
+    let rdb = match finished {
+        Ok((tail, checked)) => {
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(OpError::Cancelled),
+                r = sink.write(&tail) => r?,
+            }
+            Ok(checked)
+        }
+        Err(e) => Err(e),
+    };
+    Ok(Streamed { received, rdb })
+}
+
+/// A read error: a store's own (carried through [`std::io::Error`] by
+/// [`store_reader`]) stays classified; anything else is the local pipe failing.
+fn read_error(e: std::io::Error) -> OpError {
+    if let Some(store) = e.get_ref().and_then(|i| i.downcast_ref::<StoreError>()) {
+        return OpError::Store(store.clone());
+    }
+    if let Some(valkey) = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<crate::valkey::ValkeyError>())
+    {
+        return OpError::Valkey(valkey.clone());
+    }
+    OpError::LocalIo(format!("reading the snapshot stream: {}", e.kind()))
+}
+
+/// An object's body as an [`AsyncRead`] for [`check_stream`].
+pub fn store_reader(
+    body: futures::stream::BoxStream<'static, Result<bytes::Bytes, StoreError>>,
+) -> impl AsyncRead + Unpin + Send {
+    use futures::StreamExt;
+    tokio_util::io::StreamReader::new(body.map(|r| r.map_err(std::io::Error::other)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rdb::crc64_digest;
+
+    /// A minimal valid RDB: header, some body bytes, 0xFF and the CRC64 of all before.
+    fn rdb(body_len: usize) -> Vec<u8> {
+        let mut v = b"REDIS0011".to_vec();
+        v.extend((0..body_len).map(|i| (i % 251) as u8 & 0x7f));
+        v.push(0xFF);
+        let mut crc = crc64_digest();
+        crc.update(&v);
+        v.extend_from_slice(&crc.finalize().to_le_bytes());
+        v
+    }
+
+    struct Collect(Vec<u8>);
+
+    #[async_trait::async_trait]
+    impl RdbSink for Collect {
+        async fn write(&mut self, bytes: &[u8]) -> Result<(), OpError> {
+            self.0.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sink_gets_exactly_the_rdb_and_its_hash() {
+        let data = rdb(300_000);
+        let mut sink = Collect(Vec::new());
+        let cancel = CancellationToken::new();
+        let limits = StreamLimits {
+            stall: None,
+            source_name: "a test",
+            exact: false,
+            cancel: &cancel,
+        };
+        let out = check_stream(&data[..], &mut sink, || async { Ok(()) }, limits, |_, _| {})
+            .await
+            .unwrap();
+        let checked = out.rdb.unwrap();
+        assert_eq!(sink.0, data);
+        assert_eq!(checked.rdb_bytes, data.len() as u64);
+        assert_eq!(checked.sha256, hex::encode(Sha256::digest(&data)));
+    }
+
+    #[tokio::test]
+    async fn a_failing_end_check_wins_over_a_truncated_trailer() {
+        let data = rdb(1000);
+        let cancel = CancellationToken::new();
+        let limits = StreamLimits {
+            stall: None,
+            source_name: "a test",
+            exact: false,
+            cancel: &cancel,
+        };
+        let err = check_stream(
+            &data[..500],
+            &mut Discard,
+            || async { Err(OpError::Internal("cli exit 1".into())) },
+            limits,
+            |_, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("cli exit 1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_bad_header_fails_before_anything_is_written() {
+        let mut sink = Collect(Vec::new());
+        let cancel = CancellationToken::new();
+        let limits = StreamLimits {
+            stall: None,
+            source_name: "a test",
+            exact: false,
+            cancel: &cancel,
+        };
+        let err = check_stream(
+            &b"HELLO WORLD, not an rdb at all"[..],
+            &mut sink,
+            || async { Ok(()) },
+            limits,
+            |_, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, OpError::Stream(RdbError::BadHeader(_))));
+        assert!(sink.0.is_empty());
+    }
+}

@@ -1,0 +1,422 @@
+//! The params and results of every op, as types.
+//!
+//! Ops build these, the server's audit line reads them, the CLI renders them, and a test
+//! parses every JSON example of `docs/protocol.md` into them, so the document and the
+//! wire cannot drift apart. Keys are kebab-case (Juju action results require it, and the
+//! charm passes results through unchanged). Params refuse unknown keys, so a typo is a
+//! `bad-request`, never silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A backup's state, derived from the objects that exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupStatus {
+    /// A manifest exists. (Listing and pruning read it: unless it parses, describes the
+    /// backup and its data object has the recorded size, the backup is `Damaged`.)
+    Finished,
+    /// A manifest exists but the backup cannot be restored (see
+    /// `layout::ManifestV1::unrestorable_reason`). Never counted as a finished backup.
+    Damaged,
+    /// A failure record exists.
+    Failed,
+    /// A multipart upload is open and nothing else was written yet.
+    Running,
+    /// A data object exists without manifest or failure record (agent died between the
+    /// two writes).
+    Incomplete,
+    /// `Running`, but every open upload is older than the abandoned-upload age (default
+    /// 24 h): its agent is gone. `layout::Found::status` never says this (it needs a clock and
+    /// a policy); `list-backups` and `prune-backups` refine `Running` with
+    /// `retention::shown_status`.
+    Abandoned,
+}
+
+/// Params of ops that take none (`status`, `create-backup`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+// `configure` params are the configuration itself: `crate::config::AgentConfig`, which
+// validates them (the protocol module stays below the configuration).
+
+/// `list-backups` params.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ListBackupsParams {
+    /// Another cluster's prefix to read (read-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abandoned_after_hours: Option<f64>,
+}
+
+/// `prune-backups` params.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PruneBackupsParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_days: Option<f64>,
+    /// Without it the prune is a dry run.
+    #[serde(default)]
+    pub confirm: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abandoned_after_hours: Option<f64>,
+}
+
+/// The steps of the `restore-backup` conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreStep {
+    Prepare,
+    Commit,
+    Finish,
+    Abort,
+}
+
+/// `restore-backup` params (which are required depends on the step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RestoreBackupParams {
+    pub step: RestoreStep,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// `verify-backup` params.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VerifyBackupParams {
+    pub backup_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_cluster: Option<String>,
+    #[serde(default)]
+    pub load: bool,
+    /// The server binary for `load` (default: `valkey-server`/`redis-server` beside the cli).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<PathBuf>,
+}
+
+/// The operation holding the unit lock, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RunningOp {
+    pub op: String,
+    /// The backup id, or what is being done (`prune of <cluster>`).
+    pub backup_id: String,
+    pub started_at: String,
+}
+
+/// This agent's last backup attempt since it started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LastBackup {
+    pub backup_id: String,
+    /// `finished` or `failed`.
+    pub status: String,
+    pub finished_at: Option<String>,
+    pub code: Option<String>,
+}
+
+/// `status` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StatusResult {
+    pub agent_version: String,
+    pub configured: bool,
+    pub s3_configured: bool,
+    pub cluster: Option<String>,
+    pub unit: Option<String>,
+    pub bucket: Option<String>,
+    /// The configured snapshot source (`auto`, `native` or `cli`).
+    pub valkey_source: Option<String>,
+    pub busy: bool,
+    pub running: Option<RunningOp>,
+    pub last_backup: Option<LastBackup>,
+    /// Part buffers × (upload concurrency + 1), when configured.
+    pub memory_bound_bytes: Option<u64>,
+    /// The schedule and what the scheduler did (null without a schedule); its shape is
+    /// documented in docs/protocol.md and built by the scheduler.
+    pub schedule: Option<serde_json::Value>,
+    /// The metrics endpoint, when configured.
+    pub metrics: Option<MetricsStatus>,
+}
+
+/// Where the metrics endpoint listens, and why it does not serve when it should.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MetricsStatus {
+    pub listen: String,
+    pub error: Option<String>,
+}
+
+/// `configure` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigureResult {
+    pub configured: bool,
+    pub cluster: String,
+    pub s3_configured: bool,
+    pub bucket: Option<String>,
+    pub bucket_created: bool,
+    /// The configured snapshot source (`auto`, `native` or `cli`).
+    pub valkey_source: String,
+}
+
+/// `create-backup` result: the finished backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CreateBackupResult {
+    pub backup_id: String,
+    pub cluster: String,
+    pub status: BackupStatus,
+    /// Which client took the snapshot (`native` or `cli`).
+    pub source: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub crc64: String,
+    /// `REDIS` or `VALKEY`: the snapshot's own format family.
+    pub rdb_magic: String,
+    pub rdb_version: u16,
+    pub source_kind: String,
+    pub source_version: String,
+    pub parts: u64,
+    pub part_size_bytes: u64,
+    pub memory_bound_bytes: u64,
+    pub duration_seconds: f64,
+    pub started_at: String,
+    pub finished_at: String,
+    pub data_key: String,
+}
+
+/// The newest verification of a backup, as `list-backups` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LastVerify {
+    pub checked_at: String,
+    pub ok: bool,
+    pub code: Option<String>,
+}
+
+/// One backup in a `list-backups` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BackupEntry {
+    pub backup_id: String,
+    pub status: BackupStatus,
+    pub unit: Option<String>,
+    pub size_bytes: Option<u64>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// `<kind> <version>` of the source server (finished backups).
+    pub source_version: Option<String>,
+    pub code: Option<String>,
+    pub reason: Option<String>,
+    pub verify_records: usize,
+    pub last_verify: Option<LastVerify>,
+    /// Finished backups whose manifest was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdb_version: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// `list-backups` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ListBackupsResult {
+    pub cluster: String,
+    /// Newest first.
+    pub backups: Vec<BackupEntry>,
+    /// The schedule, as in `status` (absent without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<serde_json::Value>,
+}
+
+/// The policy a prune applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PrunePolicy {
+    pub keep_last: Option<u32>,
+    pub keep_days: Option<f64>,
+    /// `request`, `s3.delete-older-than-days` or null.
+    pub keep_days_from: Option<String>,
+    pub abandoned_after_hours: f64,
+}
+
+/// A backup a prune deleted (or, in a dry run, would delete).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PrunedBackup {
+    pub backup_id: String,
+    pub status: BackupStatus,
+    pub objects: usize,
+    pub versions: usize,
+    pub why: String,
+}
+
+/// A backup a prune kept or skipped, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SparedBackup {
+    pub backup_id: String,
+    pub status: BackupStatus,
+    pub why: String,
+}
+
+/// An abandoned upload a prune aborted (or would abort).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AbortedUpload {
+    pub backup_id: String,
+    pub key: String,
+    pub initiated: String,
+    pub why: String,
+}
+
+/// `prune-backups` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PruneResult {
+    pub dry_run: bool,
+    pub cluster: String,
+    pub policy: PrunePolicy,
+    pub deleted: Vec<PrunedBackup>,
+    pub kept: Vec<SparedBackup>,
+    pub skipped: Vec<SparedBackup>,
+    pub aborted_uploads: Vec<AbortedUpload>,
+}
+
+/// Key counts per database (`db0` → n).
+pub type KeyCounts = BTreeMap<String, u64>;
+
+/// `restore-backup` step `prepare` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RestorePrepared {
+    pub restore_id: String,
+    pub backup_id: String,
+    pub source_cluster: String,
+    pub target: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub appendonly: bool,
+    pub next: String,
+}
+
+/// `restore-backup` step `commit` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RestoreCommitted {
+    pub restore_id: String,
+    pub target: String,
+    pub previous: Option<String>,
+    pub previous_aof: Option<String>,
+    pub appendonly: bool,
+    pub next: String,
+}
+
+/// `restore-backup` step `finish` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RestoreFinished {
+    pub restore_id: String,
+    pub backup_id: String,
+    pub source_cluster: String,
+    pub loaded: bool,
+    pub keys: KeyCounts,
+    pub keys_at_backup: KeyCounts,
+    pub keys_match: bool,
+    pub target: String,
+    pub previous: Option<String>,
+    pub duration_seconds: f64,
+}
+
+/// `restore-backup` step `abort` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RestoreAborted {
+    pub restore_id: String,
+    pub aborted: bool,
+    pub committed: bool,
+    pub target: String,
+    pub previous: Option<String>,
+    pub note: String,
+}
+
+/// The result of one `restore-backup` step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RestoreResult {
+    Prepared(RestorePrepared),
+    Committed(RestoreCommitted),
+    Finished(RestoreFinished),
+    Aborted(RestoreAborted),
+}
+
+/// What loading a backup into a scratch server showed (`verify-backup --load`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LoadReport {
+    pub loaded: bool,
+    pub keys: KeyCounts,
+    pub keys_at_backup: KeyCounts,
+    pub keys_match: bool,
+    pub keys_exact_at_backup: bool,
+}
+
+/// `verify-backup` result (a failed verification is an error instead).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VerifyResult {
+    pub backup_id: String,
+    pub ok: bool,
+    pub checked_at: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub load: Option<LoadReport>,
+    /// The verification record written (null for another cluster's backup).
+    pub record_key: Option<String>,
+}
+
+/// Any op's result, as the server sends it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Status(StatusResult),
+    Configure(ConfigureResult),
+    CreateBackup(CreateBackupResult),
+    ListBackups(ListBackupsResult),
+    RestoreBackup(RestoreResult),
+    VerifyBackup(VerifyResult),
+    PruneBackups(PruneResult),
+}
+
+impl Reply {
+    /// The backup the op was about, for the audit line.
+    pub fn backup_id(&self) -> Option<&str> {
+        match self {
+            Reply::CreateBackup(r) => Some(&r.backup_id),
+            Reply::VerifyBackup(r) => Some(&r.backup_id),
+            Reply::RestoreBackup(RestoreResult::Prepared(r)) => Some(&r.backup_id),
+            Reply::RestoreBackup(RestoreResult::Finished(r)) => Some(&r.backup_id),
+            _ => None,
+        }
+    }
+
+    /// The result as the `data` of a `result` event.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("results always serialise")
+    }
+}

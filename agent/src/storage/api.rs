@@ -1,0 +1,378 @@
+//! The storage interface itself: the [`ObjectStore`] trait, its types and errors, the
+//! paginator and the JSON-record helpers. Implementations and the part writer build on
+//! this module; see [`crate::storage`] for the contract.
+
+use std::future::Future;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A store shared by an operation and its spawned part uploads.
+pub type DynStore = Arc<dyn ObjectStore>;
+
+/// A classified store failure. Messages carry the store's error code and HTTP status but
+/// never an SDK's own text, which can include request ids and host details.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("the S3 store rejected the request ({detail}); check the access key, secret key and bucket policy")]
+    AccessDenied { detail: String },
+    #[error("bucket {bucket:?} does not exist")]
+    NoBucket { bucket: String },
+    #[error("bucket {bucket:?} does not exist and cannot be created ({detail})")]
+    CannotCreateBucket { bucket: String, detail: String },
+    #[error("cannot reach the S3 endpoint {endpoint}: {detail}")]
+    Unreachable { endpoint: String, detail: String },
+    /// A [`PutMode::Create`] write found the key taken.
+    #[error("object {key:?} already exists; backups never overwrite objects")]
+    AlreadyExists { key: String },
+    /// The object (or the version) does not exist.
+    #[error("object {key:?} does not exist")]
+    NotFound { key: String },
+    /// The store does not implement the operation (Garage: ListObjectVersions).
+    #[error("the S3 store does not implement {operation}")]
+    Unsupported { operation: &'static str },
+    /// Any other error answer.
+    #[error("the S3 store answered {detail} during {operation}")]
+    Answer {
+        operation: &'static str,
+        detail: String,
+    },
+    /// A listing said "more follows" but gave the same place to continue from.
+    #[error("the S3 store's {operation} listing does not advance (a truncated page with the same marker); refusing to loop")]
+    StuckListing { operation: &'static str },
+    /// The stream needs more parts than S3 allows.
+    #[error("more than {max} parts; raise backup.part-size-bytes")]
+    TooManyParts { max: u64 },
+    /// A part upload or hashing task died (panic or runtime shutdown).
+    #[error("a {operation} task stopped before it finished")]
+    TaskFailed { operation: &'static str },
+    #[error("object {key:?} is not a valid record")]
+    BadRecord { key: String },
+    #[error("invalid S3 client settings: {0}")]
+    Setup(String),
+}
+
+/// Whether a write may replace an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Write only if the key does not exist: [`StoreError::AlreadyExists`] otherwise.
+    Create,
+    /// Replace whatever is there (only tests use it; the agent writes once).
+    Overwrite,
+}
+
+/// How an object is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOptions {
+    pub mode: PutMode,
+    pub content_type: &'static str,
+    /// Bulk data (a snapshot): the configured storage class applies. Small records stay
+    /// in the store's default class, so that listing can read them at once whatever the
+    /// class of the snapshots (an archive class would make every manifest unreadable).
+    pub bulk: bool,
+}
+
+impl PutOptions {
+    /// Write-once of a small record with the given content type.
+    pub fn create(content_type: &'static str) -> Self {
+        PutOptions {
+            mode: PutMode::Create,
+            content_type,
+            bulk: false,
+        }
+    }
+}
+
+/// Object Lock state of one object version, as the store reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectLock {
+    /// `GOVERNANCE` or `COMPLIANCE`.
+    pub mode: Option<String>,
+    /// Unix seconds.
+    pub retain_until: Option<i64>,
+    pub legal_hold: bool,
+}
+
+/// What a listing or a head request says about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// Only filled by [`ObjectStore::head`]; listings leave it empty.
+    pub lock: ObjectLock,
+}
+
+/// An object being read: its size and its bytes as they arrive.
+pub struct GetResult {
+    pub size: u64,
+    pub body: BoxStream<'static, Result<Bytes, StoreError>>,
+}
+
+impl GetResult {
+    /// Reads the whole body into memory (only for small objects).
+    pub async fn bytes(mut self) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::with_capacity(self.size.min(1 << 20) as usize);
+        while let Some(chunk) = self.body.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+}
+
+/// A multipart upload that was started and neither completed nor aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenUpload {
+    pub key: String,
+    pub upload_id: String,
+    /// Unix seconds.
+    pub initiated: Option<i64>,
+}
+
+/// One stored version of an object, or a delete marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVersion {
+    pub key: String,
+    /// `None` on stores without versioning (the object is its only version).
+    pub version_id: Option<String>,
+    pub delete_marker: bool,
+}
+
+/// A completed part, as [`ObjectStore::complete_multipart`] needs it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartId {
+    pub number: u32,
+    pub etag: Option<String>,
+}
+
+/// Where a listing continues: ListObjectsV2's continuation token in `key`, or the key
+/// and upload/version id markers of the older listings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageToken {
+    pub key: String,
+    pub id: Option<String>,
+}
+
+/// One page of a listing; `next` is `Some` exactly when the store said "truncated".
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<PageToken>,
+}
+
+/// The operations the agent needs from an object store, and nothing more.
+///
+/// Implementations classify their own errors into [`StoreError`] and keep every
+/// store-specific workaround inside themselves (see `compat`).
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
+    /// The endpoint as shown in messages (never with credentials).
+    fn endpoint(&self) -> &str;
+    /// The whole object, streamed. [`StoreError::NotFound`] when it does not exist.
+    async fn get(&self, key: &str) -> Result<GetResult, StoreError>;
+    /// The bytes `range` of an object.
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError>;
+    /// Size and Object Lock state of an object, or of one of its versions.
+    async fn head(&self, key: &str, version_id: Option<&str>) -> Result<ObjectMeta, StoreError>;
+    /// Writes a whole object in one request.
+    async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<(), StoreError>;
+    /// Starts a multipart upload; returns its id. Nothing is visible yet.
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError>;
+    /// Uploads one part (numbers from 1).
+    async fn put_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Bytes,
+    ) -> Result<PartId, StoreError>;
+    /// Makes the upload visible as one object of `size` bytes, honouring `opts.mode`.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<PartId>,
+        size: u64,
+        opts: &PutOptions,
+    ) -> Result<(), StoreError>;
+    /// Discards an upload and its parts; one that is already gone counts as aborted.
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+    /// One page of the objects under `prefix`.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<PageToken>,
+    ) -> Result<Page<ObjectMeta>, StoreError>;
+    /// One page of the open multipart uploads under `prefix`.
+    async fn list_uploads_page(
+        &self,
+        prefix: &str,
+        token: Option<PageToken>,
+    ) -> Result<Page<OpenUpload>, StoreError>;
+    /// One page of every version and delete marker under `prefix`
+    /// ([`StoreError::Unsupported`] where the store has no versions).
+    async fn list_versions_page(
+        &self,
+        prefix: &str,
+        token: Option<PageToken>,
+    ) -> Result<Page<StoredVersion>, StoreError>;
+    /// Deletes exactly one version (no delete marker), or the object on an unversioned
+    /// store.
+    async fn delete_version(&self, key: &str, version_id: Option<&str>) -> Result<(), StoreError>;
+    /// Whether the bucket keeps versions (versioning enabled or suspended).
+    async fn versioning(&self) -> Result<bool, StoreError>;
+    /// Makes sure the bucket exists, creating it when missing; whether it was created.
+    async fn ensure_bucket(&self) -> Result<bool, StoreError>;
+}
+
+/// Walks a paginated listing to its end.
+///
+/// `fetch` gets the token to continue from (`None` first). A page that claims more
+/// follows but gives back the token it was asked with would repeat forever, so it is an
+/// error ([`StoreError::StuckListing`]), not the end of the listing.
+pub async fn collect_pages<T, F, Fut>(
+    operation: &'static str,
+    mut fetch: F,
+) -> Result<Vec<T>, StoreError>
+where
+    F: FnMut(Option<PageToken>) -> Fut,
+    Fut: Future<Output = Result<Page<T>, StoreError>>,
+{
+    let mut out = Vec::new();
+    let mut token: Option<PageToken> = None;
+    loop {
+        let page = fetch(token.clone()).await?;
+        out.extend(page.items);
+        match page.next {
+            None => return Ok(out),
+            Some(next) if next == token.clone().unwrap_or_default() => {
+                return Err(StoreError::StuckListing { operation })
+            }
+            Some(next) => token = Some(next),
+        }
+    }
+}
+
+/// Every object under `prefix`.
+pub async fn list(store: &dyn ObjectStore, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+    collect_pages("ListObjectsV2", |t| store.list_page(prefix, t)).await
+}
+
+/// Every open multipart upload under `prefix`.
+pub async fn list_uploads(
+    store: &dyn ObjectStore,
+    prefix: &str,
+) -> Result<Vec<OpenUpload>, StoreError> {
+    collect_pages("ListMultipartUploads", |t| {
+        store.list_uploads_page(prefix, t)
+    })
+    .await
+}
+
+/// Every version and delete marker under `prefix`.
+pub async fn list_versions(
+    store: &dyn ObjectStore,
+    prefix: &str,
+) -> Result<Vec<StoredVersion>, StoreError> {
+    collect_pages("ListObjectVersions", |t| {
+        store.list_versions_page(prefix, t)
+    })
+    .await
+}
+
+/// The largest JSON record the agent will read.
+const MAX_RECORD_BYTES: u64 = 1024 * 1024;
+
+/// Writes a small JSON record once ([`PutMode::Create`]).
+pub async fn put_json<T: Serialize>(
+    store: &dyn ObjectStore,
+    key: &str,
+    record: &T,
+) -> Result<(), StoreError> {
+    let mut body = serde_json::to_vec_pretty(record).expect("records serialise");
+    body.push(b'\n');
+    store
+        .put(
+            key,
+            Bytes::from(body),
+            &PutOptions::create("application/json"),
+        )
+        .await
+}
+
+/// Reads a small JSON record; `Ok(None)` when it does not exist, [`StoreError::BadRecord`]
+/// when it is too large or does not parse as `T`.
+pub async fn get_json<T: DeserializeOwned>(
+    store: &dyn ObjectStore,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let got = match store.get(key).await {
+        Ok(g) => g,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // Records are a few hundred bytes; anything huge under a record's name is not one
+    // (and must not be read into memory).
+    if got.size > MAX_RECORD_BYTES {
+        return Err(StoreError::BadRecord {
+            key: key.to_owned(),
+        });
+    }
+    let body = got.bytes().await?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|_| StoreError::BadRecord {
+            key: key.to_owned(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(items: &[u32], next: Option<&str>) -> Page<u32> {
+        Page {
+            items: items.to_vec(),
+            next: next.map(|k| PageToken {
+                key: k.into(),
+                id: None,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn paginator_follows_tokens_to_the_end() {
+        let got = collect_pages("L", |t| async move {
+            Ok(match t.map(|t| t.key).as_deref() {
+                None => page(&[1, 2], Some("a")),
+                Some("a") => page(&[3], Some("b")),
+                _ => page(&[4], None),
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, vec![1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn paginator_refuses_a_truncated_page_that_does_not_advance() {
+        let err = collect_pages("L", |t| async move {
+            Ok(match t.map(|t| t.key).as_deref() {
+                None => page(&[1], Some("a")),
+                _ => page(&[2], Some("a")),
+            })
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err, StoreError::StuckListing { operation: "L" });
+        // Truncated with no marker at all on the first page: the same.
+        let err = collect_pages("L", |_| async { Ok(page(&[1], Some(""))) })
+            .await
+            .unwrap_err();
+        assert_eq!(err, StoreError::StuckListing { operation: "L" });
+    }
+}

@@ -1,0 +1,249 @@
+//! Write-once upload of one object of unknown length, with bounded memory.
+//!
+//! [`PartWriter`] takes bytes in any amounts, cuts them into parts of exactly
+//! `part_size` bytes (all parts but the last the same size: some stores require it) and
+//! keeps at most `concurrency` part uploads in flight. When every slot is busy,
+//! [`PartWriter::write`] waits: that backpressure is what bounds the agent's memory to
+//! `part_size × (concurrency + 1)` whatever the dataset size.
+//!
+//! The multipart upload is created lazily with the first full part, so a stream that
+//! fails early costs no request, and a stream that fits in one part is stored with a
+//! single write. Nothing becomes visible until [`PartWriter::finish`], which the caller
+//! calls only after the whole stream was validated; completion is [`PutMode::Create`],
+//! and a completion whose answer was lost counts only when the object then exists with
+//! exactly the uploaded size.
+//! On failure [`PartWriter::abort`] stops the uploads in flight and aborts the multipart
+//! upload, so no partial object remains.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinSet;
+
+use super::api::{DynStore, PartId, PutMode, PutOptions, StoreError};
+
+/// The most parts one multipart upload may have (S3's limit).
+pub const MAX_PARTS: u64 = 10_000;
+
+/// The outcome of a completed upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    pub parts: u64,
+    pub bytes: u64,
+}
+
+/// Starts a write-once upload of `key` on `store`: the multipart entry point of the
+/// storage seam. Sends nothing until the first part is full.
+pub fn put_multipart(
+    store: &DynStore,
+    key: String,
+    content_type: &'static str,
+    part_size: usize,
+    concurrency: usize,
+) -> PartWriter {
+    PartWriter::new(Arc::clone(store), key, content_type, part_size, concurrency)
+}
+
+/// One object being uploaded; see the module docs.
+pub struct PartWriter {
+    store: DynStore,
+    key: String,
+    opts: PutOptions,
+    part_size: usize,
+    concurrency: usize,
+    buf: BytesMut,
+    upload_id: Option<String>,
+    in_flight: JoinSet<Result<PartId, StoreError>>,
+    completed: Vec<PartId>,
+    next_part: u32,
+    bytes: u64,
+    /// Pause between abort attempts (tests shorten it).
+    abort_backoff: Duration,
+}
+
+impl PartWriter {
+    /// Prepares a write-once upload of `key`; sends nothing yet.
+    pub fn new(
+        store: DynStore,
+        key: String,
+        content_type: &'static str,
+        part_size: usize,
+        concurrency: usize,
+    ) -> Self {
+        let part_size = part_size.max(1);
+        PartWriter {
+            store,
+            key,
+            opts: PutOptions {
+                mode: PutMode::Create,
+                content_type,
+                bulk: true,
+            },
+            part_size,
+            concurrency: concurrency.max(1),
+            buf: BytesMut::with_capacity(part_size),
+            upload_id: None,
+            in_flight: JoinSet::new(),
+            completed: Vec::new(),
+            next_part: 1,
+            bytes: 0,
+            abort_backoff: Duration::from_millis(500),
+        }
+    }
+
+    /// Sets the pause between abort attempts.
+    pub fn with_abort_backoff(mut self, backoff: Duration) -> Self {
+        self.abort_backoff = backoff;
+        self
+    }
+
+    /// The object key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Parts whose upload has finished.
+    pub fn parts_done(&self) -> u64 {
+        self.completed.len() as u64
+    }
+
+    /// Bytes accepted so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes + self.buf.len() as u64
+    }
+
+    /// Whether a multipart upload was created (and so must be completed or aborted).
+    pub fn is_open(&self) -> bool {
+        self.upload_id.is_some()
+    }
+
+    /// Takes `data`; every part it fills is handed to an upload slot, waiting for a free
+    /// one. The part buffer never grows beyond `part_size`.
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+        while !data.is_empty() {
+            let room = self.part_size - self.buf.len();
+            let take = room.min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == self.part_size {
+                let part =
+                    std::mem::replace(&mut self.buf, BytesMut::with_capacity(self.part_size));
+                self.push_part(part.freeze()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn push_part(&mut self, part: Bytes) -> Result<(), StoreError> {
+        if u64::from(self.next_part) > MAX_PARTS {
+            return Err(StoreError::TooManyParts { max: MAX_PARTS });
+        }
+        if self.upload_id.is_none() {
+            self.upload_id = Some(self.store.create_multipart(&self.key, &self.opts).await?);
+        }
+        while self.in_flight.len() >= self.concurrency {
+            self.join_one().await?;
+        }
+        // Collect uploads that already finished, so errors surface early.
+        while let Some(done) = self.in_flight.try_join_next() {
+            self.completed.push(flatten(done)?);
+        }
+        let number = self.next_part;
+        self.next_part += 1;
+        tracing::debug!(key = %self.key, part = number, bytes = part.len(), in_flight = self.in_flight.len(), "uploading part");
+        self.bytes += part.len() as u64;
+        let store = self.store.clone();
+        let key = self.key.clone();
+        let upload_id = self.upload_id.clone().expect("created above");
+        self.in_flight
+            .spawn(async move { store.put_part(&key, &upload_id, number, part).await });
+        Ok(())
+    }
+
+    async fn join_one(&mut self) -> Result<(), StoreError> {
+        if let Some(done) = self.in_flight.join_next().await {
+            self.completed.push(flatten(done)?);
+        }
+        Ok(())
+    }
+
+    /// Uploads what is buffered and makes the object visible, write-once. On error the
+    /// writer stays as it was, for [`PartWriter::abort`].
+    pub async fn finish(&mut self) -> Result<Uploaded, StoreError> {
+        let last = std::mem::take(&mut self.buf).freeze();
+        if self.upload_id.is_none() {
+            // The whole stream fit in one part: a single conditional write.
+            let len = last.len() as u64;
+            self.store.put(&self.key, last, &self.opts).await?;
+            self.bytes = len;
+            return Ok(Uploaded {
+                parts: 1,
+                bytes: len,
+            });
+        }
+        if !last.is_empty() {
+            self.push_part(last).await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.join_one().await?;
+        }
+        let parts = self.completed.clone();
+        let count = parts.len() as u64;
+        let upload_id = self.upload_id.clone().expect("open upload");
+        let completed = self
+            .store
+            .complete_multipart(&self.key, &upload_id, parts, self.bytes, &self.opts)
+            .await;
+        match completed {
+            Ok(()) => {}
+            // Someone else's object: never taken for ours, whatever its size.
+            Err(e @ StoreError::AlreadyExists { .. }) => return Err(e),
+            // The answer may have been lost after the store completed the upload (a reset
+            // connection, a timeout). The key is unique to this backup, so an object there
+            // with exactly our size is our completed upload; anything else is a failure.
+            Err(e) => match self.store.head(&self.key, None).await {
+                Ok(meta) if meta.size == self.bytes => {
+                    tracing::warn!(key = %self.key, error = %e, "completion answer lost, but the object is complete");
+                }
+                _ => return Err(e),
+            },
+        }
+        self.upload_id = None;
+        Ok(Uploaded {
+            parts: count,
+            bytes: self.bytes,
+        })
+    }
+
+    /// Stops in-flight parts and aborts the multipart upload, so nothing partial remains.
+    /// Retries a few times: an upload left open costs storage until pruned.
+    pub async fn abort(&mut self) -> Result<(), StoreError> {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        self.buf.clear();
+        let Some(upload_id) = self.upload_id.take() else {
+            return Ok(());
+        };
+        let mut last_err = None;
+        for attempt in 0..3u32 {
+            if attempt > 0 {
+                tokio::time::sleep(self.abort_backoff * attempt).await;
+            }
+            match self.store.abort_multipart(&self.key, &upload_id).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        self.upload_id = Some(upload_id);
+        Err(last_err.expect("at least one attempt"))
+    }
+}
+
+fn flatten(
+    joined: Result<Result<PartId, StoreError>, tokio::task::JoinError>,
+) -> Result<PartId, StoreError> {
+    joined.map_err(|_| StoreError::TaskFailed {
+        operation: "UploadPart",
+    })?
+}

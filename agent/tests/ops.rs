@@ -1,0 +1,888 @@
+//! Every op against the in-memory store, with the fault wrapper around it: success and
+//! failure paths in seconds, without a server. The snapshot comes from a test source of
+//! bytes built here (a valid RDB is a header, a body, `0xFF` and the CRC64 of all before).
+//!
+//! The real-server suite (tests/integration) still proves the product on moto, Garage
+//! and Valkey; these tests pin down what each op does with every answer a store can give.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use valkey_backup_agent::config::{AgentConfig, ValkeySettings};
+use valkey_backup_agent::error::OpError;
+use valkey_backup_agent::ops::{self, AgentState};
+use valkey_backup_agent::protocol::{ErrorCode, Op, Reply};
+use valkey_backup_agent::rdb::crc64_digest;
+use valkey_backup_agent::source::{SnapshotReader, SnapshotSource};
+use valkey_backup_agent::storage::fault::{Calls, Fault, Faulty, Operation};
+use valkey_backup_agent::storage::memory::InMemory;
+use valkey_backup_agent::storage::{DynStore, ObjectLock, ObjectStore, StoreError};
+use valkey_backup_agent::valkey::ServerInfo;
+
+const MIB: usize = 1024 * 1024;
+const PREFIX: &str = "valkey/m.valkey/";
+
+/// A valid RDB of about `len` bytes.
+fn rdb(len: usize) -> Vec<u8> {
+    let mut v = b"VALKEY080".to_vec();
+    let mut x: u32 = 0x1234_5678;
+    while v.len() < len.saturating_sub(9) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        v.push(x as u8);
+    }
+    v.push(0xFF);
+    let mut crc = crc64_digest();
+    crc.update(&v);
+    v.extend_from_slice(&crc.finalize().to_le_bytes());
+    v
+}
+
+/// What the test source does at the end of the stream.
+#[derive(Clone)]
+enum End {
+    Clean,
+    Fails(&'static str),
+    /// Sends its bytes, then nothing more, without ever ending the stream.
+    Hangs,
+}
+
+/// A snapshot source of fixed bytes: `INFO` answers with one database of 10 keys.
+struct Bytes {
+    data: Vec<u8>,
+    end: End,
+    killed: Arc<Mutex<bool>>,
+    /// The writing end of a hanging stream, kept open.
+    open_end: Option<tokio::io::DuplexStream>,
+}
+
+#[async_trait::async_trait]
+impl SnapshotSource for Bytes {
+    fn name(&self) -> &'static str {
+        "the test source"
+    }
+    fn kind(&self) -> &'static str {
+        "cli"
+    }
+    fn exact(&self) -> bool {
+        false
+    }
+    async fn info(&mut self) -> Result<ServerInfo, OpError> {
+        Ok(ServerInfo {
+            kind: "valkey".into(),
+            version: "8.1.8".into(),
+            used_memory: Some(self.data.len() as u64),
+            role: Some("master".into()),
+            keyspace: vec![("db0".into(), 10)],
+            ..ServerInfo::default()
+        })
+    }
+    async fn open(
+        &mut self,
+        _info: &ServerInfo,
+        _stall: Duration,
+    ) -> Result<SnapshotReader, OpError> {
+        let data = std::mem::take(&mut self.data);
+        if let End::Hangs = self.end {
+            use tokio::io::AsyncReadExt;
+            let (mut tx, rx) = tokio::io::duplex(64);
+            let head = std::io::Cursor::new(data);
+            tokio::io::AsyncWriteExt::write_all(&mut tx, &[])
+                .await
+                .unwrap();
+            self.open_end = Some(tx);
+            return Ok(Box::new(head.chain(rx)));
+        }
+        Ok(Box::new(std::io::Cursor::new(data)))
+    }
+    async fn finish(&mut self, _stall: Duration) -> Result<(), OpError> {
+        match self.end {
+            End::Clean | End::Hangs => Ok(()),
+            End::Fails(why) => Err(OpError::Internal(why.into())),
+        }
+    }
+    async fn kill(&mut self) {
+        *self.killed.lock().unwrap() = true;
+    }
+}
+
+/// One agent on a temporary state directory, an in-memory bucket and a fault wrapper.
+struct World {
+    _dir: tempfile::TempDir,
+    state: Arc<AgentState>,
+    memory: Arc<InMemory>,
+    store: Arc<Faulty>,
+    data: Arc<Mutex<(Vec<u8>, End)>>,
+    killed: Arc<Mutex<bool>>,
+}
+
+fn config(dir: &Path) -> AgentConfig {
+    let cli = dir.join("valkey-cli");
+    std::fs::write(&cli, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(&cli, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    AgentConfig::from_params(json!({
+        "cluster": "m.valkey", "unit": "valkey/0",
+        "s3": {"endpoint": "http://127.0.0.1:9", "bucket": "bkt", "path": "valkey",
+               "access-key": "a", "secret-key": "s"},
+        "valkey": {"cli": cli},
+        "backup": {"part-size-bytes": 5 * MIB, "upload-concurrency": 2}
+    }))
+    .unwrap()
+}
+
+impl World {
+    fn new(memory: InMemory) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = Arc::new(memory);
+        let store = Faulty::new(Arc::clone(&memory) as DynStore);
+        let data = Arc::new(Mutex::new((rdb(1000), End::Clean)));
+        let killed = Arc::new(Mutex::new(false));
+        let (for_stores, for_sources, k) =
+            (Arc::clone(&store), Arc::clone(&data), Arc::clone(&killed));
+        let state = AgentState::with_backends(
+            dir.path().to_owned(),
+            Some(config(dir.path())),
+            CancellationToken::new(),
+            Box::new(move |_| Ok(Arc::clone(&for_stores) as DynStore)),
+            Box::new(move |_: &ValkeySettings| {
+                let (data, end) = for_sources.lock().unwrap().clone();
+                Box::new(Bytes {
+                    data,
+                    end,
+                    killed: Arc::clone(&k),
+                    open_end: None,
+                }) as Box<dyn SnapshotSource>
+            }),
+        );
+        World {
+            _dir: dir,
+            state,
+            memory,
+            store,
+            data,
+            killed,
+        }
+    }
+
+    fn source(&self, data: Vec<u8>, end: End) {
+        *self.data.lock().unwrap() = (data, end);
+    }
+
+    async fn call(&self, op: Op, params: Value) -> Result<Reply, OpError> {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1024);
+        ops::dispatch(&self.state, op, params, tx).await
+    }
+
+    async fn ok(&self, op: Op, params: Value) -> Value {
+        match self.call(op, params).await {
+            Ok(r) => r.to_value(),
+            Err(e) => panic!("{} failed: {e} ({})", op.as_str(), e.code()),
+        }
+    }
+
+    async fn backup(&self) -> Value {
+        self.ok(Op::CreateBackup, json!({})).await
+    }
+
+    /// Keys under the cluster's prefix, without it.
+    fn objects(&self) -> Vec<String> {
+        self.memory
+            .keys()
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(PREFIX).map(str::to_owned))
+            .collect()
+    }
+
+    fn record(&self, key: &str) -> Value {
+        serde_json::from_slice(&self.memory.object(&format!("{PREFIX}{key}")).unwrap()).unwrap()
+    }
+}
+
+fn code(r: Result<Reply, OpError>) -> (ErrorCode, String) {
+    match r {
+        Ok(v) => panic!("expected an error, got {:?}", v.to_value()),
+        Err(e) => (e.code(), e.to_string()),
+    }
+}
+
+fn unreachable() -> StoreError {
+    StoreError::Unreachable {
+        endpoint: "memory://".into(),
+        detail: "connection reset".into(),
+    }
+}
+
+// ---- create-backup -------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_small_backup_is_one_write_of_the_exact_bytes_then_its_manifest() {
+    let w = World::new(InMemory::new());
+    let data = rdb(300_000);
+    w.source(data.clone(), End::Clean);
+    let r = w.backup().await;
+    let id = r["backup-id"].as_str().unwrap();
+    assert_eq!(r["status"], "finished");
+    assert_eq!(r["size-bytes"], data.len());
+    assert_eq!(r["parts"], 1);
+    assert_eq!(
+        w.objects(),
+        vec![format!("{id}/data.rdb"), format!("{id}/manifest.json")]
+    );
+    assert_eq!(
+        w.memory.object(&format!("{PREFIX}{id}/data.rdb")).unwrap(),
+        data
+    );
+    let m = w.record(&format!("{id}/manifest.json"));
+    assert_eq!(m["sha256"], r["sha256"]);
+    assert_eq!(m["keyspace-at-start"], json!({"db0": 10}));
+    assert_eq!(m["keyspace-exact"], true);
+    assert_eq!(w.store.calls(Operation::CreateMultipart), 0);
+    let status = w.ok(Op::Status, json!({})).await;
+    assert_eq!(status["last-backup"]["status"], "finished");
+    assert_eq!(status["busy"], false);
+}
+
+#[tokio::test]
+async fn a_large_backup_is_cut_into_equal_parts_and_completed_once() {
+    let w = World::new(InMemory::new());
+    let data = rdb(12 * MIB);
+    w.source(data.clone(), End::Clean);
+    let r = w.backup().await;
+    let id = r["backup-id"].as_str().unwrap();
+    assert_eq!(r["parts"], 3);
+    assert_eq!(r["part-size-bytes"], 5 * MIB);
+    assert_eq!(w.store.calls(Operation::PutPart), 3);
+    assert_eq!(w.store.calls(Operation::CompleteMultipart), 1);
+    assert_eq!(
+        w.memory.object(&format!("{PREFIX}{id}/data.rdb")).unwrap(),
+        data
+    );
+    assert!(w.memory.open_uploads().is_empty());
+}
+
+/// After a failed backup the bucket holds exactly its failure record: no data object,
+/// no open upload.
+fn assert_failed_cleanly(w: &World, code: &str) {
+    let objects = w.objects();
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    assert!(objects[0].ends_with("/failure.json"), "{objects:?}");
+    assert!(w.memory.open_uploads().is_empty());
+    let f = w.record(&objects[0]);
+    assert_eq!(f["code"], code);
+}
+
+#[tokio::test]
+async fn a_failed_part_upload_aborts_the_upload_and_records_the_failure() {
+    let w = World::new(InMemory::new());
+    w.source(rdb(16 * MIB), End::Clean);
+    w.store.fail_nth(Operation::PutPart, 2, unreachable());
+    let (c, msg) = code(w.call(Op::CreateBackup, json!({})).await);
+    assert_eq!(c, ErrorCode::S3Unreachable, "{msg}");
+    assert_failed_cleanly(&w, "s3-unreachable");
+    assert!(w.store.calls(Operation::AbortMultipart) >= 1);
+    assert!(*w.killed.lock().unwrap(), "the source is stopped");
+    let status = w.ok(Op::Status, json!({})).await;
+    assert_eq!(status["last-backup"]["code"], "s3-unreachable");
+}
+
+#[tokio::test]
+async fn a_refused_completion_leaves_no_object_and_no_upload() {
+    let w = World::new(InMemory::new());
+    w.source(rdb(11 * MIB), End::Clean);
+    w.store.fail_nth(
+        Operation::CompleteMultipart,
+        1,
+        StoreError::Answer {
+            operation: "CompleteMultipartUpload",
+            detail: "InternalError (HTTP 500)".into(),
+        },
+    );
+    let (c, _) = code(w.call(Op::CreateBackup, json!({})).await);
+    assert_eq!(c, ErrorCode::S3Error);
+    assert_failed_cleanly(&w, "s3-error");
+}
+
+#[tokio::test]
+async fn a_completion_whose_answer_was_lost_is_confirmed_by_size() {
+    let w = World::new(InMemory::new());
+    w.source(rdb(11 * MIB), End::Clean);
+    w.store
+        .fail_after_nth(Operation::CompleteMultipart, 1, unreachable());
+    let r = w.backup().await;
+    let id = r["backup-id"].as_str().unwrap();
+    assert_eq!(
+        w.objects(),
+        vec![format!("{id}/data.rdb"), format!("{id}/manifest.json")]
+    );
+    assert!(w.store.calls(Operation::Head) >= 1);
+}
+
+#[tokio::test]
+async fn a_manifest_write_that_conflicts_fails_the_backup() {
+    let w = World::new(InMemory::new());
+    w.source(rdb(1000), End::Clean);
+    // Put 1 is the data, put 2 the manifest.
+    w.store.fail_nth(
+        Operation::Put,
+        2,
+        StoreError::AlreadyExists {
+            key: "manifest.json".into(),
+        },
+    );
+    let (c, msg) = code(w.call(Op::CreateBackup, json!({})).await);
+    assert_eq!(c, ErrorCode::S3Conflict);
+    assert!(msg.contains("never overwrite"), "{msg}");
+    let objects = w.objects();
+    assert!(objects.iter().any(|o| o.ends_with("/failure.json")));
+    assert!(!objects.iter().any(|o| o.ends_with("/manifest.json")));
+    // It lists as failed, never as finished.
+    let list = w.ok(Op::ListBackups, json!({})).await;
+    assert_eq!(list["backups"][0]["status"], "failed");
+}
+
+#[tokio::test]
+async fn a_stream_that_is_not_an_rdb_fails_before_any_upload() {
+    let w = World::new(InMemory::new());
+    w.source(b"-ERR this is not a snapshot at all".to_vec(), End::Clean);
+    let (c, msg) = code(w.call(Op::CreateBackup, json!({})).await);
+    assert_eq!(c, ErrorCode::StreamInvalid, "{msg}");
+    assert_eq!(w.store.calls(Operation::CreateMultipart), 0);
+    assert_eq!(w.store.calls(Operation::Put), 1, "only the failure record");
+    assert_failed_cleanly(&w, "stream-invalid");
+}
+
+#[tokio::test]
+async fn a_truncated_stream_aborts_the_parts_already_uploaded() {
+    let w = World::new(InMemory::new());
+    let mut data = rdb(12 * MIB);
+    data.truncate(11 * MIB);
+    w.source(data, End::Clean);
+    let (c, _) = code(w.call(Op::CreateBackup, json!({})).await);
+    assert_eq!(c, ErrorCode::StreamInvalid);
+    assert_eq!(
+        w.store.calls(Operation::CreateMultipart),
+        1,
+        "parts were on their way"
+    );
+    assert_eq!(w.store.calls(Operation::AbortMultipart), 1);
+    assert_eq!(w.store.calls(Operation::CompleteMultipart), 0);
+    assert_failed_cleanly(&w, "stream-invalid");
+}
+
+#[tokio::test]
+async fn the_sources_own_failure_wins_over_a_truncated_stream() {
+    let w = World::new(InMemory::new());
+    let mut data = rdb(4000);
+    data.truncate(2000);
+    w.source(data, End::Fails("the cli exited 1"));
+    let (_, msg) = code(w.call(Op::CreateBackup, json!({})).await);
+    assert!(msg.contains("the cli exited 1"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_store_that_fails_every_write_still_leaves_nothing_behind() {
+    let w = World::new(InMemory::new());
+    w.source(rdb(1000), End::Clean);
+    w.store.fail_always(Operation::Put, unreachable());
+    let (c, _) = code(w.call(Op::CreateBackup, json!({})).await);
+    assert_eq!(c, ErrorCode::S3Unreachable);
+    assert!(w.objects().is_empty());
+}
+
+#[tokio::test]
+async fn a_stalled_source_fails_after_the_stall_timeout_and_cleans_up() {
+    let w = World::new(InMemory::new());
+    let mut config = w.state.config().unwrap();
+    config.backup.stall_timeout_seconds = 1;
+    w.state.set_config(config);
+    let mut data = rdb(7 * MIB);
+    data.truncate(6 * MIB);
+    w.source(data, End::Hangs);
+    let (c, msg) = code(w.call(Op::CreateBackup, json!({})).await);
+    assert_eq!(c, ErrorCode::ValkeyError);
+    assert!(
+        msg.contains("no data from the test source for 1 s"),
+        "{msg}"
+    );
+    assert_failed_cleanly(&w, "valkey-error");
+    assert!(*w.killed.lock().unwrap());
+}
+
+#[tokio::test]
+async fn shutdown_mid_stream_cancels_the_backup_and_leaves_only_its_failure_record() {
+    let w = Arc::new(World::new(InMemory::new()));
+    let mut data = rdb(7 * MIB);
+    data.truncate(6 * MIB);
+    w.source(data, End::Hangs);
+    let running = {
+        let w = Arc::clone(&w);
+        tokio::spawn(async move { w.call(Op::CreateBackup, json!({})).await })
+    };
+    // Wait until the first part is on its way, then stop the agent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while w.store.calls(Operation::CreateMultipart) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never started"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    w.state.shutdown.cancel();
+    let (c, _) = code(running.await.unwrap());
+    assert_eq!(c, ErrorCode::Cancelled);
+    assert_failed_cleanly(&w, "cancelled");
+}
+
+// ---- list-backups --------------------------------------------------------------------
+
+#[tokio::test]
+async fn listing_walks_every_page_and_derives_each_status() {
+    let w = World::new(InMemory::new().with_page_size(2));
+    let finished = w.backup().await["backup-id"].as_str().unwrap().to_owned();
+    w.source(b"garbage!garbage!".to_vec(), End::Clean);
+    let _ = w.call(Op::CreateBackup, json!({})).await;
+    let incomplete = "20260102T000000Z-valkey-3-bbbbbb";
+    w.memory
+        .insert(&format!("{PREFIX}{incomplete}/data.rdb"), &b"x"[..]);
+    let running = "20260101T000000Z-valkey-3-aaaaaa";
+    w.memory
+        .start_upload_at(&format!("{PREFIX}{running}/data.rdb"), 0);
+    w.memory.insert(&format!("{PREFIX}README.txt"), &b"x"[..]);
+    let list = w.ok(Op::ListBackups, json!({})).await;
+    let got: Vec<(String, String)> = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["backup-id"].as_str().unwrap().to_owned(),
+                b["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 4, "{got:?}");
+    let status = |id: &str| got.iter().find(|(i, _)| i == id).unwrap().1.clone();
+    assert_eq!(status(&finished), "finished");
+    assert_eq!(status(incomplete), "incomplete");
+    assert_eq!(status(running), "abandoned");
+    assert!(got.iter().any(|(_, s)| s == "failed"));
+    assert!(w.store.calls(Operation::List) >= 3, "several pages");
+    // With a large age limit the old upload is merely running.
+    let list = w
+        .ok(Op::ListBackups, json!({"abandoned-after-hours": 1e9}))
+        .await;
+    assert!(list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["status"] == "running"));
+}
+
+#[tokio::test]
+async fn a_listing_that_does_not_advance_is_an_error_not_a_loop() {
+    let w = World::new(InMemory::new().with_page_size(1));
+    w.backup().await;
+    w.store
+        .inject(Operation::List, Calls::Nth(2), Fault::RepeatToken);
+    let (c, msg) = code(w.call(Op::ListBackups, json!({})).await);
+    assert_eq!(c, ErrorCode::S3Error);
+    assert!(msg.contains("does not advance"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_manifest_without_its_data_lists_as_damaged() {
+    let w = World::new(InMemory::new());
+    let id = w.backup().await["backup-id"].as_str().unwrap().to_owned();
+    w.memory
+        .delete_version(&format!("{PREFIX}{id}/data.rdb"), None)
+        .await
+        .unwrap();
+    let list = w.ok(Op::ListBackups, json!({})).await;
+    assert_eq!(list["backups"][0]["status"], "damaged");
+    assert!(list["backups"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("data.rdb is missing"));
+}
+
+#[tokio::test]
+async fn listing_params_are_refused_when_unknown() {
+    let w = World::new(InMemory::new());
+    let (c, _) = code(w.call(Op::ListBackups, json!({"clustr": "x"})).await);
+    assert_eq!(c, ErrorCode::BadRequest);
+}
+
+// ---- verify-backup (without load) ----------------------------------------------------
+
+#[tokio::test]
+async fn verify_rereads_the_backup_and_writes_one_new_record() {
+    let w = World::new(InMemory::new());
+    let id = w.backup().await["backup-id"].as_str().unwrap().to_owned();
+    let r = w.ok(Op::VerifyBackup, json!({"backup-id": id})).await;
+    assert_eq!(r["ok"], true);
+    let key = r["record-key"].as_str().unwrap();
+    let record = w.record(key.strip_prefix(PREFIX).unwrap());
+    assert_eq!(record["ok"], true);
+    let list = w.ok(Op::ListBackups, json!({})).await;
+    assert_eq!(list["backups"][0]["verify-records"], 1);
+    assert_eq!(list["backups"][0]["last-verify"]["ok"], true);
+    // A newer record copied from another backup does not hide the real one.
+    let mut forged = record.clone();
+    forged["backup-id"] = json!("20260101T000000Z-valkey-0-aaaaaa");
+    forged["ok"] = json!(false);
+    w.memory.insert(
+        &format!("{PREFIX}{id}/verify/29991231T235959Z-ffffff.json"),
+        serde_json::to_vec(&forged).unwrap(),
+    );
+    let list = w.ok(Op::ListBackups, json!({})).await;
+    assert_eq!(list["backups"][0]["verify-records"], 2);
+    assert_eq!(list["backups"][0]["last-verify"]["ok"], true);
+}
+
+async fn verify_after_damage(damage: impl FnOnce(&mut Vec<u8>)) -> (World, String, String) {
+    let w = World::new(InMemory::new());
+    let id = w.backup().await["backup-id"].as_str().unwrap().to_owned();
+    let key = format!("{PREFIX}{id}/data.rdb");
+    let mut data = w.memory.object(&key).unwrap().to_vec();
+    damage(&mut data);
+    w.memory.insert(&key, data);
+    let (c, msg) = code(w.call(Op::VerifyBackup, json!({"backup-id": id})).await);
+    assert_eq!(c, ErrorCode::StreamInvalid, "{msg}");
+    let record = w
+        .objects()
+        .into_iter()
+        .find(|o| o.contains("/verify/"))
+        .expect("a verify record");
+    let failed = w.record(&record)["failed-check"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (w, msg, failed)
+}
+
+#[tokio::test]
+async fn verify_names_a_flipped_byte_and_records_the_failed_check() {
+    let (_, _, failed) = verify_after_damage(|d| d[500] ^= 1).await;
+    assert_eq!(failed, "rdb");
+}
+
+#[tokio::test]
+async fn verify_names_a_truncated_object_by_its_size() {
+    let (_, msg, failed) = verify_after_damage(|d| d.truncate(d.len() - 3)).await;
+    assert_eq!(failed, "size");
+    assert!(msg.contains("truncated or padded"), "{msg}");
+}
+
+#[tokio::test]
+async fn verify_of_a_missing_or_failed_backup_is_not_found() {
+    let w = World::new(InMemory::new());
+    let (c, _) = code(
+        w.call(
+            Op::VerifyBackup,
+            json!({"backup-id": "20260101T000000Z-valkey-0-aaaaaa"}),
+        )
+        .await,
+    );
+    assert_eq!(c, ErrorCode::NotFound);
+    let (c, _) = code(w.call(Op::VerifyBackup, json!({"backup-id": "../x"})).await);
+    assert_eq!(c, ErrorCode::BadRequest);
+}
+
+#[tokio::test]
+async fn verify_reports_a_store_that_cannot_be_read_without_writing_a_verdict() {
+    let w = World::new(InMemory::new());
+    let id = w.backup().await["backup-id"].as_str().unwrap().to_owned();
+    // Get 1 is the manifest, get 2 the data.
+    w.store.fail_nth(Operation::Get, 2, unreachable());
+    let (c, _) = code(w.call(Op::VerifyBackup, json!({"backup-id": id})).await);
+    assert_eq!(c, ErrorCode::S3Unreachable);
+    assert!(!w.objects().iter().any(|o| o.contains("/verify/")));
+}
+
+// ---- restore-backup (the store side; the rest needs a server) ------------------------
+
+#[tokio::test]
+async fn restore_refuses_what_is_not_a_finished_backup_before_touching_the_server() {
+    let w = World::new(InMemory::new());
+    w.source(b"garbage!garbage!".to_vec(), End::Clean);
+    let _ = w.call(Op::CreateBackup, json!({})).await;
+    let failed = w.objects()[0].split('/').next().unwrap().to_owned();
+    let (c, msg) = code(
+        w.call(
+            Op::RestoreBackup,
+            json!({"step": "prepare", "backup-id": failed}),
+        )
+        .await,
+    );
+    assert_eq!(c, ErrorCode::NotFound);
+    assert!(msg.contains("failed (stream-invalid)"), "{msg}");
+
+    // A manifest that names another backup's data is refused as forged.
+    w.source(rdb(1000), End::Clean);
+    let good = w.backup().await["backup-id"].as_str().unwrap().to_owned();
+    let mut manifest = w.record(&format!("{good}/manifest.json"));
+    let forged = "20260101T000000Z-valkey-0-ffffff";
+    manifest["backup-id"] = json!(forged);
+    w.memory.insert(
+        &format!("{PREFIX}{forged}/manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    );
+    let (c, msg) = code(
+        w.call(
+            Op::RestoreBackup,
+            json!({"step": "prepare", "backup-id": forged}),
+        )
+        .await,
+    );
+    assert_eq!(c, ErrorCode::StreamInvalid, "{msg}");
+
+    let (c, _) = code(w.call(Op::RestoreBackup, json!({"step": "commit"})).await);
+    assert_eq!(c, ErrorCode::BadRequest);
+    let (c, _) = code(
+        w.call(
+            Op::RestoreBackup,
+            json!({"step": "finish", "restore-id": "r00000000"}),
+        )
+        .await,
+    );
+    assert_eq!(c, ErrorCode::NotFound);
+    // Nothing holds the lock afterwards.
+    assert_eq!(w.ok(Op::Status, json!({})).await["busy"], false);
+}
+
+// ---- prune-backups -------------------------------------------------------------------
+
+/// Three finished backups with distinct ids (ids carry the second they started in).
+async fn three_backups(w: &World) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(w.backup().await["backup-id"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn prune_keeps_the_newest_and_deletes_the_rest_only_when_confirmed() {
+    let w = World::new(InMemory::versioned());
+    let ids = three_backups(&w).await;
+    let dry = w.ok(Op::PruneBackups, json!({"keep-last": 1})).await;
+    assert_eq!(dry["dry-run"], true);
+    assert_eq!(dry["deleted"].as_array().unwrap().len(), 2);
+    assert_eq!(w.store.calls(Operation::DeleteVersion), 0);
+    let done = w
+        .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
+        .await;
+    assert_eq!(done["kept"][0]["backup-id"], ids[2].as_str());
+    let left: Vec<String> = w.objects();
+    assert!(left.iter().all(|o| o.starts_with(&ids[2])), "{left:?}");
+    // Versions were deleted by id: no delete markers are left behind.
+    assert_eq!(
+        w.memory
+            .version_count(&format!("{PREFIX}{}/data.rdb", ids[0])),
+        0
+    );
+}
+
+#[tokio::test]
+async fn prune_never_deletes_a_locked_version() {
+    let w = World::new(InMemory::new());
+    let ids = three_backups(&w).await;
+    w.memory.set_lock(
+        &format!("{PREFIX}{}/data.rdb", ids[0]),
+        ObjectLock {
+            mode: Some("COMPLIANCE".into()),
+            retain_until: Some(4_000_000_000),
+            legal_hold: false,
+        },
+    );
+    let r = w
+        .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
+        .await;
+    let kept: Vec<&str> = r["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["why"].as_str().unwrap())
+        .collect();
+    assert!(kept.iter().any(|w| w.contains("COMPLIANCE")), "{kept:?}");
+    assert!(w.objects().iter().any(|o| o.starts_with(&ids[0])));
+    assert!(!w.objects().iter().any(|o| o.starts_with(&ids[1])));
+}
+
+#[tokio::test]
+async fn a_delete_refused_midway_skips_that_backup_and_goes_on() {
+    let w = World::new(InMemory::new());
+    let _ = three_backups(&w).await;
+    w.store.fail_nth(
+        Operation::DeleteVersion,
+        2,
+        StoreError::AccessDenied {
+            detail: "AccessDenied (HTTP 403)".into(),
+        },
+    );
+    let r = w
+        .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
+        .await;
+    assert_eq!(r["skipped"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["deleted"].as_array().unwrap().len(), 1, "{r}");
+    let why = r["skipped"][0]["why"].as_str().unwrap();
+    assert!(why.contains("after 1 of"), "{why}");
+}
+
+#[tokio::test]
+async fn prune_on_a_store_without_version_listing_deletes_by_key() {
+    let w = World::new(InMemory::new());
+    let ids = three_backups(&w).await;
+    w.store.fail_always(
+        Operation::ListVersions,
+        StoreError::Unsupported {
+            operation: "ListObjectVersions",
+        },
+    );
+    let r = w
+        .ok(Op::PruneBackups, json!({"keep-last": 2, "confirm": true}))
+        .await;
+    assert_eq!(r["deleted"][0]["backup-id"], ids[0].as_str());
+    assert_eq!(r["deleted"][0]["objects"], 2);
+    assert!(!w.objects().iter().any(|o| o.starts_with(&ids[0])));
+}
+
+#[tokio::test]
+async fn prune_aborts_abandoned_uploads_and_never_counts_a_damaged_backup_as_newest() {
+    let w = World::new(InMemory::new());
+    let ids = three_backups(&w).await;
+    // The newest backup loses its data: it is damaged, so keep-last 1 keeps the next one.
+    w.memory
+        .delete_version(&format!("{PREFIX}{}/data.rdb", ids[2]), None)
+        .await
+        .unwrap();
+    let gone = "20260101T000000Z-valkey-3-aaaaaa";
+    w.memory
+        .start_upload_at(&format!("{PREFIX}{gone}/data.rdb"), 0);
+    let r = w
+        .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
+        .await;
+    let kept: Vec<&str> = r["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["backup-id"].as_str().unwrap())
+        .collect();
+    assert!(kept.contains(&ids[1].as_str()), "{r}");
+    assert_eq!(r["aborted-uploads"][0]["backup-id"], gone);
+    assert!(w.memory.open_uploads().is_empty());
+}
+
+#[tokio::test]
+async fn prune_needs_a_rule() {
+    let w = World::new(InMemory::new());
+    let (c, msg) = code(w.call(Op::PruneBackups, json!({})).await);
+    assert_eq!(c, ErrorCode::BadRequest);
+    assert!(msg.contains("keep-last or keep-days"), "{msg}");
+}
+
+// ---- configure and status ------------------------------------------------------------
+
+#[tokio::test]
+async fn configure_checks_the_bucket_then_stores_and_status_reports_it() {
+    let w = World::new(InMemory::new());
+    let cli = w.state.state_dir.join("valkey-cli");
+    let params = json!({
+        "cluster": "other.valkey", "unit": "valkey/1",
+        "s3": {"endpoint": "http://127.0.0.1:9", "bucket": "bkt2", "access-key": "a", "secret-key": "s"},
+        "valkey": {"cli": cli}
+    });
+    let r = w.ok(Op::Configure, params.clone()).await;
+    assert_eq!(r["bucket"], "bkt2");
+    assert_eq!(w.store.calls(Operation::EnsureBucket), 1);
+    let s = w.ok(Op::Status, json!({})).await;
+    assert_eq!(s["cluster"], "other.valkey");
+    assert_eq!(s["s3-configured"], true);
+
+    // A bucket that cannot be used leaves the previous configuration in force.
+    w.store.fail_nth(
+        Operation::EnsureBucket,
+        2,
+        StoreError::NoBucket {
+            bucket: "b3".into(),
+        },
+    );
+    let mut bad = params;
+    bad["cluster"] = json!("third.valkey");
+    let (c, _) = code(w.call(Op::Configure, bad).await);
+    assert_eq!(c, ErrorCode::S3NoBucket);
+    let s = w.ok(Op::Status, json!({})).await;
+    assert_eq!(s["cluster"], "other.valkey");
+}
+
+#[tokio::test]
+async fn status_of_an_unconfigured_agent_and_ops_that_need_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = AgentState::with_backends(
+        dir.path().to_owned(),
+        None,
+        CancellationToken::new(),
+        Box::new(|_| Ok(Arc::new(InMemory::new()) as DynStore)),
+        valkey_backup_agent::source::configured_sources(),
+    );
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let s = ops::dispatch(&state, Op::Status, json!({}), tx.clone())
+        .await
+        .unwrap()
+        .to_value();
+    assert_eq!(s["configured"], false);
+    assert_eq!(s["memory-bound-bytes"], Value::Null);
+    let e = ops::dispatch(&state, Op::ListBackups, json!({}), tx)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotConfigured);
+}
+
+// ---- a real snapshot -----------------------------------------------------------------
+
+/// `SAVE` of a Valkey 9.1 server holding a string, a list, a hash, a key with a TTL and a
+/// second database (made with the project's own components; 182 bytes).
+const VALKEY9_RDB: &[u8] = include_bytes!("fixtures/valkey9.rdb");
+
+#[tokio::test]
+async fn a_real_snapshot_is_stored_byte_for_byte_and_verifies() {
+    let w = World::new(InMemory::new());
+    w.source(VALKEY9_RDB.to_vec(), End::Clean);
+    let r = w.backup().await;
+    let id = r["backup-id"].as_str().unwrap().to_owned();
+    assert_eq!(r["rdb-version"], 80);
+    assert_eq!(
+        w.memory.object(&format!("{PREFIX}{id}/data.rdb")).unwrap(),
+        VALKEY9_RDB
+    );
+    let m = w.record(&format!("{id}/manifest.json"));
+    assert_eq!(m["rdb-magic"], "VALKEY");
+    assert_eq!(m["eof-mark-stripped"], false);
+    let v = w.ok(Op::VerifyBackup, json!({"backup-id": id})).await;
+    assert_eq!(v["ok"], true);
+}
+
+#[tokio::test]
+async fn a_diskless_eof_marker_after_a_real_snapshot_is_not_stored() {
+    let w = World::new(InMemory::new());
+    let mut stream = VALKEY9_RDB.to_vec();
+    stream.extend_from_slice(b"0123456789abcdef0123456789abcdef01234567");
+    w.source(stream, End::Clean);
+    let r = w.backup().await;
+    let id = r["backup-id"].as_str().unwrap().to_owned();
+    assert_eq!(r["size-bytes"], VALKEY9_RDB.len());
+    assert_eq!(
+        w.memory.object(&format!("{PREFIX}{id}/data.rdb")).unwrap(),
+        VALKEY9_RDB
+    );
+    assert_eq!(
+        w.record(&format!("{id}/manifest.json"))["eof-mark-stripped"],
+        true
+    );
+}
