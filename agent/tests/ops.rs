@@ -49,6 +49,8 @@ enum End {
     Fails(&'static str),
     /// Sends its bytes, then nothing more, without ever ending the stream.
     Hangs,
+    /// Ends cleanly, framed exactly (as the built-in replication source is).
+    Exact,
 }
 
 /// A snapshot source of fixed bytes: `INFO` answers with one database of 10 keys.
@@ -69,7 +71,7 @@ impl SnapshotSource for Bytes {
         "cli"
     }
     fn exact(&self) -> bool {
-        false
+        matches!(self.end, End::Exact)
     }
     async fn info(&mut self) -> Result<ServerInfo, OpError> {
         Ok(ServerInfo {
@@ -101,7 +103,7 @@ impl SnapshotSource for Bytes {
     }
     async fn finish(&mut self, _stall: Duration) -> Result<(), OpError> {
         match self.end {
-            End::Clean | End::Hangs => Ok(()),
+            End::Clean | End::Hangs | End::Exact => Ok(()),
             End::Fails(why) => Err(OpError::Internal(why.into())),
         }
     }
@@ -866,6 +868,18 @@ async fn a_real_snapshot_is_stored_byte_for_byte_and_verifies() {
     assert_eq!(m["eof-mark-stripped"], false);
     let v = w.ok(Op::VerifyBackup, json!({"backup-id": id})).await;
     assert_eq!(v["ok"], true);
+}
+
+#[tokio::test]
+async fn an_exactly_framed_source_may_not_send_bytes_after_the_trailer() {
+    let w = World::new(InMemory::new());
+    w.source(VALKEY9_RDB.to_vec(), End::Exact);
+    w.backup().await;
+    let mut stream = VALKEY9_RDB.to_vec();
+    stream.extend_from_slice(b"0123456789abcdef0123456789abcdef01234567");
+    w.source(stream, End::Exact);
+    let (c, _) = code(w.call(Op::CreateBackup, json!({})).await);
+    assert_eq!(c, ErrorCode::StreamInvalid);
 }
 
 #[tokio::test]
