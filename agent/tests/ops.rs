@@ -347,6 +347,56 @@ async fn a_manifest_write_that_conflicts_fails_the_backup() {
 }
 
 #[tokio::test]
+async fn a_manifest_write_whose_answer_was_lost_is_confirmed_by_reading_it_back() {
+    let w = World::new(InMemory::new());
+    w.source(rdb(1000), End::Clean);
+    // Put 1 is the data, put 2 the manifest: it is stored, the answer never arrives.
+    w.store.fail_after_nth(Operation::Put, 2, unreachable());
+    let r = w.backup().await;
+    let id = r["backup-id"].as_str().unwrap();
+    assert_eq!(r["status"], "finished");
+    assert_eq!(
+        w.objects(),
+        vec![format!("{id}/data.rdb"), format!("{id}/manifest.json")]
+    );
+    assert!(
+        w.store.calls(Operation::Get) >= 1,
+        "the manifest was read back"
+    );
+}
+
+#[tokio::test]
+async fn a_multipart_creation_whose_answer_was_lost_leaves_no_upload_open() {
+    let w = World::new(InMemory::new());
+    w.source(rdb(11 * MIB), End::Clean);
+    // The store creates the upload; the agent never learns its id.
+    w.store
+        .fail_after_nth(Operation::CreateMultipart, 1, unreachable());
+    let (c, _) = code(w.call(Op::CreateBackup, json!({})).await);
+    assert_eq!(c, ErrorCode::S3Unreachable);
+    assert_failed_cleanly(&w, "s3-unreachable");
+    assert!(w.store.calls(Operation::ListUploads) >= 1);
+}
+
+#[tokio::test]
+async fn a_manifest_that_cannot_be_written_withdraws_the_data_object() {
+    let w = World::new(InMemory::new());
+    w.source(rdb(1000), End::Clean);
+    // Every write after the data fails: the manifest (tried again) and the failure record.
+    w.store
+        .inject(Operation::Put, Calls::From(2), Fault::Fail(unreachable()));
+    let (c, _) = code(w.call(Op::CreateBackup, json!({})).await);
+    assert_eq!(c, ErrorCode::S3Unreachable);
+    assert!(
+        w.store.calls(Operation::Put) >= 4,
+        "the manifest was tried again"
+    );
+    // A failed backup leaves no data object: nothing lists as finished or incomplete.
+    assert_eq!(w.objects(), Vec::<String>::new());
+    assert!(w.memory.open_uploads().is_empty());
+}
+
+#[tokio::test]
 async fn a_stream_that_is_not_an_rdb_fails_before_any_upload() {
     let w = World::new(InMemory::new());
     w.source(b"-ERR this is not a snapshot at all".to_vec(), End::Clean);

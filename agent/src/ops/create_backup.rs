@@ -35,12 +35,17 @@ use crate::pipeline::{check_stream, CheckedRdb, StreamLimits};
 use crate::progress::{EventSink, ProgressReporter};
 use crate::protocol::{CreateBackupResult, LastBackup};
 use crate::source::SnapshotSource;
-use crate::storage::{put_json, put_multipart, DynStore, PartWriter};
+use crate::storage::{put_json, put_multipart, withdraw, DynStore, PartWriter, StoreError};
 use crate::timefmt::rfc3339;
 use crate::valkey::ServerInfo;
 
 /// Takes one backup (see the module docs for the order of events); on failure the
 /// bucket holds only its `failure.json`.
+/// How many times the manifest write is tried (each try is itself retried by the client).
+const MANIFEST_ATTEMPTS: u32 = 3;
+/// The pause before the second try (doubled before the third).
+const MANIFEST_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub async fn run(
     state: &Arc<AgentState>,
     raw: Value,
@@ -80,6 +85,7 @@ pub async fn backup(
         bytes: 0,
         source: state.open_source(&config.valkey),
         writer: None,
+        unrecorded_data: None,
         reporter: ProgressReporter::new(events, Some(id.to_string())),
     };
     let outcome = run.execute(&state.shutdown).await;
@@ -128,6 +134,9 @@ struct BackupRun<'a> {
     bytes: u64,
     source: Box<dyn SnapshotSource>,
     writer: Option<PartWriter>,
+    /// The data object, from its completion until the manifest is written: if the backup
+    /// fails in between, it is withdrawn, so that a failed backup leaves no data object.
+    unrecorded_data: Option<String>,
     reporter: ProgressReporter,
 }
 
@@ -199,6 +208,7 @@ impl BackupRun<'_> {
         // Not cancellable: a completion cut short could still take effect at the store,
         // leaving a complete object beside a failure record. It is one short request.
         let uploaded = writer.finish().await?;
+        self.unrecorded_data = Some(writer.key().to_owned());
         self.writer = None;
         debug_assert_eq!(uploaded.bytes, checked.rdb_bytes);
 
@@ -212,7 +222,8 @@ impl BackupRun<'_> {
             plan.part_size,
             finished_at,
         );
-        put_json(&*self.store, &self.layout.manifest_key(self.id), &manifest).await?;
+        self.write_manifest(&manifest).await?;
+        self.unrecorded_data = None;
         self.reporter
             .update("finished", self.bytes, Some(uploaded.parts), true);
         Ok(CreateBackupResult {
@@ -273,9 +284,40 @@ impl BackupRun<'_> {
         }
     }
 
+    /// Writes the manifest once. The data object is complete by now, so a store that
+    /// fails for a moment gets a few more chances (with a pause) before the backup is
+    /// given up; an ambiguous write is resolved by `put_json` reading back.
+    async fn write_manifest(&self, manifest: &ManifestV1) -> Result<(), OpError> {
+        let key = self.layout.manifest_key(self.id);
+        let mut attempt = 0u32;
+        loop {
+            match put_json(&*self.store, &key, manifest).await {
+                Ok(()) => return Ok(()),
+                // Another object under our unique key: never retried, never ours.
+                Err(e @ StoreError::AlreadyExists { .. }) => return Err(e.into()),
+                Err(e) if attempt + 1 >= MANIFEST_ATTEMPTS => return Err(e.into()),
+                Err(e) => {
+                    warn!(backup_id = %self.id, error = %e, "writing the manifest failed; trying again");
+                }
+            }
+            attempt += 1;
+            tokio::time::sleep(MANIFEST_RETRY_PAUSE * attempt).await;
+        }
+    }
+
     /// Stops the source and aborts the upload; safe to call whatever the state.
     async fn clean_up(&mut self) {
         self.source.kill().await;
+        if let Some(key) = self.unrecorded_data.take() {
+            match withdraw(&*self.store, &key).await {
+                Ok(()) => {
+                    info!(backup_id = %self.id, "data object withdrawn: the backup failed before its manifest")
+                }
+                Err(e) => {
+                    warn!(backup_id = %self.id, error = %e, "could not withdraw the data object of a failed backup; it lists as incomplete until prune removes it")
+                }
+            }
+        }
         if let Some(mut writer) = self.writer.take() {
             let was_open = writer.is_open();
             if let Err(e) = writer.abort().await {

@@ -287,7 +287,8 @@ pub async fn list_versions(
 /// The largest JSON record the agent will read.
 const MAX_RECORD_BYTES: u64 = 1024 * 1024;
 
-/// Writes a small JSON record once ([`PutMode::Create`]).
+/// Writes a small JSON record once ([`PutMode::Create`]), resolving a lost answer by
+/// reading back (see [`put_once`]).
 pub async fn put_json<T: Serialize>(
     store: &dyn ObjectStore,
     key: &str,
@@ -295,13 +296,81 @@ pub async fn put_json<T: Serialize>(
 ) -> Result<(), StoreError> {
     let mut body = serde_json::to_vec_pretty(record).expect("records serialise");
     body.push(b'\n');
-    store
-        .put(
-            key,
-            Bytes::from(body),
-            &PutOptions::create("application/json"),
-        )
-        .await
+    put_once(
+        store,
+        key,
+        Bytes::from(body),
+        &PutOptions::create("application/json"),
+    )
+    .await
+}
+
+/// The largest object [`put_once`] reads back to resolve an ambiguous write.
+const MAX_READ_BACK_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A write-once put whose outcome is never guessed. When the store carried the write out
+/// but the answer was lost, the client's retry is refused (`AlreadyExists`) or the error
+/// is a reset or a timeout: either way the object may be ours. So on any error the key is
+/// read back, and an object with exactly the bytes sent counts as written; anything else
+/// (no object, other bytes: someone else's) keeps the error.
+pub async fn put_once(
+    store: &dyn ObjectStore,
+    key: &str,
+    body: Bytes,
+    opts: &PutOptions,
+) -> Result<(), StoreError> {
+    let err = match store.put(key, body.clone(), opts).await {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    if body.len() as u64 > MAX_READ_BACK_BYTES {
+        return Err(err);
+    }
+    match store.get(key).await {
+        Ok(got) if got.size == body.len() as u64 => match got.bytes().await {
+            Ok(stored) if stored == body => {
+                tracing::warn!(key, error = %err, "the answer to a write was lost, but the object is exactly what was sent");
+                Ok(())
+            }
+            _ => Err(err),
+        },
+        _ => Err(err),
+    }
+}
+
+/// Takes back an object this agent just wrote and that must not stay (its backup failed
+/// before the manifest could be written): every version of exactly `key` is deleted by
+/// its version id, so no delete marker is left on a versioned bucket; a store without
+/// version listings gets a plain delete. Fails on a bucket whose retention forbids it
+/// (the object then stays, listed as `incomplete` until prune removes it).
+pub async fn withdraw(store: &dyn ObjectStore, key: &str) -> Result<(), StoreError> {
+    let versions = match list_versions(store, key).await {
+        Ok(v) => v,
+        Err(StoreError::Unsupported { .. }) => {
+            return store.delete_version(key, None).await;
+        }
+        Err(e) => return Err(e),
+    };
+    for v in versions.iter().filter(|v| v.key == key) {
+        store.delete_version(key, v.version_id.as_deref()).await?;
+    }
+    Ok(())
+}
+
+/// Aborts every open multipart upload of exactly `key`. Keys of uploads are unique to one
+/// backup, so every upload there is this agent's own: among them the ones whose creation
+/// answer was lost (the client retried and got a second upload id) or that a shutdown
+/// interrupted before the id arrived. Returns how many were aborted.
+pub async fn abort_uploads_of(store: &dyn ObjectStore, key: &str) -> Result<usize, StoreError> {
+    let open = list_uploads(store, key).await?;
+    let mut aborted = 0;
+    for u in open.iter().filter(|u| u.key == key) {
+        match store.abort_multipart(&u.key, &u.upload_id).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => aborted += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(aborted)
 }
 
 /// Reads a small JSON record; `Ok(None)` when it does not exist, [`StoreError::BadRecord`]

@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinSet;
 
-use super::api::{DynStore, PartId, PutMode, PutOptions, StoreError};
+use super::api::{abort_uploads_of, put_once, DynStore, PartId, PutMode, PutOptions, StoreError};
 
 /// The most parts one multipart upload may have (S3's limit).
 pub const MAX_PARTS: u64 = 10_000;
@@ -54,6 +54,9 @@ pub struct PartWriter {
     concurrency: usize,
     buf: BytesMut,
     upload_id: Option<String>,
+    /// A CreateMultipartUpload was sent: uploads of the key may exist even when no id
+    /// came back (a lost answer the client retried, a shutdown mid-request).
+    create_sent: bool,
     in_flight: JoinSet<Result<PartId, StoreError>>,
     completed: Vec<PartId>,
     next_part: u32,
@@ -84,6 +87,7 @@ impl PartWriter {
             concurrency: concurrency.max(1),
             buf: BytesMut::with_capacity(part_size),
             upload_id: None,
+            create_sent: false,
             in_flight: JoinSet::new(),
             completed: Vec::new(),
             next_part: 1,
@@ -113,9 +117,9 @@ impl PartWriter {
         self.bytes + self.buf.len() as u64
     }
 
-    /// Whether a multipart upload was created (and so must be completed or aborted).
+    /// Whether a multipart upload may exist (and so must be completed or aborted).
     pub fn is_open(&self) -> bool {
-        self.upload_id.is_some()
+        self.upload_id.is_some() || self.create_sent
     }
 
     /// Takes `data`; every part it fills is handed to an upload slot, waiting for a free
@@ -140,6 +144,7 @@ impl PartWriter {
             return Err(StoreError::TooManyParts { max: MAX_PARTS });
         }
         if self.upload_id.is_none() {
+            self.create_sent = true;
             self.upload_id = Some(self.store.create_multipart(&self.key, &self.opts).await?);
         }
         while self.in_flight.len() >= self.concurrency {
@@ -175,7 +180,7 @@ impl PartWriter {
         if self.upload_id.is_none() {
             // The whole stream fit in one part: a single conditional write.
             let len = last.len() as u64;
-            self.store.put(&self.key, last, &self.opts).await?;
+            put_once(&*self.store, &self.key, last, &self.opts).await?;
             self.bytes = len;
             return Ok(Uploaded {
                 parts: 1,
@@ -210,6 +215,17 @@ impl PartWriter {
             },
         }
         self.upload_id = None;
+        // A creation whose answer was lost left a second upload of this key open.
+        match abort_uploads_of(&*self.store, &self.key).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(key = %self.key, uploads = n, "aborted uploads of this key left by lost answers")
+            }
+            Err(e) => {
+                tracing::warn!(key = %self.key, error = %e, "could not check for other open uploads of this key; prune will")
+            }
+        }
+        self.create_sent = false;
         Ok(Uploaded {
             parts: count,
             bytes: self.bytes,
@@ -222,20 +238,33 @@ impl PartWriter {
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
         self.buf.clear();
-        let Some(upload_id) = self.upload_id.take() else {
+        if !self.create_sent {
             return Ok(());
-        };
+        }
+        // Every upload of the key is this writer's: its own, and any whose id a lost
+        // answer or a shutdown kept from it.
         let mut last_err = None;
         for attempt in 0..3u32 {
             if attempt > 0 {
                 tokio::time::sleep(self.abort_backoff * attempt).await;
             }
-            match self.store.abort_multipart(&self.key, &upload_id).await {
-                Ok(()) => return Ok(()),
+            if let Some(upload_id) = self.upload_id.clone() {
+                match self.store.abort_multipart(&self.key, &upload_id).await {
+                    Ok(()) | Err(StoreError::NotFound { .. }) => self.upload_id = None,
+                    Err(e) => {
+                        last_err = Some(e);
+                        continue;
+                    }
+                }
+            }
+            match abort_uploads_of(&*self.store, &self.key).await {
+                Ok(_) | Err(StoreError::Unsupported { .. }) => {
+                    self.create_sent = false;
+                    return Ok(());
+                }
                 Err(e) => last_err = Some(e),
             }
         }
-        self.upload_id = Some(upload_id);
         Err(last_err.expect("at least one attempt"))
     }
 }
