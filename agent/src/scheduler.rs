@@ -44,9 +44,9 @@ use crate::schedule::{
     claim_delay, claim_key, slot_name, verify_claim_key, BackupFrom, Persisted, Role, Schedule,
     ScheduleSettings, SlotOutcome, SlotResult,
 };
+use crate::source::ValkeyAdmin;
 use crate::storage::{get_json, put_json, DynStore, StoreError};
 use crate::timefmt::rfc3339;
-use crate::valkey::ValkeyCli;
 
 const STATE_FILE: &str = "schedule.json";
 const VERIFY_STATE_FILE: &str = "verify-schedule.json";
@@ -375,7 +375,8 @@ async fn take_slot(
             return finish(out, SlotResult::NotConfigured);
         }
     };
-    let info = match ValkeyCli::new(config.valkey.clone()).info().await {
+    // The configured client (built-in by default): a cli is optional and may be absent.
+    let info = match ValkeyAdmin::new(&config.valkey).info().await {
         Ok(i) => i,
         Err(e) => {
             let e = OpError::from(e);
