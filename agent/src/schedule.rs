@@ -377,6 +377,11 @@ pub struct Persisted {
     pub cluster_last_success: Option<i64>,
     pub last_scheduled: Option<SlotOutcome>,
     pub recent_missed: Vec<String>,
+    /// The backup another unit claimed a slot for, while its manifest has not been seen:
+    /// looked for on every wake-up so the cluster's last success moves as soon as it
+    /// finishes (not only when the look-back reaches the slot), and a unit that does not
+    /// take the slots is not shown late.
+    pub pending_other: Option<String>,
 }
 
 /// What the scheduler did, as `status` and `list-backups` show it.

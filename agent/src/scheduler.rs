@@ -208,6 +208,9 @@ pub async fn run(state: Arc<AgentState>, job: Job, shutdown: CancellationToken) 
         }
         // The monotonic clock may run ahead of the wall clock: a slot is due by the
         // wall clock, which is what every unit agrees on.
+        if job == Job::Backup && persisted.pending_other.is_some() {
+            learn_pending(&state, &config, &mut persisted).await;
+        }
         if OffsetDateTime::now_utc() < slot {
             continue;
         }
@@ -216,6 +219,11 @@ pub async fn run(state: Arc<AgentState>, job: Job, shutdown: CancellationToken) 
         }
         let outcome = take_slot(&state, &settings, job, slot, &shutdown).await;
         info!(job = job.as_str(), slot = %slot_name(slot), result = outcome.result.as_str(), taken_by = outcome.taken_by.as_deref().unwrap_or("-"), "scheduled slot");
+        if job == Job::Backup && outcome.result == SlotResult::TakenByOther {
+            persisted.pending_other = outcome.backup_id.clone();
+            // The other unit may well have finished while this one waited its delay.
+            learn_pending(&state, &config, &mut persisted).await;
+        }
         if outcome.result == SlotResult::BackedUp {
             persisted.cluster_last_success = persisted
                 .cluster_last_success
@@ -276,19 +284,8 @@ async fn look_back(
                 persisted.recent_missed.drain(..excess);
             }
             Ok(Some(claim)) => {
-                if let Ok(id) = BackupId::parse(&claim.backup_id) {
-                    if let Ok(Some(m)) =
-                        get_json::<ManifestV1>(&*store, &layout.manifest_key(&id)).await
-                    {
-                        let finished = time::OffsetDateTime::parse(
-                            &m.finished_at,
-                            &time::format_description::well_known::Rfc3339,
-                        );
-                        if let Ok(f) = finished {
-                            persisted.cluster_last_success =
-                                persisted.cluster_last_success.max(Some(f.unix_timestamp()));
-                        }
-                    }
+                if let Ok(Some(f)) = finished_at(&store, &layout, &claim.backup_id).await {
+                    persisted.cluster_last_success = persisted.cluster_last_success.max(Some(f));
                 }
             }
             Err(e) => {
@@ -299,6 +296,45 @@ async fn look_back(
         persisted.checked_through = p.unix_timestamp();
     }
     state.metrics.save().await;
+}
+
+/// When the backup `id` finished (Unix seconds), from its manifest; `Ok(None)` while it
+/// has none (still running, failed) or `id` is not a backup id.
+async fn finished_at(
+    store: &DynStore,
+    layout: &Layout,
+    id: &str,
+) -> Result<Option<i64>, StoreError> {
+    let Ok(id) = BackupId::parse(id) else {
+        return Ok(None);
+    };
+    let Some(m) = get_json::<ManifestV1>(&**store, &layout.manifest_key(&id)).await? else {
+        return Ok(None);
+    };
+    let finished = OffsetDateTime::parse(
+        &m.finished_at,
+        &time::format_description::well_known::Rfc3339,
+    );
+    Ok(finished.ok().map(OffsetDateTime::unix_timestamp))
+}
+
+/// Looks for the manifest of the backup another unit claimed the last slot for; once it
+/// is there, the cluster's last success moves to it. A store error leaves it for the next
+/// wake-up; a backup that never finishes is replaced by the next slot's.
+async fn learn_pending(state: &AgentState, config: &AgentConfig, persisted: &mut Persisted) {
+    let (Some(s3), Some(id)) = (config.s3.clone(), persisted.pending_other.clone()) else {
+        return;
+    };
+    let Ok(store) = state.open_store(&s3) else {
+        return;
+    };
+    let layout = Layout::new(s3.clean_path(), &config.cluster);
+    if let Ok(Some(f)) = finished_at(&store, &layout, &id).await {
+        persisted.cluster_last_success = persisted.cluster_last_success.max(Some(f));
+        persisted.pending_other = None;
+        save(&state.state_dir, Job::Backup, persisted).await;
+        publish(state, Job::Backup, persisted);
+    }
 }
 
 async fn read_claim_at(store: &DynStore, key: &str) -> Result<Option<ClaimRecord>, StoreError> {
@@ -449,17 +485,17 @@ async fn take_slot(
     if let Ok(Some(existing)) = read_claim_at(&store, &key).await {
         drop(guard);
         out.taken_by = Some(existing.unit);
+        out.backup_id = Some(existing.backup_id).filter(|b| !b.is_empty());
         return finish(out, SlotResult::TakenByOther);
     }
     match put_json(&*store, &key, &claim).await {
         Ok(()) => {}
         Err(StoreError::AlreadyExists { .. }) => {
             drop(guard);
-            out.taken_by = read_claim_at(&store, &key)
-                .await
-                .ok()
-                .flatten()
-                .map(|c| c.unit);
+            let other = read_claim_at(&store, &key).await.ok().flatten();
+            out.backup_id = other.as_ref().map(|c| c.backup_id.clone());
+            out.backup_id = out.backup_id.filter(|b| !b.is_empty());
+            out.taken_by = other.map(|c| c.unit);
             return finish(out, SlotResult::TakenByOther);
         }
         Err(e) => {
@@ -476,6 +512,7 @@ async fn take_slot(
         if stored.nonce != claim.nonce {
             drop(guard);
             out.taken_by = Some(stored.unit);
+            out.backup_id = Some(stored.backup_id).filter(|b| !b.is_empty());
             return finish(out, SlotResult::TakenByOther);
         }
     }
@@ -611,6 +648,7 @@ mod tests {
                     at: "2026-11-30T03:01:00Z".into(),
                 }),
                 recent_missed: vec!["2026-11-29T03:00:00Z".into()],
+                pending_other: None,
             },
             verify: Persisted::default(),
         }

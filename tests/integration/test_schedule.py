@@ -87,10 +87,25 @@ def test_each_slot_is_backed_up_once_on_the_replica_then_on_the_primary_with_ret
         # The newest KEEP claimed backups, except one the next slot may be writing now.
         upto = claimed[: claimed.index(last["backup-id"]) + 1]
         assert finished[: len(upto[-KEEP:])] == upto[-KEEP:], (finished, claimed)
+        if len(seen) == 1:
+            # The primary, which did not take the slot, learns of the replica's success
+            # at its next wake-up, long before its look-back (which judges a slot only
+            # primary-delay + 10 s after it): it is not shown late meanwhile.
+            p_sched = wait_until(
+                lambda slot=last["slot"]: (
+                    (s := on_primary.request("status").expect_ok()["schedule"])
+                    and (s["last-success-at"] or "") >= slot
+                    and s
+                ),
+                timeout=6,
+                what="the primary to learn of the replica's success",
+            )
+            assert p_sched["too-old"] is False
         primary_last = _last_scheduled(on_primary)
         if primary_last is not None and primary_last["slot"] == last["slot"]:
             assert primary_last["result"] == "taken-by-other"
             assert primary_last["taken-by"] == "valkey/1"
+            assert primary_last["backup-id"] == last["backup-id"]
 
     # The replica's agent dies: the next slot goes to the primary, after its delay.
     on_replica.kill()
