@@ -488,7 +488,17 @@ async fn take_slot(
         out.backup_id = Some(existing.backup_id).filter(|b| !b.is_empty());
         return finish(out, SlotResult::TakenByOther);
     }
-    match put_json(&*store, &key, &claim).await {
+    let mut put = put_json(&*store, &key, &claim).await;
+    if matches!(put, Err(StoreError::AlreadyExists { .. })) {
+        // Our own write, whose answer was lost, seen again by the client's retry: the
+        // slot is ours. Another unit's claim (or an unreadable one) is not.
+        if let Ok(Some(c)) = read_claim_at(&store, &key).await {
+            if c.nonce == claim.nonce {
+                put = Ok(());
+            }
+        }
+    }
+    match put {
         Ok(()) => {}
         Err(StoreError::AlreadyExists { .. }) => {
             drop(guard);

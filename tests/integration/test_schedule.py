@@ -487,3 +487,41 @@ def test_on_a_store_that_ignores_if_none_match_a_later_unit_never_takes_a_claime
     started = {r.key[len(prefix) :].split("/")[0] for r in creates}
     assert started <= {c["backup-id"] for c in claims.values()}, started
     assert all("valkey-1" in i for i in started), started
+
+
+def test_a_claim_whose_answer_was_lost_is_still_taken_by_its_writer(agent, valkey_server, moto):
+    # The first claim PUT reaches the store but its answer is lost: the client's retry
+    # gets 412. The unit reads the claim back, finds its own nonce and backs up.
+    server = valkey_server("valkey8")
+    load_dataset(server, size_mb=0.02, dbs=(0,), seed=9)
+    bucket = moto.create_bucket()
+    lost: list[str] = []
+
+    def lose_first_claim(r):
+        if r.method == "PUT" and "/claims/" in r.path and not lost:
+            lost.append(r.path)
+            return Action.lose_answer()
+        return None
+
+    with S3Proxy(moto.endpoint) as proxy:
+        proxy.rule(lose_first_claim)
+        extra = {
+            "schedule": {"cron": "*/2 * * * * *", "from": "any"},
+            "s3_extra": {"endpoint": proxy.endpoint},
+        }
+        params = configure_params(server, moto, bucket, cluster=CLUSTER, unit="valkey/0", **extra)
+        a = agent()
+        a.request("configure", params).expect_ok()
+        last = wait_until(
+            lambda: (s := _last_scheduled(a)) and lost and s,
+            timeout=10,
+            what="the first scheduled slot",
+        )
+        # A slot decided before the lost write (none here) would not name it; the one
+        # whose claim lost its answer must be backed up by this unit.
+        assert last["result"] == "backed-up", last
+        assert last["taken-by"] == "valkey/0"
+        assert any(e[3] == "lose-answer" for e in proxy.log), proxy.log
+    prefix = prefix_of(params)
+    manifest = get_json(moto.client(), bucket, f"{prefix}{last['backup-id']}/manifest.json")
+    assert manifest["unit"] == "valkey/0"
