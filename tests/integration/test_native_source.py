@@ -98,7 +98,9 @@ def test_valkey9_field_ttls_back_up_with_the_defaults_and_restore(
         "restore-backup", {"step": "prepare", "backup-id": result["backup-id"]}
     ).expect_ok()
     server.stop()
-    a.request("restore-backup", {"step": "commit", "restore-id": prepared["restore-id"]})
+    a.request(
+        "restore-backup", {"step": "commit", "restore-id": prepared["restore-id"]}
+    ).expect_ok()
     server.start_again()
     finished = a.request(
         "restore-backup", {"step": "finish", "restore-id": prepared["restore-id"]}
