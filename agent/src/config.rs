@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{Codec, ZSTD_DEFAULT_LEVEL, ZSTD_LEVELS};
+use crate::encrypt;
 use crate::metrics::MetricsSettings;
 use crate::parts::{DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE, MAX_PART_SIZE, MIN_PART_SIZE};
 use crate::schedule::{RetentionSettings, Schedule, ScheduleSettings};
@@ -63,6 +65,65 @@ pub struct AgentConfig {
     /// The Prometheus endpoint (see [`crate::metrics`]); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsSettings>,
+    /// Client-side encryption (age); `None`: backups are stored in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionSettings>,
+}
+
+/// `encryption`: who backups are encrypted to, and which keys open them.
+///
+/// `recipients` are public keys (`age1…`): every new backup is encrypted to each of them.
+/// `identities` are secret keys (`AGE-SECRET-KEY-1…`) used to open backups on verify and
+/// restore; they live only in the 0600 configuration file, never in logs, results or
+/// objects. Without `recipients`, backups are encrypted to the first identity's public
+/// key: `identities: [new, old]` is a rotation in one field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EncryptionSettings {
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    #[serde(default)]
+    pub identities: Vec<Secret>,
+}
+
+impl EncryptionSettings {
+    /// The keys new backups are encrypted to (see the type's docs for the default).
+    pub fn effective_recipients(&self) -> Result<Vec<age::x25519::Recipient>, ConfigError> {
+        let explicit = encrypt::parse_recipients(&self.recipients)
+            .map_err(|e| invalid("encryption.recipients", e.to_string()))?;
+        if !explicit.is_empty() {
+            return Ok(explicit);
+        }
+        Ok(self
+            .parsed_identities()?
+            .first()
+            .map(|i| i.to_public())
+            .into_iter()
+            .collect())
+    }
+
+    /// The identities that open backups, in order.
+    pub fn parsed_identities(&self) -> Result<Vec<age::x25519::Identity>, ConfigError> {
+        encrypt::parse_identities(&self.identities)
+            .map_err(|e| invalid("encryption.identities", e.to_string()))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.recipients.len() > 32 || self.identities.len() > 32 {
+            return Err(invalid(
+                "encryption",
+                "at most 32 recipients and 32 identities",
+            ));
+        }
+        self.parsed_identities()?;
+        if self.effective_recipients()?.is_empty() {
+            return Err(invalid(
+                "encryption",
+                "needs at least one recipient or identity (omit encryption to store backups in clear)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// S3 settings, as the s3-integrator names them.
@@ -209,6 +270,19 @@ pub struct BackupTuning {
     /// the server writes the whole snapshot to disk before the first byte.
     #[serde(default = "default_stall_timeout")]
     pub stall_timeout_seconds: u64,
+    /// How the stored object is compressed (`none`, `lz4`, `zstd`).
+    #[serde(default)]
+    pub compression: Codec,
+    /// The Zstandard level (1–19, default 3); only with `compression: zstd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
+}
+
+impl BackupTuning {
+    /// The level handed to the compressor (Zstandard's; ignored by the others).
+    pub fn level(&self) -> i32 {
+        self.compression_level.unwrap_or(ZSTD_DEFAULT_LEVEL)
+    }
 }
 
 impl Default for BackupTuning {
@@ -217,6 +291,8 @@ impl Default for BackupTuning {
             part_size_bytes: DEFAULT_PART_SIZE,
             upload_concurrency: DEFAULT_CONCURRENCY,
             stall_timeout_seconds: default_stall_timeout(),
+            compression: Codec::None,
+            compression_level: None,
         }
     }
 }
@@ -410,7 +486,44 @@ impl AgentConfig {
                 "must be between 1 and 16",
             ));
         }
+        if let Some(level) = t.compression_level {
+            if t.compression != Codec::Zstd {
+                return Err(invalid(
+                    "backup.compression-level",
+                    "applies to compression zstd only",
+                ));
+            }
+            if !ZSTD_LEVELS.contains(&level) {
+                return Err(invalid(
+                    "backup.compression-level",
+                    format!(
+                        "must be between {} and {}",
+                        ZSTD_LEVELS.start(),
+                        ZSTD_LEVELS.end()
+                    ),
+                ));
+            }
+        }
+        if let Some(e) = &self.encryption {
+            e.validate()?;
+        }
         validate_automation(self)
+    }
+
+    /// The identities that open encrypted backups (none without `encryption`).
+    pub fn identities(&self) -> Result<Vec<age::x25519::Identity>, ConfigError> {
+        match &self.encryption {
+            Some(e) => e.parsed_identities(),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The keys new backups are encrypted to (none: stored in clear).
+    pub fn recipients(&self) -> Result<Vec<age::x25519::Recipient>, ConfigError> {
+        match &self.encryption {
+            Some(e) => e.effective_recipients(),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The cluster an op reads: `other` (validated) when given, else this unit's own.

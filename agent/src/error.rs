@@ -26,6 +26,10 @@ pub enum Check {
     Crc64,
     /// A scratch server could not load it, or loaded other key counts.
     Load,
+    /// The age encryption did not authenticate (a changed, missing or added byte).
+    Decrypt,
+    /// The compressed stream is corrupt (frame structure or its checksum).
+    Decompress,
 }
 
 impl Check {
@@ -37,6 +41,8 @@ impl Check {
             Check::Sha256 => "sha256",
             Check::Crc64 => "crc64",
             Check::Load => "load",
+            Check::Decrypt => "decrypt",
+            Check::Decompress => "decompress",
         }
     }
 }
@@ -72,6 +78,10 @@ pub enum OpError {
     /// A stored backup failed a check (size, RDB structure, SHA-256, CRC64, loading).
     #[error("{message}")]
     Integrity { check: Check, message: String },
+    /// An encrypted backup none of the configured identities can open (none configured,
+    /// or the wrong ones). Says nothing about the backup's integrity.
+    #[error("{0}")]
+    DecryptFailed(String),
     #[error("the agent is shutting down; the operation was cancelled")]
     Cancelled,
     /// The snapshot source sent nothing for the stall timeout.
@@ -128,6 +138,7 @@ impl OpError {
             OpError::ValkeyRunning(_) => ErrorCode::ValkeyRunning,
             OpError::NoSpace(_) => ErrorCode::NoSpace,
             OpError::Integrity { .. } => ErrorCode::StreamInvalid,
+            OpError::DecryptFailed(_) => ErrorCode::DecryptFailed,
             OpError::Config(ConfigError::Invalid { .. } | ConfigError::Shape { .. }) => {
                 ErrorCode::BadRequest
             }
@@ -233,6 +244,14 @@ mod tests {
             ),
             (LockError::Busy(None).into(), ErrorCode::Busy),
             (OpError::Cancelled, ErrorCode::Cancelled),
+            (
+                OpError::DecryptFailed(String::new()),
+                ErrorCode::DecryptFailed,
+            ),
+            (
+                OpError::integrity(Check::Decrypt, ""),
+                ErrorCode::StreamInvalid,
+            ),
         ];
         for (err, code) in cases {
             assert_eq!(err.code(), code, "{err}");

@@ -9,10 +9,14 @@
 use tokio_util::sync::CancellationToken;
 
 use crate::backup_id::BackupId;
+use crate::codec::Codec;
+use crate::encrypt;
 use crate::error::{Check, OpError};
 use crate::layout::{
     FailureRecord, Layout, ManifestCheck, ManifestV1, UploadSeen, MANIFEST_OBJECT,
 };
+use crate::pipeline::decode::{decoded_reader, Decoding};
+use crate::pipeline::encode::StoredStats;
 use crate::pipeline::{check_stream, store_reader, RdbSink, StreamLimits};
 use crate::progress::ProgressReporter;
 use crate::storage::{self, get_json, ObjectStore, OpenUpload, StoreError};
@@ -76,7 +80,10 @@ pub async fn finished_manifest(
     if let Some(m) = get_json::<ManifestV1>(store, &layout.manifest_key(id)).await? {
         // A manifest names its own data key: one that is not this backup's own (copied
         // or forged) would send a restore to read outside the backup's directory.
-        if m.backup_id != id.as_str() || m.data_key != layout.data_key(id) {
+        let own_key = m
+            .codec()
+            .map(|c| layout.data_key_for(id, c, m.encryption.is_some()));
+        if m.backup_id != id.as_str() || Some(&m.data_key) != own_key.as_ref() {
             return Err(OpError::integrity(
                 Check::Object,
                 format!("the manifest of {id} does not describe {id}'s own data object"),
@@ -99,23 +106,69 @@ pub async fn finished_manifest(
 /// What the download proved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
+    /// Bytes of the stored object.
     pub bytes: u64,
+    /// SHA-256 of the stored object.
     pub sha256: String,
+    /// Bytes of the raw RDB (what a restore writes).
+    pub raw_bytes: u64,
     pub crc64: u64,
 }
 
+/// The identities that open `manifest`'s object: `None` for a backup in clear; for an
+/// encrypted one, those of `identities` whose public keys it was encrypted to, or
+/// `decrypt-failed` naming the fingerprints it needs (checked before any byte is read,
+/// so a wrong key never looks like a damaged backup).
+pub fn keys_for(
+    manifest: &ManifestV1,
+    identities: &[age::x25519::Identity],
+) -> Result<Option<Vec<age::x25519::Identity>>, OpError> {
+    let Some(enc) = &manifest.encryption else {
+        return Ok(None);
+    };
+    let wanted = enc.recipients.join(", ");
+    if identities.is_empty() {
+        return Err(OpError::DecryptFailed(format!(
+            "backup {} is encrypted (age) to {wanted}, and no identities are configured: add its key to encryption.identities (charm: the encryption-key secret)",
+            manifest.backup_id
+        )));
+    }
+    let matching = encrypt::matching(identities, &enc.recipients);
+    if matching.is_empty() {
+        return Err(OpError::DecryptFailed(format!(
+            "backup {} is encrypted (age) to {wanted}; none of the configured identities ({}) is one of them: add the key it was taken with to encryption.identities",
+            manifest.backup_id,
+            encrypt::identity_fingerprints(identities).join(", ")
+        )));
+    }
+    Ok(Some(matching.into_iter().cloned().collect()))
+}
+
 /// Streams the backup's data into `sink` (a file, or nothing) and checks it against the
-/// manifest. Any mismatch is an [`OpError::Integrity`] (`stream-invalid`) naming the
-/// check that failed.
+/// manifest: decrypting and decompressing on the way when the object is encoded, the
+/// RDB checker on the raw bytes. Any mismatch is an [`OpError::Integrity`]
+/// (`stream-invalid`) naming the check that failed; an encrypted backup none of
+/// `identities` opens is `decrypt-failed`, before the object is read.
 pub async fn download_checked<S: RdbSink + ?Sized>(
     store: &dyn ObjectStore,
     manifest: &ManifestV1,
+    identities: &[age::x25519::Identity],
     sink: &mut S,
     reporter: &mut ProgressReporter,
     phase: &str,
     cancel: &CancellationToken,
 ) -> Result<Checked, OpError> {
     let key = &manifest.data_key;
+    let Some(codec) = manifest.codec() else {
+        return Err(OpError::integrity(
+            Check::Object,
+            format!(
+                "the manifest of {} names compression {:?}, which this agent does not know",
+                manifest.backup_id, manifest.compression
+            ),
+        ));
+    };
+    let keys = keys_for(manifest, identities)?;
     let obj = match store.get(key).await {
         Ok(o) => o,
         Err(StoreError::NotFound { .. }) => {
@@ -136,25 +189,76 @@ pub async fn download_checked<S: RdbSink + ?Sized>(
         exact: false,
         cancel,
     };
-    let streamed = check_stream(
-        store_reader(obj.body),
-        sink,
-        || async { Ok(()) },
-        limits,
-        |done, _| reporter.update(phase, done, None, false),
-    )
-    .await
-    .map_err(|e| match e {
+    let plain = codec == Codec::None && keys.is_none();
+    let (streamed, stored) = if plain {
+        let streamed = check_stream(
+            store_reader(obj.body),
+            sink,
+            || async { Ok(()) },
+            limits,
+            |done, _| reporter.update(phase, done, None, false),
+        )
+        .await;
+        (streamed, None)
+    } else {
+        let (reader, decoder) = decoded_reader(
+            store_reader(obj.body),
+            Decoding {
+                codec,
+                identities: keys,
+            },
+        );
+        let streamed = check_stream(
+            reader,
+            sink,
+            || async { Ok(()) },
+            limits,
+            |done, _| reporter.update(phase, done, None, false),
+        )
+        .await;
+        let stored = match streamed {
+            Ok(_) => Some(
+                decoder
+                    .await
+                    .map_err(|e| OpError::Internal(format!("decoder task: {e}")))??,
+            ),
+            Err(_) => None,
+        };
+        (streamed, stored)
+    };
+    let streamed = streamed.map_err(|e| match e {
         OpError::Stream(e) => OpError::integrity(Check::Rdb, e.to_string()),
         other => other,
     })?;
-    let bytes = streamed.received;
-    if bytes != manifest.stored_size_bytes {
+    let raw_bytes = streamed.received;
+    let stored = stored.unwrap_or_else(|| StoredStats {
+        bytes: raw_bytes,
+        sha256: String::new(),
+    });
+    if stored.bytes != manifest.stored_size_bytes {
         return Err(OpError::integrity(
             Check::Size,
             format!(
-                "the stored object has {bytes} bytes but the manifest recorded {}: it is truncated or padded",
-                manifest.stored_size_bytes
+                "the stored object has {} bytes but the manifest recorded {}: it is truncated or padded",
+                stored.bytes, manifest.stored_size_bytes
+            ),
+        ));
+    }
+    if !plain && stored.sha256 != manifest.sha256 {
+        return Err(OpError::integrity(
+            Check::Sha256,
+            format!(
+                "SHA-256 of the stored object ({}) differs from the manifest ({}): the object was altered",
+                stored.sha256, manifest.sha256
+            ),
+        ));
+    }
+    if raw_bytes != manifest.raw_size_bytes {
+        return Err(OpError::integrity(
+            Check::Size,
+            format!(
+                "the RDB has {raw_bytes} bytes but the manifest recorded {}",
+                manifest.raw_size_bytes
             ),
         ));
     }
@@ -167,12 +271,13 @@ pub async fn download_checked<S: RdbSink + ?Sized>(
             "the stored object has bytes after the RDB trailer",
         ));
     }
-    if checked.sha256 != manifest.sha256 {
+    if checked.sha256 != manifest.raw_sha256() {
         return Err(OpError::integrity(
             Check::Sha256,
             format!(
-                "SHA-256 of the stored object ({}) differs from the manifest ({}): the object was altered",
-                checked.sha256, manifest.sha256
+                "SHA-256 of the RDB ({}) differs from the manifest ({}): the object was altered",
+                checked.sha256,
+                manifest.raw_sha256()
             ),
         ));
     }
@@ -182,10 +287,11 @@ pub async fn download_checked<S: RdbSink + ?Sized>(
             "the RDB's CRC64 differs from the manifest",
         ));
     }
-    reporter.update(phase, bytes, None, true);
+    reporter.update(phase, raw_bytes, None, true);
     Ok(Checked {
-        bytes,
-        sha256: checked.sha256,
+        bytes: stored.bytes,
+        sha256: if plain { checked.sha256 } else { stored.sha256 },
+        raw_bytes,
         crc64: checked.crc64,
     })
 }

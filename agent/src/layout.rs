@@ -1,7 +1,7 @@
 //! The object layout, the records written beside each backup, and what a listing means.
 //!
 //! ```text
-//! <path>/<cluster>/<backup-id>/data.rdb        the snapshot (completed only when valid)
+//! <path>/<cluster>/<backup-id>/data.rdb[.zst|.lz4][.age]  the snapshot (completed only when valid)
 //! <path>/<cluster>/<backup-id>/manifest.json   written once after the data: "finished"
 //! <path>/<cluster>/<backup-id>/failure.json    written once instead, when it failed
 //! <path>/<cluster>/<backup-id>/verify/<t>-<hex>.json one new object per verification
@@ -17,9 +17,32 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::backup_id::BackupId;
+use crate::codec::Codec;
 
-/// Name of the data object (uncompressed RDB).
+/// Name of the plain data object (the uncompressed, clear RDB); a compressed or encrypted
+/// one carries the tools' suffixes ([`data_object_name`]).
 pub const DATA_OBJECT: &str = "data.rdb";
+
+/// The data object's name for a codec and encryption: `data.rdb`, `data.rdb.zst`,
+/// `data.rdb.lz4.age`… — the suffixes say which tools open it, outermost last.
+pub fn data_object_name(codec: Codec, encrypted: bool) -> String {
+    format!(
+        "{DATA_OBJECT}{}{}",
+        codec.suffix(),
+        if encrypted {
+            crate::encrypt::SUFFIX
+        } else {
+            ""
+        }
+    )
+}
+
+/// Whether `object` (a name inside a backup directory) is a data object of any kind.
+pub fn is_data_object(object: &str) -> bool {
+    [Codec::None, Codec::Lz4, Codec::Zstd]
+        .into_iter()
+        .any(|c| object == data_object_name(c, false) || object == data_object_name(c, true))
+}
 pub const MANIFEST_OBJECT: &str = "manifest.json";
 pub const FAILURE_OBJECT: &str = "failure.json";
 pub const VERIFY_DIR: &str = "verify";
@@ -51,8 +74,19 @@ impl Layout {
         format!("{}{}/", self.prefix, id)
     }
 
+    /// The key of the plain data object (format-1 backups).
     pub fn data_key(&self, id: &BackupId) -> String {
         format!("{}{}/{DATA_OBJECT}", self.prefix, id)
+    }
+
+    /// The key of the data object stored with `codec`, encrypted or not.
+    pub fn data_key_for(&self, id: &BackupId, codec: Codec, encrypted: bool) -> String {
+        format!(
+            "{}{}/{}",
+            self.prefix,
+            id,
+            data_object_name(codec, encrypted)
+        )
     }
 
     pub fn manifest_key(&self, id: &BackupId) -> String {
@@ -107,8 +141,21 @@ impl Layout {
     }
 }
 
-/// Format version of [`ManifestV1`].
+/// Format version of a manifest describing the plain RDB (readable by every agent).
 pub const MANIFEST_FORMAT: u32 = 1;
+/// Format version of a manifest describing a compressed or encrypted object: agents that
+/// only know format 1 must not mistake its object for a plain RDB.
+pub const MANIFEST_FORMAT_ENCODED: u32 = 2;
+
+/// How a data object is encrypted, as its manifest records it: public facts only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct EncryptionRecord {
+    /// `age-x25519`.
+    pub scheme: String,
+    /// Fingerprints of the recipients' public keys ([`crate::encrypt::fingerprint`]).
+    pub recipients: Vec<String>,
+}
 
 /// What a restore and a verify need to know about a finished backup.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,10 +172,23 @@ pub struct ManifestV1 {
     pub rdb_magic: String,
     pub rdb_version: u16,
     pub data_key: String,
+    /// `none`, `lz4` or `zstd` ([`Codec`]).
     pub compression: String,
+    /// The Zstandard level used (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
+    /// Present when the data object is age-encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionRecord>,
+    /// Size of the data object as stored.
     pub stored_size_bytes: u64,
+    /// Size of the RDB itself.
     pub raw_size_bytes: u64,
+    /// SHA-256 of the stored bytes (the object as it is in the bucket).
     pub sha256: String,
+    /// SHA-256 of the raw RDB (format 1 omits it: there it equals `sha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_sha256: Option<String>,
     pub crc64: String,
     pub parts: u64,
     pub part_size_bytes: u64,
@@ -158,19 +218,38 @@ impl ManifestV1 {
         id: &BackupId,
         data_size: Option<u64>,
     ) -> Option<String> {
-        if self.backup_id != id.as_str() || self.data_key != layout.data_key(id) {
+        let Some(codec) = self.codec() else {
+            return Some(format!(
+                "its manifest names compression {:?}, which this agent does not know (written by a newer agent?)",
+                self.compression
+            ));
+        };
+        if self.backup_id != id.as_str()
+            || self.data_key != layout.data_key_for(id, codec, self.encryption.is_some())
+        {
             return Some(format!(
                 "its manifest does not describe {id}'s own data object (copied or forged)"
             ));
         }
+        let name = data_object_name(codec, self.encryption.is_some());
         match data_size {
-            None => Some(format!("{DATA_OBJECT} is missing")),
+            None => Some(format!("{name} is missing")),
             Some(n) if n != self.stored_size_bytes => Some(format!(
-                "{DATA_OBJECT} has {n} bytes but the manifest recorded {}",
+                "{name} has {n} bytes but the manifest recorded {}",
                 self.stored_size_bytes
             )),
             Some(_) => None,
         }
+    }
+
+    /// The data object's compression; `None` for a name this agent does not know.
+    pub fn codec(&self) -> Option<Codec> {
+        Codec::from_name(&self.compression)
+    }
+
+    /// The SHA-256 of the raw RDB (for format 1, the stored bytes are the RDB).
+    pub fn raw_sha256(&self) -> &str {
+        self.raw_sha256.as_deref().unwrap_or(&self.sha256)
     }
 }
 
@@ -263,8 +342,10 @@ pub fn upload_times(
 ) -> std::collections::HashMap<BackupId, Vec<Option<i64>>> {
     let mut out: std::collections::HashMap<BackupId, Vec<Option<i64>>> = Default::default();
     for u in uploads {
-        if let Some((id, DATA_OBJECT)) = layout.parse_key(&u.key) {
-            out.entry(id).or_default().push(u.initiated);
+        if let Some((id, object)) = layout.parse_key(&u.key) {
+            if is_data_object(object) {
+                out.entry(id).or_default().push(u.initiated);
+            }
         }
     }
     out
@@ -285,7 +366,7 @@ pub fn group(
         match object {
             MANIFEST_OBJECT => found.manifest = true,
             FAILURE_OBJECT => found.failure = true,
-            DATA_OBJECT => found.data_size = Some(*size),
+            o if is_data_object(o) => found.data_size = Some(*size),
             o if Layout::is_verify_record(o) => found.verify_records.push(o.to_owned()),
             _ => {}
         }
@@ -294,7 +375,7 @@ pub fn group(
         let Some((id, object)) = layout.parse_key(&u.key) else {
             continue;
         };
-        if object == DATA_OBJECT {
+        if is_data_object(object) {
             by_id.entry(id).or_default().open_uploads += 1;
         }
     }
@@ -385,5 +466,40 @@ mod tests {
             ]
         );
         assert_eq!(g[3].1.verify_records.len(), 1);
+    }
+
+    #[test]
+    fn data_objects_carry_the_tools_suffixes() {
+        assert_eq!(data_object_name(Codec::None, false), "data.rdb");
+        assert_eq!(data_object_name(Codec::Zstd, false), "data.rdb.zst");
+        assert_eq!(data_object_name(Codec::Lz4, false), "data.rdb.lz4");
+        assert_eq!(data_object_name(Codec::Zstd, true), "data.rdb.zst.age");
+        assert_eq!(data_object_name(Codec::None, true), "data.rdb.age");
+        for o in [
+            "data.rdb",
+            "data.rdb.lz4.age",
+            "data.rdb.zst",
+            "data.rdb.age",
+        ] {
+            assert!(is_data_object(o), "{o}");
+        }
+        for o in [
+            "data.rdb.gz",
+            "data.rdb.age.zst",
+            "data.rdbx",
+            "manifest.json",
+        ] {
+            assert!(!is_data_object(o), "{o}");
+        }
+        let l = Layout::new("p", "c");
+        let id = BackupId::parse(A).unwrap();
+        assert_eq!(
+            l.data_key_for(&id, Codec::Lz4, true),
+            format!("p/c/{A}/data.rdb.lz4.age")
+        );
+        let keys = vec![(format!("p/c/{A}/data.rdb.zst.age"), 5u64)];
+        let g = group(&l, &keys, &[]);
+        assert_eq!(g[0].1.data_size, Some(5));
+        assert_eq!(g[0].1.status(), Some(BackupStatus::Incomplete));
     }
 }

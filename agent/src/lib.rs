@@ -12,7 +12,8 @@
 //!   they share.
 //! * [`fetch`] — reading the bucket: a cluster's listing, manifests, checked downloads.
 //! * [`pipeline`] — the one byte pipeline (RDB checker from any `AsyncRead` into a sink),
-//!   shared by backup, verify and restore; [`source`] — where a backup's bytes come from.
+//!   shared by backup, verify and restore, with its encode (compress → encrypt) and
+//!   decode (decrypt → decompress) stages; [`source`] — where a backup's bytes come from.
 //! * [`scheduler`] — the task that takes scheduled backups and verifications;
 //!   [`exporter`] — the `/metrics` endpoint.
 //! * [`error`] — the one place where module errors become stable protocol codes.
@@ -35,14 +36,17 @@
 //! * [`config`] — validated, atomically stored configuration; [`lock`] — the per-unit
 //!   `flock`; [`secret`] — values that never format.
 //! * Pure leaves: [`rdb`] (the streaming validator), [`parts`] (part-size planning),
-//!   [`backup_id`] (the id grammar), [`timefmt`] (every time format).
+//!   [`backup_id`] (the id grammar), [`timefmt`] (every time format), [`codec`]
+//!   (none/lz4/zstd framing), [`encrypt`] (age keys, fingerprints and framing).
 
 pub mod access;
 pub mod backup_id;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod datadir;
+pub mod encrypt;
 pub mod error;
 pub mod exporter;
 pub mod fetch;

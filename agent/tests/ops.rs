@@ -950,3 +950,344 @@ async fn a_diskless_eof_marker_after_a_real_snapshot_is_not_stored() {
         true
     );
 }
+
+// ---- compressed and encrypted backups ------------------------------------------------
+
+mod encoded {
+    use super::*;
+    use age::secrecy::ExposeSecret;
+    use sha2::Digest;
+    use std::io::Read;
+    use valkey_backup_agent::codec::Codec;
+    use valkey_backup_agent::config::EncryptionSettings;
+    use valkey_backup_agent::encrypt::fingerprint;
+    use valkey_backup_agent::secret::Secret;
+
+    /// A key pair: the identity, its secret text and its public text.
+    struct Key {
+        id: age::x25519::Identity,
+        secret: String,
+        public: String,
+    }
+
+    fn key() -> Key {
+        let id = age::x25519::Identity::generate();
+        let secret = id.to_string().expose_secret().to_owned();
+        let public = id.to_public().to_string();
+        Key { id, secret, public }
+    }
+
+    /// Reconfigures the agent: compression, and encryption to `recipients` with
+    /// `identities` (`None`: no encryption section at all).
+    fn set(w: &World, codec: Codec, level: Option<i32>, keys: Option<(&[&Key], &[&Key])>) {
+        let mut c = w.state.config().unwrap();
+        c.backup.compression = codec;
+        c.backup.compression_level = level;
+        c.encryption = keys.map(|(recipients, identities)| EncryptionSettings {
+            recipients: recipients.iter().map(|k| k.public.clone()).collect(),
+            identities: identities.iter().map(|k| Secret::new(&k.secret)).collect(),
+        });
+        c.validate().unwrap();
+        w.state.set_config(c);
+    }
+
+    /// Opens a stored object the way an operator would with the stock tools.
+    fn open_stored(stored: &[u8], codec: Codec, id: Option<&age::x25519::Identity>) -> Vec<u8> {
+        let plain: Box<dyn Read> = match id {
+            Some(id) => Box::new(
+                age::Decryptor::new(stored)
+                    .unwrap()
+                    .decrypt(std::iter::once(id as &dyn age::Identity))
+                    .unwrap(),
+            ),
+            None => Box::new(stored),
+        };
+        let mut raw: Box<dyn Read> = match codec {
+            Codec::None => plain,
+            Codec::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(plain)),
+            Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(plain).unwrap()),
+        };
+        let mut out = Vec::new();
+        raw.read_to_end(&mut out).unwrap();
+        out
+    }
+
+    /// A compressible RDB (JSON-like values) of about `len` bytes.
+    fn json_rdb(len: usize) -> Vec<u8> {
+        let mut v = b"VALKEY080".to_vec();
+        let mut i = 0u64;
+        while v.len() < len {
+            v.extend_from_slice(
+                format!(
+                    "{{\"id\":{i},\"name\":\"user-{}\",\"active\":true}}",
+                    i % 1000
+                )
+                .as_bytes(),
+            );
+            i += 1;
+        }
+        v.push(0xFF);
+        let mut crc = crc64_digest();
+        crc.update(&v);
+        v.extend_from_slice(&crc.finalize().to_le_bytes());
+        v
+    }
+
+    #[tokio::test]
+    async fn every_codec_clear_or_encrypted_is_stored_in_the_tools_format_and_verifies() {
+        let k = key();
+        for (codec, level, suffix) in [
+            (Codec::None, None, ""),
+            (Codec::Lz4, None, ".lz4"),
+            (Codec::Zstd, Some(7), ".zst"),
+        ] {
+            for encrypted in [false, true] {
+                let w = World::new(InMemory::new());
+                let data = json_rdb(2 * MIB + 12345);
+                w.source(data.clone(), End::Clean);
+                let keys: &[&Key] = &[&k];
+                set(&w, codec, level, encrypted.then_some((keys, keys)));
+                let r = w.backup().await;
+                let id = r["backup-id"].as_str().unwrap().to_owned();
+                let name = format!("data.rdb{suffix}{}", if encrypted { ".age" } else { "" });
+                assert_eq!(r["data-key"], format!("{PREFIX}{id}/{name}"));
+                assert_eq!(r["compression"], codec.as_str());
+                assert_eq!(r["encrypted"], encrypted);
+                assert_eq!(r["raw-size-bytes"], data.len());
+                let stored = w.memory.object(&format!("{PREFIX}{id}/{name}")).unwrap();
+                assert_eq!(r["size-bytes"], stored.len());
+                if codec != Codec::None {
+                    assert!(stored.len() < data.len() / 3, "{codec:?}: {}", stored.len());
+                }
+                assert_eq!(
+                    open_stored(&stored, codec, encrypted.then_some(&k.id)),
+                    data
+                );
+
+                let m = w.record(&format!("{id}/manifest.json"));
+                let plain = codec == Codec::None && !encrypted;
+                assert_eq!(m["format-version"], if plain { 1 } else { 2 });
+                assert_eq!(m["compression"], codec.as_str());
+                assert_eq!(m["stored-size-bytes"], stored.len());
+                assert_eq!(m["raw-size-bytes"], data.len());
+                assert_eq!(m["sha256"], hex::encode(sha2::Sha256::digest(&stored)));
+                let raw_sha = hex::encode(sha2::Sha256::digest(&data));
+                if plain {
+                    assert_eq!(m["sha256"], raw_sha);
+                    assert!(m.get("raw-sha256").is_none());
+                } else {
+                    assert_eq!(m["raw-sha256"], raw_sha);
+                }
+                if encrypted {
+                    assert_eq!(m["encryption"]["scheme"], "age-x25519");
+                    assert_eq!(
+                        m["encryption"]["recipients"],
+                        json!([fingerprint(&k.id.to_public())])
+                    );
+                } else {
+                    assert!(m.get("encryption").is_none());
+                }
+                // No secret in any object of the bucket.
+                for o in w.memory.keys() {
+                    let body = w.memory.object(&o).unwrap();
+                    assert!(
+                        !body.windows(20).any(|x| x == &k.secret.as_bytes()[..20]),
+                        "{o}"
+                    );
+                }
+
+                let v = w.ok(Op::VerifyBackup, json!({"backup-id": id})).await;
+                assert_eq!(v["ok"], true, "{codec:?} {encrypted}");
+                let list = w.ok(Op::ListBackups, json!({})).await;
+                let entry = &list["backups"][0];
+                assert_eq!(entry["status"], "finished");
+                assert_eq!(entry["compression"], codec.as_str());
+                assert_eq!(entry["encrypted"], encrypted);
+            }
+        }
+    }
+
+    /// Backs up with `codec` (encrypted to `k` when given), flips the byte at each of
+    /// `positions` (fractions of the stored size) in turn and returns the failed checks.
+    async fn flipped(codec: Codec, k: Option<&Key>, positions: &[f64]) -> Vec<String> {
+        let w = World::new(InMemory::new());
+        w.source(json_rdb(MIB), End::Clean);
+        let keys: Vec<&Key> = k.into_iter().collect();
+        set(&w, codec, None, k.map(|_| (&keys[..], &keys[..])));
+        let r = w.backup().await;
+        let id = r["backup-id"].as_str().unwrap().to_owned();
+        let key = r["data-key"].as_str().unwrap().to_owned();
+        let good = w.memory.object(&key).unwrap().to_vec();
+        let mut checks = Vec::new();
+        for p in positions {
+            let mut bad = good.clone();
+            let at = ((bad.len() as f64 * p) as usize).min(bad.len() - 1);
+            bad[at] ^= 0x10;
+            w.memory.insert(&key, bad);
+            let (c, msg) = code(w.call(Op::VerifyBackup, json!({"backup-id": id})).await);
+            assert_eq!(c, ErrorCode::StreamInvalid, "{codec:?} at {at}: {msg}");
+            let latest = w
+                .objects()
+                .into_iter()
+                .filter(|o| o.contains("/verify/"))
+                .map(|o| w.record(&o))
+                .find(|r| r["reason"] == json!(msg))
+                .expect("a verify record for this failure");
+            assert_eq!(latest["ok"], false);
+            checks.push(latest["failed-check"].as_str().unwrap().to_owned());
+        }
+        w.memory.insert(&key, good);
+        let v = w.ok(Op::VerifyBackup, json!({"backup-id": id})).await;
+        assert_eq!(v["ok"], true);
+        checks
+    }
+
+    const POSITIONS: &[f64] = &[0.0, 0.001, 0.01, 0.3, 0.5, 0.9, 0.999, 1.0];
+
+    #[tokio::test]
+    async fn a_flipped_byte_anywhere_in_a_compressed_object_is_refused() {
+        for codec in [Codec::Lz4, Codec::Zstd] {
+            let checks = flipped(codec, None, POSITIONS).await;
+            assert!(
+                checks
+                    .iter()
+                    .all(|c| ["decompress", "rdb", "sha256"].contains(&c.as_str())),
+                "{checks:?}"
+            );
+            assert!(checks.iter().any(|c| c == "decompress"), "{checks:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flipped_byte_anywhere_in_an_encrypted_object_fails_authentication() {
+        let k = key();
+        for codec in [Codec::None, Codec::Zstd] {
+            let checks = flipped(codec, Some(&k), POSITIONS).await;
+            assert!(
+                checks.iter().all(|c| c == "decrypt"),
+                "{codec:?}: {checks:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_wrong_key_is_decrypt_failed_and_no_verdict_is_written() {
+        let (a, b) = (key(), key());
+        let w = World::new(InMemory::new());
+        w.source(json_rdb(MIB), End::Clean);
+        set(&w, Codec::Zstd, None, Some((&[&a], &[&a])));
+        let id = w.backup().await["backup-id"].as_str().unwrap().to_owned();
+        for keys in [
+            None,
+            Some((&[&b][..], &[&b][..])),
+            Some((&[&a][..], &[][..])),
+        ] {
+            set(&w, Codec::Zstd, None, keys);
+            let (c, msg) = code(w.call(Op::VerifyBackup, json!({"backup-id": id})).await);
+            assert_eq!(c, ErrorCode::DecryptFailed, "{msg}");
+            assert!(msg.contains(&fingerprint(&a.id.to_public())), "{msg}");
+            assert!(
+                !msg.contains(&a.secret) && !msg.contains(&b.secret),
+                "{msg}"
+            );
+            let restore = json!({"step": "prepare", "backup-id": id});
+            let (c, _) = code(w.call(Op::RestoreBackup, restore).await);
+            assert_eq!(c, ErrorCode::DecryptFailed);
+        }
+        assert!(!w.objects().iter().any(|o| o.contains("/verify/")));
+    }
+
+    #[tokio::test]
+    async fn rotation_old_backups_open_with_the_old_identity_new_ones_without_it() {
+        let (a, b) = (key(), key());
+        let w = World::new(InMemory::new());
+        w.source(json_rdb(MIB), End::Clean);
+        set(&w, Codec::Lz4, None, Some((&[&a], &[&a])));
+        let old = w.backup().await["backup-id"].as_str().unwrap().to_owned();
+        // Rotated: new backups go to B; A stays as an identity for the old ones. No
+        // recipients: the first identity's public key is the recipient.
+        set(&w, Codec::Lz4, None, Some((&[], &[&b, &a])));
+        w.source(json_rdb(MIB), End::Clean);
+        let r = w.backup().await;
+        let new = r["backup-id"].as_str().unwrap().to_owned();
+        assert_eq!(r["recipients"], json!([fingerprint(&b.id.to_public())]));
+        for id in [&old, &new] {
+            assert_eq!(
+                w.ok(Op::VerifyBackup, json!({"backup-id": id})).await["ok"],
+                true
+            );
+        }
+        // A retired: the new backup still opens, the old one names the key it needs.
+        set(&w, Codec::Lz4, None, Some((&[&b], &[&b])));
+        assert_eq!(
+            w.ok(Op::VerifyBackup, json!({"backup-id": new})).await["ok"],
+            true
+        );
+        let (c, _) = code(w.call(Op::VerifyBackup, json!({"backup-id": old})).await);
+        assert_eq!(c, ErrorCode::DecryptFailed);
+    }
+
+    #[tokio::test]
+    async fn a_plain_backup_still_verifies_once_compression_and_encryption_are_on() {
+        let k = key();
+        let w = World::new(InMemory::new());
+        let id = w.backup().await["backup-id"].as_str().unwrap().to_owned();
+        assert!(w.objects().contains(&format!("{id}/data.rdb")));
+        set(&w, Codec::Zstd, Some(19), Some((&[&k], &[&k])));
+        assert_eq!(
+            w.ok(Op::VerifyBackup, json!({"backup-id": id})).await["ok"],
+            true
+        );
+        let list = w.ok(Op::ListBackups, json!({})).await;
+        assert_eq!(list["backups"][0]["compression"], "none");
+        assert_eq!(list["backups"][0]["encrypted"], false);
+    }
+
+    #[tokio::test]
+    async fn a_failed_encoded_backup_leaves_only_its_failure_record() {
+        let k = key();
+        let w = World::new(InMemory::new());
+        let mut data = json_rdb(12 * MIB);
+        let n = data.len();
+        data[n - 3] ^= 1; // bad CRC: the trailer check fails after parts went up
+        w.source(data, End::Clean);
+        set(&w, Codec::Zstd, Some(1), Some((&[&k], &[&k])));
+        let (c, _) = code(w.call(Op::CreateBackup, json!({})).await);
+        assert_eq!(c, ErrorCode::StreamInvalid);
+        assert_failed_cleanly(&w, "stream-invalid");
+    }
+
+    #[test]
+    fn configuration_refuses_bad_levels_and_keys_without_quoting_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = serde_json::to_value(config(dir.path())).unwrap();
+        let with = |patch: Value| {
+            let mut v = base.clone();
+            for (k, val) in patch.as_object().unwrap() {
+                v[k] = val.clone();
+            }
+            AgentConfig::from_params(v)
+        };
+        let k = key();
+        let bad = [
+            json!({"backup": {"compression": "zstd", "compression-level": 20}}),
+            json!({"backup": {"compression": "lz4", "compression-level": 3}}),
+            json!({"backup": {"compression": "brotli"}}),
+            json!({"encryption": {}}),
+            json!({"encryption": {"recipients": ["age1notakey"]}}),
+            json!({"encryption": {"identities": [format!("{}x", k.secret)]}}),
+            json!({"encryption": {"identities": [k.public]}}),
+        ];
+        for patch in bad {
+            let err = with(patch.clone()).expect_err(&patch.to_string());
+            assert!(!err.to_string().contains(&k.secret[16..]), "{err}");
+        }
+        let ok = with(
+            json!({"backup": {"compression": "zstd", "compression-level": 19},
+                             "encryption": {"identities": [k.secret]}}),
+        )
+        .unwrap();
+        assert_eq!(ok.recipients().unwrap(), vec![k.id.to_public()]);
+        assert!(!format!("{ok:?}").contains(&k.secret[16..]));
+    }
+}

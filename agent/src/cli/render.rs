@@ -116,12 +116,22 @@ pub fn prune_summary(result: &PruneResult) -> String {
 }
 
 /// The `list-backups` table.
+/// How a backup is stored: its compression, `+age` when encrypted (`zstd+age`).
+fn stored_as(compression: Option<&str>, encrypted: Option<bool>) -> String {
+    match (compression, encrypted) {
+        (Some(c), Some(true)) => format!("{c}+age"),
+        (Some(c), _) => c.to_owned(),
+        (None, _) => "-".into(),
+    }
+}
+
 pub fn backups_table(result: &ListBackupsResult) -> String {
-    let mut table: Vec<[String; 7]> = vec![[
+    let mut table: Vec<[String; 8]> = vec![[
         "BACKUP-ID".into(),
         "STATUS".into(),
         "UNIT".into(),
         "SIZE".into(),
+        "STORED".into(),
         "STARTED".into(),
         "FINISHED".into(),
         "DETAIL".into(),
@@ -144,12 +154,13 @@ pub fn backups_table(result: &ListBackupsResult) -> String {
             status,
             or_dash(b.unit.as_deref()),
             b.size_bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
+            stored_as(b.compression.as_deref(), b.encrypted),
             b.started_at.clone(),
             or_dash(b.finished_at.as_deref()),
             detail,
         ]);
     }
-    let mut widths = [0usize; 7];
+    let mut widths = [0usize; 8];
     for row in &table {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());

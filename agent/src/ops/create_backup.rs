@@ -8,7 +8,8 @@
 //! 2. `INFO` — an early, clear answer for unreachable servers and bad passwords, the
 //!    server version for the manifest, and a size estimate for part planning;
 //! 3. stream ([`crate::pipeline`]): every byte passes the validator and SHA-256 before it
-//!    joins a part; parts upload while the stream continues, at most `concurrency` at once;
+//!    is compressed and encrypted (when configured: [`Encoder`]) and joins a part; parts
+//!    upload while the stream continues, at most `concurrency` at once;
 //! 4. at the end: the stream must have ended exactly (the built-in source's framing, or the
 //!    cli's exit status 0) *and* the trailer must check out, and only
 //!    then is the upload completed (`If-None-Match: *`), then `manifest.json` written once;
@@ -26,12 +27,17 @@ use tracing::{info, warn};
 
 use super::state::{params, AgentState, NoParams, UnitGuard};
 use crate::backup_id::BackupId;
+use crate::codec::Codec;
 use crate::config::{AgentConfig, S3Settings};
+use crate::encrypt::fingerprint;
 use crate::error::OpError;
 use crate::layout::BackupStatus;
-use crate::layout::{FailureRecord, Layout, ManifestV1, MANIFEST_FORMAT};
+use crate::layout::{
+    EncryptionRecord, FailureRecord, Layout, ManifestV1, MANIFEST_FORMAT, MANIFEST_FORMAT_ENCODED,
+};
 use crate::parts::PartPlan;
-use crate::pipeline::{check_stream, CheckedRdb, StreamLimits};
+use crate::pipeline::encode::{Encoder, StoredStats};
+use crate::pipeline::{check_stream, CheckedRdb, Encoded, StreamLimits};
 use crate::progress::{EventSink, ProgressReporter};
 use crate::protocol::{CreateBackupResult, LastBackup};
 use crate::source::SnapshotSource;
@@ -123,6 +129,14 @@ pub async fn backup(
     result
 }
 
+/// What a finished stream wrote: the RDB it checked, the object it stored, and to whom
+/// that object is encrypted (none: in clear).
+struct Written<'a> {
+    rdb: &'a CheckedRdb,
+    object: &'a StoredStats,
+    recipients: &'a [age::x25519::Recipient],
+}
+
 /// One backup in progress: what must be cleaned up if it fails.
 struct BackupRun<'a> {
     config: &'a AgentConfig,
@@ -164,7 +178,12 @@ impl BackupRun<'_> {
             _ = cancel.cancelled() => return Err(OpError::Cancelled),
             r = self.source.open(&info, stall) => r?,
         };
-        let data_key = self.layout.data_key(self.id);
+        let recipients = self.config.recipients()?;
+        let encrypted = !recipients.is_empty();
+        let mut encoder = Encoder::new(tuning.compression, tuning.level(), &recipients)?;
+        let data_key = self
+            .layout
+            .data_key_for(self.id, tuning.compression, encrypted);
         let writer = self.writer.insert(put_multipart(
             &self.store,
             data_key.clone(),
@@ -179,7 +198,10 @@ impl BackupRun<'_> {
         let bytes = &mut self.bytes;
         let streamed = check_stream(
             reader,
-            writer,
+            &mut Encoded {
+                encoder: &mut encoder,
+                sink: writer,
+            },
             || source.finish(stall),
             StreamLimits {
                 stall: Some(stall),
@@ -200,9 +222,17 @@ impl BackupRun<'_> {
             Err(_) => false,
         };
         let checked = streamed.rdb?;
+        let writer = self.writer.as_mut().expect("created above");
+        let (rest, encoded) = encoder.finish().await?;
+        if !rest.is_empty() {
+            writer.write(&rest).await?;
+        }
+        let stored = encoded.unwrap_or_else(|| StoredStats {
+            bytes: checked.rdb_bytes,
+            sha256: checked.sha256.clone(),
+        });
 
         self.phase = "completing";
-        let writer = self.writer.as_mut().expect("created above");
         self.reporter
             .update("completing", self.bytes, Some(writer.parts_done()), true);
         // Not cancellable: a completion cut short could still take effect at the store,
@@ -210,16 +240,19 @@ impl BackupRun<'_> {
         let uploaded = writer.finish().await?;
         self.unrecorded_data = Some(writer.key().to_owned());
         self.writer = None;
-        debug_assert_eq!(uploaded.bytes, checked.rdb_bytes);
+        debug_assert_eq!(uploaded.bytes, stored.bytes);
 
         self.phase = "manifest";
         let finished_at = OffsetDateTime::now_utc();
         let manifest = self.manifest(
             &info,
             keyspace_exact,
-            &checked,
-            uploaded.parts,
-            plan.part_size,
+            Written {
+                rdb: &checked,
+                object: &stored,
+                recipients: &recipients,
+            },
+            (uploaded.parts, plan.part_size),
             finished_at,
         );
         self.write_manifest(&manifest).await?;
@@ -245,6 +278,13 @@ impl BackupRun<'_> {
             started_at: manifest.started_at,
             finished_at: manifest.finished_at,
             data_key,
+            compression: manifest.compression,
+            raw_size_bytes: manifest.raw_size_bytes,
+            encrypted,
+            recipients: manifest
+                .encryption
+                .map(|e| e.recipients)
+                .unwrap_or_default(),
         })
     }
 
@@ -252,13 +292,25 @@ impl BackupRun<'_> {
         &self,
         info: &ServerInfo,
         keyspace_exact: bool,
-        v: &CheckedRdb,
-        parts: u64,
-        part_size: u64,
+        written: Written<'_>,
+        (parts, part_size): (u64, u64),
         finished_at: OffsetDateTime,
     ) -> ManifestV1 {
+        let Written {
+            rdb: v,
+            object: stored,
+            recipients,
+        } = written;
+        let tuning = self.config.backup;
+        let codec = tuning.compression;
+        let encrypted = !recipients.is_empty();
+        let plain = codec == Codec::None && !encrypted;
         ManifestV1 {
-            format_version: MANIFEST_FORMAT,
+            format_version: if plain {
+                MANIFEST_FORMAT
+            } else {
+                MANIFEST_FORMAT_ENCODED
+            },
             backup_id: self.id.to_string(),
             cluster: self.config.cluster.clone(),
             unit: self.config.unit.clone(),
@@ -268,11 +320,17 @@ impl BackupRun<'_> {
             source_version: info.version.clone(),
             rdb_magic: v.format.magic.to_owned(),
             rdb_version: v.format.version,
-            data_key: self.layout.data_key(self.id),
-            compression: "none".into(),
-            stored_size_bytes: v.rdb_bytes,
+            data_key: self.layout.data_key_for(self.id, codec, encrypted),
+            compression: codec.as_str().into(),
+            compression_level: (codec == Codec::Zstd).then(|| tuning.level()),
+            encryption: encrypted.then(|| EncryptionRecord {
+                scheme: crate::encrypt::SCHEME.into(),
+                recipients: recipients.iter().map(fingerprint).collect(),
+            }),
+            stored_size_bytes: stored.bytes,
             raw_size_bytes: v.rdb_bytes,
-            sha256: v.sha256.clone(),
+            sha256: stored.sha256.clone(),
+            raw_sha256: (!plain).then(|| v.sha256.clone()),
             crc64: format!("{:016x}", v.crc64),
             parts,
             part_size_bytes: part_size,

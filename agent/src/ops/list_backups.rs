@@ -116,6 +116,8 @@ async fn describe(
         last_verify: None,
         rdb_version: None,
         sha256: None,
+        compression: None,
+        encrypted: None,
     };
     match status {
         BackupStatus::Finished => {
@@ -134,6 +136,8 @@ async fn describe(
                 entry.finished_at = Some(m.finished_at);
                 entry.source_version = Some(format!("{} {}", m.source_kind, m.source_version));
                 entry.rdb_version = Some(m.rdb_version);
+                entry.compression = Some(m.compression.clone());
+                entry.encrypted = Some(m.encryption.is_some());
                 entry.sha256 = Some(m.sha256);
             }
             // Names sort by time, so the newest comes first. A record that does not

@@ -33,7 +33,7 @@ use crate::config::keep_days_hint;
 use crate::error::OpError;
 use crate::fetch::{check_manifest, list_prefix, seen};
 use crate::layout::{
-    group, upload_times, BackupStatus, Found, Layout, ManifestCheck, DATA_OBJECT, FAILURE_OBJECT,
+    group, upload_times, BackupStatus, Found, Layout, ManifestCheck, FAILURE_OBJECT,
     MANIFEST_OBJECT,
 };
 use crate::protocol::{
@@ -426,8 +426,8 @@ async fn inspect(
 fn delete_rank(object: &str) -> u8 {
     match object {
         MANIFEST_OBJECT => 0,
-        DATA_OBJECT => 2,
         FAILURE_OBJECT => 3,
+        o if crate::layout::is_data_object(o) => 2,
         _ => 1,
     }
 }

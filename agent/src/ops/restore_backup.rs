@@ -36,7 +36,7 @@ use crate::backup_id::BackupId;
 use crate::config::ValkeySettings;
 use crate::datadir::{DataDir, Ownership};
 use crate::error::OpError;
-use crate::fetch::{download_checked, finished_manifest};
+use crate::fetch::{download_checked, finished_manifest, keys_for};
 use crate::layout::{Layout, ManifestV1};
 use crate::progress::{EventSink, ProgressReporter};
 use crate::protocol::{
@@ -147,6 +147,9 @@ async fn prepare(
     let guard = state.lock_unit("restore-backup", id.to_string()).await?;
 
     let manifest = finished_manifest(&*store, &layout, &id).await?;
+    // A backup this unit cannot decrypt is refused before the server is even asked.
+    let identities = config.identities()?;
+    keys_for(&manifest, &identities)?;
     let cli = ValkeyAdmin::new(&config.valkey);
     let info = cli.info().await?;
     if info.role.as_deref() == Some("slave") {
@@ -188,7 +191,7 @@ async fn prepare(
     let target = dir.join(&dbfilename);
     let temp_name = format!(".{dbfilename}.restore-{restore_id}.tmp");
     let server_user = info.process_id.and_then(server_process_user);
-    let needed = manifest.stored_size_bytes;
+    let needed = manifest.raw_size_bytes.max(manifest.stored_size_bytes);
     let (data_dir, owner, file) = {
         let (dir, dbfilename, temp_name) = (dir.clone(), dbfilename.clone(), temp_name.clone());
         tokio::task::spawn_blocking(move || {
@@ -202,6 +205,7 @@ async fn prepare(
     let downloaded = download_to(
         &*store,
         &manifest,
+        &identities,
         &file,
         owner,
         &mut reporter,
@@ -346,6 +350,7 @@ fn server_process_user(pid: u32) -> Option<(u32, u32)> {
 async fn download_to(
     store: &dyn ObjectStore,
     manifest: &ManifestV1,
+    identities: &[age::x25519::Identity],
     file: &File,
     owner: Ownership,
     reporter: &mut ProgressReporter,
@@ -358,8 +363,16 @@ async fn download_to(
         ))
     };
     let mut out = tokio::fs::File::from_std(file.try_clone().map_err(io)?);
-    let checked =
-        download_checked(store, manifest, &mut out, reporter, "downloading", cancel).await?;
+    let checked = download_checked(
+        store,
+        manifest,
+        identities,
+        &mut out,
+        reporter,
+        "downloading",
+        cancel,
+    )
+    .await?;
     out.sync_all().await.map_err(io)?;
     drop(out);
     let file = file.try_clone().map_err(io)?;

@@ -26,7 +26,7 @@ use super::state::{params, AgentState};
 use crate::backup_id::BackupId;
 use crate::connection::NativeClient;
 use crate::error::{Check, OpError};
-use crate::fetch::{download_checked, finished_manifest};
+use crate::fetch::{download_checked, finished_manifest, keys_for};
 use crate::layout::{Layout, ManifestV1, VerifyRecord, MANIFEST_FORMAT};
 use crate::pipeline::Discard;
 use crate::progress::{EventSink, ProgressReporter};
@@ -59,6 +59,8 @@ pub async fn run(
     let store = state.open_store(&s3)?;
     let layout = Layout::new(s3.clean_path(), &cluster);
     let manifest = finished_manifest(&*store, &layout, &id).await?;
+    let identities = config.identities()?;
+    keys_for(&manifest, &identities)?;
     let server = if p.load {
         let format = rdb_compat::manifest_format(&manifest.rdb_magic, manifest.rdb_version);
         Some(pick_server(p.server.as_deref(), config.valkey.cli.as_deref(), &format).await?)
@@ -74,6 +76,7 @@ pub async fn run(
     let outcome = check(
         &*store,
         &manifest,
+        &identities,
         p.load,
         server.as_deref(),
         scratch.path(),
@@ -252,6 +255,7 @@ async fn server_version(server: &Path) -> Option<ServerVersion> {
 async fn check(
     store: &dyn ObjectStore,
     manifest: &ManifestV1,
+    identities: &[age::x25519::Identity],
     load: bool,
     server: Option<&Path>,
     scratch: &Path,
@@ -263,6 +267,7 @@ async fn check(
         download_checked(
             store,
             manifest,
+            identities,
             &mut Discard,
             reporter,
             "verifying",
@@ -277,6 +282,7 @@ async fn check(
     download_checked(
         store,
         manifest,
+        identities,
         &mut file,
         reporter,
         "verifying",
@@ -288,7 +294,7 @@ async fn check(
         .map_err(|e| OpError::LocalIo(format!("scratch file: {}", e.kind())))?;
     drop(file);
     let server = server.expect("resolved when load is set");
-    reporter.update("loading", manifest.stored_size_bytes, None, true);
+    reporter.update("loading", manifest.raw_size_bytes, None, true);
     let keys = load_in_scratch_server(server, scratch, &state.shutdown).await?;
     let expected: KeyCounts = manifest.keyspace_at_start.clone();
     let matches = keys == expected;

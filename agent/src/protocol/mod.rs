@@ -31,6 +31,8 @@ pub enum ErrorCode {
     ValkeyReplica,
     ValkeyRunning,
     StreamInvalid,
+    /// An encrypted backup, and no configured identity is one of its recipients.
+    DecryptFailed,
     S3AccessDenied,
     S3NoBucket,
     S3Unreachable,
@@ -59,6 +61,7 @@ impl ErrorCode {
             ErrorCode::ValkeyReplica => "valkey-replica",
             ErrorCode::ValkeyRunning => "valkey-running",
             ErrorCode::StreamInvalid => "stream-invalid",
+            ErrorCode::DecryptFailed => "decrypt-failed",
             ErrorCode::S3AccessDenied => "s3-access-denied",
             ErrorCode::S3NoBucket => "s3-no-bucket",
             ErrorCode::S3Unreachable => "s3-unreachable",

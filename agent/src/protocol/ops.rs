@@ -198,6 +198,22 @@ pub struct CreateBackupResult {
     pub started_at: String,
     pub finished_at: String,
     pub data_key: String,
+    /// `none`, `lz4` or `zstd`.
+    #[serde(default = "none_codec")]
+    pub compression: String,
+    /// Size of the RDB itself (`size-bytes` is what was stored).
+    #[serde(default)]
+    pub raw_size_bytes: u64,
+    /// Whether the stored object is age-encrypted.
+    #[serde(default)]
+    pub encrypted: bool,
+    /// Fingerprints of the public keys it was encrypted to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+}
+
+fn none_codec() -> String {
+    "none".into()
 }
 
 /// The newest verification of a backup, as `list-backups` shows it.
@@ -230,6 +246,12 @@ pub struct BackupEntry {
     pub rdb_version: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// `none`, `lz4` or `zstd` (finished backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    /// Whether the stored object is encrypted (finished backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<bool>,
 }
 
 /// `list-backups` result.

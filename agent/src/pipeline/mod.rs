@@ -13,6 +13,9 @@
 //! a failure than "truncated stream"). A stall timeout and a cancellation token bound
 //! every read and every write.
 
+pub mod decode;
+pub mod encode;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -149,6 +152,29 @@ impl RdbSink for tokio::fs::File {
     }
 }
 
+/// A sink that encodes before handing bytes on to `sink` (the part writer).
+pub struct Encoded<'a, S: RdbSink + ?Sized> {
+    pub encoder: &'a mut encode::Encoder,
+    pub sink: &'a mut S,
+}
+
+#[async_trait::async_trait]
+impl<S: RdbSink + ?Sized> RdbSink for Encoded<'_, S> {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), OpError> {
+        if self.encoder.is_plain() {
+            return self.sink.write(bytes).await;
+        }
+        let out = self.encoder.encode(bytes).await?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.sink.write(&out).await
+    }
+    fn parts_done(&self) -> Option<u64> {
+        self.sink.parts_done()
+    }
+}
+
 /// How a stream is watched.
 pub struct StreamLimits<'a> {
     /// Longest wait for the next bytes (`None`: the transport's own timeouts apply).
@@ -247,8 +273,13 @@ where
 }
 
 /// A read error: a store's own (carried through [`std::io::Error`] by
-/// [`store_reader`]) stays classified; anything else is the local pipe failing.
+/// [`store_reader`]) stays classified, as does a decoding stage's verdict
+/// ([`decode::decoded_reader`]); anything else is the local pipe failing.
 fn read_error(e: std::io::Error) -> OpError {
+    if e.get_ref().is_some_and(|i| i.is::<OpError>()) {
+        let inner = e.into_inner().expect("checked above");
+        return *inner.downcast::<OpError>().expect("checked above");
+    }
     if let Some(store) = e.get_ref().and_then(|i| i.downcast_ref::<StoreError>()) {
         return OpError::Store(store.clone());
     }
