@@ -31,7 +31,7 @@ from agent_client import (
     AgentClient,
     AgentError,
 )
-from config_model import CharmConfig, InvalidConfigError, resolve_cli
+from config_model import CharmConfig, InvalidConfigError, encryption_params, resolve_cli
 from configure import build_configure_params
 from presentation import (
     ProgressLog,
@@ -77,6 +77,8 @@ ACTION_HINTS = {
     "s3-access-denied": "check the s3-integrator's credentials secret",
     "s3-no-bucket": "check the s3-integrator's bucket",
     "s3-unreachable": "check the s3-integrator's endpoint and tls-ca-chain",
+    "decrypt-failed": "add the key this backup was taken with to the encryption-key secret "
+    "('identities', one per line, the current key first)",
 }
 
 # Juju caps an action's results at about 100 KB; list-backups stays well under it.
@@ -320,6 +322,7 @@ class ValkeyBackupCharm(ops.CharmBase):
         """
         config = self._config()
         password = self._valkey_password(config.valkey_password_secret)
+        encryption = self._encryption(config.encryption_key_secret)
         try:
             cli: str | None = resolve_cli(config.valkey_cli_path)
         except InvalidConfigError as exc:
@@ -338,8 +341,11 @@ class ValkeyBackupCharm(ops.CharmBase):
             cli=cli,
             password=password,
             s3_info=s3_info,
+            encryption=encryption,
         )
         secrets = [password or ""]
+        if encryption:
+            secrets += list(encryption["identities"])
         if s3_info:
             secrets += [str(s3_info.get("secret-key") or ""), str(s3_info.get("access-key") or "")]
         return DesiredConfig(params=params, secrets=tuple(s for s in secrets if s))
@@ -367,6 +373,27 @@ class ValkeyBackupCharm(ops.CharmBase):
         if not password:
             raise UnusableConfigError(f"valkey-password secret has no '{PASSWORD_KEY}' key")
         return password
+
+    def _encryption(self, secret_id: str) -> dict[str, Any] | None:
+        """The agent's ``encryption`` settings from the ``encryption-key`` user secret."""
+        if not secret_id:
+            return None
+        try:
+            content = self.model.get_secret(id=secret_id).get_content(refresh=True)
+        except ops.SecretNotFoundError as exc:
+            raise UnusableConfigError(
+                "encryption-key secret not found or not granted: "
+                "run juju grant-secret <secret> valkey-backup"
+            ) from exc
+        except ops.ModelError as exc:
+            raise UnusableConfigError(
+                "encryption-key secret cannot be read: "
+                "run juju grant-secret <secret> valkey-backup"
+            ) from exc
+        try:
+            return encryption_params(content)
+        except InvalidConfigError as exc:
+            raise UnusableConfigError(str(exc)) from exc
 
     def _principal(self) -> tuple[str, str]:
         """``(application, unit)`` of the principal this subordinate is attached to."""

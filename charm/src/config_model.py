@@ -36,6 +36,8 @@ SOURCES = ("auto", "native", "cli")
 MIB = 1024 * 1024
 
 BACKUP_FROM = ("replica", "primary", "any")
+# What the agent's backup.compression takes.
+COMPRESSIONS = ("none", "lz4", "zstd")
 
 
 class InvalidConfigError(Exception):
@@ -96,6 +98,9 @@ class CharmConfig:
     retention_keep_days: int = 0
     #: ``<ip>:<port>`` of the agent's /metrics; "" is off.
     metrics_listen: str = ""
+    compression: str = "none"
+    zstd_level: int = 3
+    encryption_key_secret: str = ""
 
     @classmethod
     def from_mapping(
@@ -172,6 +177,7 @@ class CharmConfig:
                 raise InvalidConfigError(f"{option} must be 0 (unset) or more")
         metrics_listen = _str(config, "metrics-listen")
         _check_listen(metrics_listen)
+        compression, zstd_level = _compression(config)
 
         return cls(
             backup_schedule=schedule,
@@ -191,12 +197,69 @@ class CharmConfig:
             cluster_name=cluster,
             upload_concurrency=concurrency,
             part_size_mib=part_size,
+            compression=compression,
+            zstd_level=zstd_level,
+            encryption_key_secret=_str(config, "encryption-key"),
         )
+
+    def backup_params(self) -> dict[str, Any]:
+        """The ``backup`` object of the configure request."""
+        params: dict[str, Any] = {
+            "part-size-bytes": self.part_size_bytes,
+            "upload-concurrency": self.upload_concurrency,
+            "compression": self.compression,
+        }
+        if self.compression == "zstd":
+            params["compression-level"] = self.zstd_level
+        return params
 
     @property
     def part_size_bytes(self) -> int:
         """``part-size-mib`` in bytes, as the agent takes it."""
         return self.part_size_mib * MIB
+
+
+# age keys as age-keygen writes them (Bech32: the secret key upper case, the public
+# key lower case). The agent checks them fully; this only catches a wrong kind of value.
+AGE_IDENTITY_RE = re.compile(r"^AGE-SECRET-KEY-1[0-9A-Z]{58}$")
+AGE_RECIPIENT_RE = re.compile(r"^age1[0-9a-z]{58}$")
+
+
+def encryption_params(content: Mapping[str, str]) -> dict[str, Any]:
+    """The ``encryption`` object of the configure request, from the secret's content.
+
+    ``identities``: one key per line (comment lines from an age key file are skipped),
+    the current one first. ``recipients`` (optional): public keys, whitespace-separated.
+    Messages never quote a key.
+
+    Raises:
+        InvalidConfigError: a key is missing or not of the expected kind.
+    """
+    identities = [
+        line.strip()
+        for line in str(content.get("identities") or "").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    if not identities:
+        raise InvalidConfigError(
+            "encryption-key secret has no 'identities' key (AGE-SECRET-KEY-1… lines)"
+        )
+    for n, identity in enumerate(identities, start=1):
+        if not AGE_IDENTITY_RE.match(identity):
+            raise InvalidConfigError(
+                f"encryption-key secret: line {n} of 'identities' is not an age secret key "
+                "(AGE-SECRET-KEY-1…)"
+            )
+    recipients = str(content.get("recipients") or "").split()
+    for n, recipient in enumerate(recipients, start=1):
+        if not AGE_RECIPIENT_RE.match(recipient):
+            raise InvalidConfigError(
+                f"encryption-key secret: item {n} of 'recipients' is not an age public key (age1…)"
+            )
+    params: dict[str, Any] = {"identities": identities}
+    if recipients:
+        params["recipients"] = recipients
+    return params
 
 
 def resolve_cli(
@@ -285,6 +348,19 @@ def _check_listen(listen: str) -> None:
         raise InvalidConfigError(
             f"metrics-listen {listen!r} must be <ip>:<port>, e.g. 127.0.0.1:9187"
         )
+
+
+def _compression(config: Mapping[str, Any]) -> tuple[str, int]:
+    """``compression`` and ``zstd-level``, checked."""
+    compression = _str(config, "compression") or "none"
+    if compression not in COMPRESSIONS:
+        raise InvalidConfigError(
+            f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}"
+        )
+    zstd_level = _int(config, "zstd-level", 3)
+    if not 1 <= zstd_level <= 19:
+        raise InvalidConfigError(f"zstd-level {zstd_level} is not between 1 and 19")
+    return compression, zstd_level
 
 
 def _str(config: Mapping[str, Any], key: str) -> str:

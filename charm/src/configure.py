@@ -101,11 +101,14 @@ def build_configure_params(
     cli: str | None,
     password: str | None,
     s3_info: Mapping[str, Any] | None,
+    encryption: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole ``configure`` request params.
 
     ``s3_info`` None means "no storage" (relation absent or gone): the request then says
-    ``"s3": null`` and the agent refuses backups with ``not-configured``.
+    ``"s3": null`` and the agent refuses backups with ``not-configured``. ``encryption``
+    (from the ``encryption-key`` secret, see ``config_model.encryption_params``) is sent
+    only when set; without it backups are stored in clear.
     """
     valkey: dict[str, Any] = {
         "host": config.valkey_host,
@@ -125,10 +128,7 @@ def build_configure_params(
         "unit": unit,
         "s3": s3_params(s3_info) if s3_info is not None else None,
         "valkey": valkey,
-        "backup": {
-            "part-size-bytes": config.part_size_bytes,
-            "upload-concurrency": config.upload_concurrency,
-        },
+        "backup": config.backup_params(),
     }
     if config.backup_schedule:
         params["schedule"] = {"cron": config.backup_schedule, "from": config.backup_from}
@@ -143,4 +143,6 @@ def build_configure_params(
         params["retention"] = retention
     if config.metrics_listen:
         params["metrics"] = {"listen": config.metrics_listen}
+    if encryption:
+        params["encryption"] = dict(encryption)
     return params

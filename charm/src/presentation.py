@@ -107,7 +107,7 @@ def parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-TABLE_COLUMNS = ("ID", "STATUS", "UNIT", "SIZE", "STARTED", "FINISHED", "LAST VERIFY")
+TABLE_COLUMNS = ("ID", "STATUS", "UNIT", "SIZE", "STORED", "STARTED", "FINISHED", "LAST VERIFY")
 
 
 def backups_table(backups: Sequence[Mapping[str, Any]]) -> str:
@@ -118,6 +118,7 @@ def backups_table(backups: Sequence[Mapping[str, Any]]) -> str:
             _status_cell(entry),
             str(entry.get("unit") or "-"),
             human_size(entry.get("size-bytes")),
+            stored_cell(entry),
             str(entry.get("started-at") or "-"),
             str(entry.get("finished-at") or "-"),
             last_verify_cell(entry),
@@ -130,6 +131,14 @@ def backups_table(backups: Sequence[Mapping[str, Any]]) -> str:
         for row in rows
     ]
     return "\n".join(lines)
+
+
+def stored_cell(entry: Mapping[str, Any]) -> str:
+    """How a backup is stored: its compression, ``+age`` when encrypted (``zstd+age``)."""
+    compression = entry.get("compression")
+    if not isinstance(compression, str) or not compression:
+        return "-"
+    return f"{compression}+age" if entry.get("encrypted") is True else compression
 
 
 def _status_cell(entry: Mapping[str, Any]) -> str:

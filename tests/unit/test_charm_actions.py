@@ -147,6 +147,7 @@ def test_list_backups_as_a_table(ctx, agent):
         "STATUS",
         "UNIT",
         "SIZE",
+        "STORED",
         "STARTED",
         "FINISHED",
         "LAST",

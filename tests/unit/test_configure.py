@@ -110,7 +110,11 @@ def test_full_request_shape():
             "cli": "/usr/bin/valkey-cli",
             "tls": {"enabled": False},
         },
-        "backup": {"part-size-bytes": 8 * 1024 * 1024, "upload-concurrency": 4},
+        "backup": {
+            "part-size-bytes": 8 * 1024 * 1024,
+            "upload-concurrency": 4,
+            "compression": "none",
+        },
     }
 
 

@@ -11,6 +11,7 @@ from presentation import (
     human_age,
     human_size,
     last_verify_cell,
+    stored_cell,
 )
 
 
@@ -83,6 +84,8 @@ def test_table_has_the_documented_columns_and_one_row_per_backup():
                 "status": "finished",
                 "unit": "valkey/0",
                 "size-bytes": 2048,
+                "compression": "zstd",
+                "encrypted": True,
                 "started-at": "2026-11-21T19:30:00Z",
                 "finished-at": "2026-11-21T19:30:02Z",
                 "last-verify": {"checked-at": "2026-11-22T01:00:00Z", "ok": True},
@@ -96,6 +99,7 @@ def test_table_has_the_documented_columns_and_one_row_per_backup():
         "STATUS",
         "UNIT",
         "SIZE",
+        "STORED",
         "STARTED",
         "FINISHED",
         "LAST",
@@ -104,6 +108,7 @@ def test_table_has_the_documented_columns_and_one_row_per_backup():
     assert lines[1].split()[:4] == ["b2", "finished", "valkey/0", "2.0"]
     assert lines[1].endswith("2026-11-22T01:00:00Z ok")
     assert "failed (s3-unreachable)" in lines[2]
+    assert lines[1].split()[5] == "zstd+age"
     assert lines[2].rstrip().endswith("-")
     # Columns line up: every row's UNIT starts where the header's does.
     column = lines[0].index("UNIT")
@@ -116,11 +121,20 @@ def test_empty_table_is_just_the_header():
         "STATUS",
         "UNIT",
         "SIZE",
+        "STORED",
         "STARTED",
         "FINISHED",
         "LAST",
         "VERIFY",
     ]
+
+
+def test_stored_cell_says_compression_and_encryption():
+    assert stored_cell({"compression": "lz4", "encrypted": False}) == "lz4"
+    assert stored_cell({"compression": "none", "encrypted": True}) == "none+age"
+    assert stored_cell({"compression": "zstd"}) == "zstd"
+    # Older agents say nothing about it.
+    assert stored_cell({}) == "-"
 
 
 def test_last_verify_cell_shapes():
