@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): installs components, builds the release agent, runs bench.py.
+# Benchmark (not a test): installs components, builds the release agent, runs bench.py
+# (throughput and memory by dataset size) or, with --compression, compression.py (stored
+# bytes and throughput per compression setting, next to the lz4 CLI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build -j2 --locked --release -p valkey-backup-agent
-python3 bench/bench.py "$@"
+if [ "${1:-}" = "--compression" ]; then
+  shift
+  exec python3 bench/compression.py "$@"
+fi
+exec python3 bench/bench.py "$@"
