@@ -5,6 +5,8 @@ bytes with repeated field names and vocabularies, as applications store them —
 with `rdbcompression yes` (the server's default, which LZF-compresses each long string
 itself), takes one RDB of it with `valkey-cli --rdb`, and measures on that same RDB:
 
+- the anchor: `valkey-cli --rdb -` into /dev/null (with `rdbcompression yes` the
+  server's own LZF pass usually bounds every setting's throughput);
 - the `lz4` command-line tool at its default level (what WAL-G stores by default) and
   `zstd` at its default level: stored bytes and the ratio to the RDB;
 - the agent (release build, default parts and concurrency) doing `create-backup` for
@@ -34,16 +36,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from bench import proc_cpu_seconds, proc_peak_rss  # noqa: E402
 from harness import Agent, GarageServer, MotoServer, ValkeyServer, configure_params  # noqa: E402
 from harness.components import load_components  # noqa: E402
 
+from bench import anchor_rate, proc_cpu_seconds, proc_peak_rss  # noqa: E402
+
 MiB = 1024**2
 
-WORDS = (
-    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
-    "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
-).split()
+WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
+    "yankee",
+    "zulu",
+]
 CITIES = ["Lisbon", "Oslo", "Nairobi", "Lima", "Osaka", "Austin", "Lyon", "Perth", "Pune"]
 
 
@@ -109,6 +136,11 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=256, help="dataset size (MiB of values)")
     ap.add_argument("--agent-bin", default=str(ROOT / "target" / "release" / "valkey-backup-agent"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "compression-results.json"))
+    ap.add_argument(
+        "--settings",
+        default=",".join(name for name, _, _ in SETTINGS),
+        help="comma-separated subset of: " + ", ".join(name for name, _, _ in SETTINGS),
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="valkey-backup-bench-comp-"))
     comps = load_components()
@@ -128,8 +160,12 @@ def main() -> None:
         lz4_bytes, lz4_s = tool_size(["lz4", "-c"], rdb)
         zstd_bytes, zstd_s = tool_size(["zstd", "-c", "-T1"], rdb)
         rdb.unlink()
+        anchor_s, anchor_bytes = anchor_rate(server)
         secret = age_key(work)
+        wanted = set(args.settings.split(","))
         for name, backup, encrypted in SETTINGS:
+            if name not in wanted:
+                continue
             agent = Agent(work / f"agent-{name}", binary=Path(args.agent_bin)).start()
             try:
                 extra = {"backup": backup}
@@ -162,6 +198,7 @@ def main() -> None:
         store.stop()
         subprocess.run(["rm", "-rf", str(work)], check=False)
     print(f"\nRDB: {rdb_bytes} bytes ({keys} keys, rdbcompression yes), store: {store_name}")
+    print(f"anchor: valkey-cli --rdb - > /dev/null: {anchor_bytes / MiB / anchor_s:.1f} MiB/s")
     print(
         f"lz4 CLI (default level, WAL-G's default): {lz4_bytes} bytes, "
         f"ratio {lz4_bytes / rdb_bytes:.3f}, {rdb_bytes / MiB / lz4_s:.0f} MiB/s"
@@ -182,6 +219,7 @@ def main() -> None:
         "dataset-mib": args.size_mib,
         "keys": keys,
         "rdb-bytes": rdb_bytes,
+        "anchor-mib-per-s": round(anchor_bytes / MiB / anchor_s, 1),
         "lz4-cli": {"bytes": lz4_bytes, "ratio": round(lz4_bytes / rdb_bytes, 3)},
         "zstd-cli": {"bytes": zstd_bytes, "ratio": round(zstd_bytes / rdb_bytes, 3)},
         "rows": rows,
