@@ -205,3 +205,122 @@ fn classify(stage: Stage, store: Option<StoreError>, age_failed: &AtomicBool) ->
         Stage::ReaderGone => OpError::Cancelled,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::encode::Encoder;
+    use crate::pipeline::{check_stream, store_reader, Discard, StreamLimits};
+    use crate::rdb::crc64_digest;
+    use tokio_util::sync::CancellationToken;
+
+    fn rdb(records: usize) -> Vec<u8> {
+        let mut v = b"REDIS0011".to_vec();
+        for i in 0..records {
+            v.extend_from_slice(format!("{{\"k\":{i},\"v\":\"value-{}\"}}", i % 50).as_bytes());
+        }
+        v.push(0xFF);
+        let mut crc = crc64_digest();
+        crc.update(&v);
+        v.extend_from_slice(&crc.finalize().to_le_bytes());
+        v
+    }
+
+    async fn encode(
+        data: &[u8],
+        codec: Codec,
+        id: &age::x25519::Identity,
+    ) -> (Vec<u8>, StoredStats) {
+        let mut enc = Encoder::new(codec, 3, &[id.to_public()]).unwrap();
+        let mut out = Vec::new();
+        for c in data.chunks(100_000) {
+            out.extend(enc.encode(c).await.unwrap());
+        }
+        let (rest, stats) = enc.finish().await.unwrap();
+        out.extend(rest);
+        (out, stats.unwrap())
+    }
+
+    fn body(
+        chunks: Vec<Result<Bytes, StoreError>>,
+    ) -> futures::stream::BoxStream<'static, Result<Bytes, StoreError>> {
+        Box::pin(futures::stream::iter(chunks))
+    }
+
+    async fn run(
+        chunks: Vec<Result<Bytes, StoreError>>,
+        codec: Codec,
+        id: &age::x25519::Identity,
+    ) -> Result<(u64, StoredStats), OpError> {
+        let (reader, handle) = decoded_reader(
+            store_reader(body(chunks)),
+            Decoding {
+                codec,
+                identities: Some(vec![id.clone()]),
+            },
+        );
+        let cancel = CancellationToken::new();
+        let limits = StreamLimits {
+            stall: None,
+            source_name: "a test",
+            cancel: &cancel,
+        };
+        let streamed =
+            check_stream(reader, &mut Discard, || async { Ok(()) }, limits, |_, _| {}).await?;
+        let stats = handle.await.unwrap()?;
+        streamed.rdb?;
+        Ok((streamed.received, stats))
+    }
+
+    #[tokio::test]
+    async fn the_decoder_gives_back_the_rdb_and_what_was_stored() {
+        let id = age::x25519::Identity::generate();
+        let data = rdb(50_000);
+        let (stored, stats) = encode(&data, Codec::Zstd, &id).await;
+        assert_eq!(stats.bytes, stored.len() as u64);
+        let half = stored.len() / 2;
+        let chunks = vec![
+            Ok(Bytes::copy_from_slice(&stored[..half])),
+            Ok(Bytes::copy_from_slice(&stored[half..])),
+        ];
+        let (raw, read) = run(chunks, Codec::Zstd, &id).await.unwrap();
+        assert_eq!(raw, data.len() as u64);
+        assert_eq!(read, stats);
+    }
+
+    #[tokio::test]
+    async fn a_store_failure_mid_body_stays_a_store_error() {
+        let id = age::x25519::Identity::generate();
+        let (stored, _) = encode(&rdb(50_000), Codec::Lz4, &id).await;
+        let chunks = vec![
+            Ok(Bytes::copy_from_slice(&stored[..stored.len() / 2])),
+            Err(StoreError::Unreachable {
+                endpoint: "memory://".into(),
+                detail: "connection reset".into(),
+            }),
+        ];
+        let err = run(chunks, Codec::Lz4, &id).await.unwrap_err();
+        assert!(
+            matches!(err, OpError::Store(StoreError::Unreachable { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_truncated_encrypted_object_fails_authentication() {
+        let id = age::x25519::Identity::generate();
+        let (stored, _) = encode(&rdb(50_000), Codec::None, &id).await;
+        let chunks = vec![Ok(Bytes::copy_from_slice(&stored[..stored.len() - 20]))];
+        let err = run(chunks, Codec::None, &id).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OpError::Integrity {
+                    check: Check::Decrypt,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+}
