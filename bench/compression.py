@@ -171,7 +171,8 @@ def main() -> None:
                 extra = {"backup": backup}
                 if encrypted:
                     extra["encryption"] = {"identities": [secret]}
-                params = configure_params(server, store, bucket, cluster=f"b-{name}.v", **extra)
+                cluster = f"b-{name.replace('+', '-')}.valkey"
+                params = configure_params(server, store, bucket, cluster=cluster, **extra)
                 agent.request("configure", params).expect_ok()
                 cpu0 = proc_cpu_seconds(agent.pid)
                 t0 = time.monotonic()
