@@ -170,7 +170,9 @@ impl BackupRun<'_> {
             info.used_memory,
         );
         info!(backup_id = %self.id, part_size = plan.part_size, concurrency = plan.concurrency,
-              memory_bound = plan.memory_bound(), source = %info.version, "streaming snapshot");
+              memory_bound = plan.memory_bound(), source = %info.version,
+              compression = tuning.compression.as_str(), encrypted = self.config.encryption.is_some(),
+              "streaming snapshot");
 
         self.phase = "streaming";
         let stall = Duration::from_secs(tuning.stall_timeout_seconds);
