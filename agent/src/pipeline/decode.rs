@@ -263,6 +263,7 @@ mod tests {
         let limits = StreamLimits {
             stall: None,
             source_name: "a test",
+            exact: false,
             cancel: &cancel,
         };
         let streamed =
