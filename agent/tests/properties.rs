@@ -268,8 +268,9 @@ fn manifest() -> impl Strategy<Value = ManifestV1> {
             any::<bool>(),
             text(),
         ),
+        (any::<Option<i32>>(), prop::option::of(text())),
     )
-        .prop_map(|(a, b, c, d)| ManifestV1 {
+        .prop_map(|(a, b, c, d, e)| ManifestV1 {
             format_version: a.0,
             backup_id: a.1,
             cluster: a.2,
@@ -293,6 +294,9 @@ fn manifest() -> impl Strategy<Value = ManifestV1> {
             keyspace_at_start: d.1,
             keyspace_exact: d.2,
             agent_version: d.3,
+            compression_level: e.0,
+            encryption: None,
+            raw_sha256: e.1,
         })
 }
 
