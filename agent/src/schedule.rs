@@ -194,16 +194,7 @@ impl FromStr for Schedule {
 
 /// A slot's name: `YYYYMMDDTHHMMSSZ` (sorts by time, like backup ids).
 pub fn slot_name(slot: OffsetDateTime) -> String {
-    let t = slot.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    crate::timefmt::compact(slot)
 }
 
 /// The claim object's key for `slot` under the cluster prefix `<path>/<cluster>/`.
