@@ -182,6 +182,42 @@ pub struct ValkeySettings {
     pub cli: Option<PathBuf>,
     #[serde(default)]
     pub tls: Option<ValkeyTls>,
+    /// The Sentinel watching this server, if any: a restore then keeps Sentinel from
+    /// failing over while the server is stopped (see [`crate::sentinel`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<SentinelSettings>,
+}
+
+/// `valkey.sentinel`: one Sentinel of the group that watches the server (the unit's own,
+/// on Canonical's charm). The agent finds the group's master name and the other
+/// Sentinels through it, and logs in to every one of them with these credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SentinelSettings {
+    pub host: String,
+    #[serde(default = "default_sentinel_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+}
+
+impl SentinelSettings {
+    /// Connection settings for a Sentinel at `host:port` with these credentials (plain
+    /// TCP, built-in client), so the RESP client of [`crate::connection`] can talk to it.
+    pub fn client_settings(&self, host: &str, port: u16) -> ValkeySettings {
+        ValkeySettings {
+            host: host.to_owned(),
+            port,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            source: SourceKind::Native,
+            cli: None,
+            tls: None,
+            sentinel: None,
+        }
+    }
 }
 
 impl ValkeySettings {
@@ -195,6 +231,7 @@ impl ValkeySettings {
             source: SourceKind::Native,
             cli: None,
             tls: None,
+            sentinel: None,
         }
     }
 
@@ -302,6 +339,9 @@ fn default_host() -> String {
 }
 fn default_port() -> u16 {
     6379
+}
+fn default_sentinel_port() -> u16 {
+    26379
 }
 fn default_part_size() -> u64 {
     DEFAULT_PART_SIZE
@@ -744,24 +784,48 @@ fn validate_bucket(b: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn validate_valkey(v: &ValkeySettings) -> Result<(), ConfigError> {
-    if v.host.is_empty()
-        || v.host.len() > 253
-        || v.host.starts_with('-')
-        || !v
-            .host
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with('-')
+        && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
-    {
+}
+
+fn valid_username(u: &str) -> bool {
+    !u.is_empty() && u.len() <= 256 && !u.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+fn validate_valkey(v: &ValkeySettings) -> Result<(), ConfigError> {
+    if !valid_host(&v.host) {
         return Err(invalid("valkey.host", "must be a host name or IP address"));
     }
     if v.port == 0 {
         return Err(invalid("valkey.port", "must be between 1 and 65535"));
     }
-    if let Some(u) = &v.username {
-        if u.is_empty() || u.len() > 256 || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if v.username.as_deref().is_some_and(|u| !valid_username(u)) {
+        return Err(invalid(
+            "valkey.username",
+            "must be non-empty without spaces",
+        ));
+    }
+    if let Some(s) = &v.sentinel {
+        if !valid_host(&s.host) {
             return Err(invalid(
-                "valkey.username",
+                "valkey.sentinel.host",
+                "must be a host name or IP address",
+            ));
+        }
+        if s.port == 0 {
+            return Err(invalid(
+                "valkey.sentinel.port",
+                "must be between 1 and 65535",
+            ));
+        }
+        if s.username.as_deref().is_some_and(|u| !valid_username(u)) {
+            return Err(invalid(
+                "valkey.sentinel.username",
                 "must be non-empty without spaces",
             ));
         }
@@ -952,6 +1016,43 @@ mod tests {
         assert_eq!(AgentConfig::load(dir.path()).unwrap(), Some(c));
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp files left behind");
+    }
+
+    #[test]
+    fn sentinel_is_optional_defaults_its_port_and_validates_its_fields() {
+        let c = AgentConfig::from_params(base()).unwrap();
+        assert_eq!(c.valkey.sentinel, None);
+        let mut v = base();
+        v["valkey"]["sentinel"] =
+            json!({"host": "10.0.0.5", "username": "op", "password": "sentinelpw"});
+        let c = AgentConfig::from_params(v.clone()).unwrap();
+        let s = c.valkey.sentinel.clone().unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("10.0.0.5", 26379));
+        assert!(!format!("{c:?}").contains("sentinelpw"));
+        for (ptr, value, field) in [
+            (
+                "/valkey/sentinel/host",
+                json!("bad host"),
+                "valkey.sentinel.host",
+            ),
+            ("/valkey/sentinel/port", json!(0), "valkey.sentinel.port"),
+            (
+                "/valkey/sentinel/username",
+                json!(""),
+                "valkey.sentinel.username",
+            ),
+        ] {
+            let msg = AgentConfig::from_params(with(v.clone(), ptr, value))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.starts_with(field), "{msg}");
+            assert!(!msg.contains("sentinelpw"), "{msg}");
+        }
+        v["valkey"]["sentinel"]["tls"] = json!(true);
+        assert!(
+            AgentConfig::from_params(v).is_err(),
+            "unknown fields are refused"
+        );
     }
 
     #[test]

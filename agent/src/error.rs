@@ -10,6 +10,7 @@ use crate::config::ConfigError;
 use crate::lock::LockError;
 use crate::protocol::ErrorCode;
 use crate::rdb::RdbError;
+use crate::sentinel::SentinelError;
 use crate::storage::StoreError;
 use crate::valkey::ValkeyError;
 
@@ -114,6 +115,9 @@ pub enum OpError {
     Valkey(#[from] ValkeyError),
     #[error(transparent)]
     Stream(#[from] RdbError),
+    /// Sentinel could not be asked or kept from failing over for a restore.
+    #[error(transparent)]
+    Sentinel(#[from] SentinelError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -146,9 +150,8 @@ impl OpError {
             OpError::Lock(LockError::Busy(_)) => ErrorCode::Busy,
             OpError::Lock(LockError::Io(_)) => ErrorCode::Internal,
             OpError::Valkey(ValkeyError::Unreachable { .. }) => ErrorCode::ValkeyUnreachable,
-            OpError::Valkey(ValkeyError::Auth { .. } | ValkeyError::Permission { .. }) => {
-                ErrorCode::ValkeyAuth
-            }
+            OpError::Valkey(ValkeyError::Auth { .. }) => ErrorCode::ValkeyAuth,
+            OpError::Valkey(ValkeyError::Permission { .. }) => ErrorCode::ValkeyPermission,
             OpError::Valkey(
                 ValkeyError::Cli { .. }
                 | ValkeyError::Spawn { .. }
@@ -157,6 +160,7 @@ impl OpError {
                 | ValkeyError::Interrupted { .. },
             ) => ErrorCode::ValkeyError,
             OpError::Stream(_) => ErrorCode::StreamInvalid,
+            OpError::Sentinel(_) => ErrorCode::SentinelError,
             OpError::Store(e) => match e {
                 StoreError::AccessDenied { .. } => ErrorCode::S3AccessDenied,
                 StoreError::NoBucket { .. } | StoreError::CannotCreateBucket { .. } => {
@@ -206,7 +210,7 @@ mod tests {
                     detail: String::new(),
                 }
                 .into(),
-                ErrorCode::ValkeyAuth,
+                ErrorCode::ValkeyPermission,
             ),
             (
                 ValkeyError::Refused {

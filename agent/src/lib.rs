@@ -27,6 +27,8 @@
 //!   [`replication`] — the `SYNC` handshake and exact payload framing) or
 //!   [`valkey`] — running `valkey-cli`/`redis-cli` without leaking the password;
 //!   [`rdb_compat`] — which server version loads which RDB format;
+//!   [`valkey_check`] — `configure`'s "would a backup work now?" check;
+//!   [`sentinel`] — the Sentinel group of a restored server, kept from failing over;
 //!   [`datadir`] — the server's data directory, handled by descriptor (a restore runs as
 //!   root in a directory another user owns).
 //! * [`layout`] — object keys, records and statuses; [`retention`] — the keep/delete
@@ -66,11 +68,13 @@ pub mod retention;
 pub mod schedule;
 pub mod scheduler;
 pub mod secret;
+pub mod sentinel;
 pub mod server;
 pub mod source;
 pub mod storage;
 pub mod timefmt;
 pub mod valkey;
+pub mod valkey_check;
 pub mod valkey_tls;
 
 /// The agent's version, recorded in every manifest and reported by `status`.

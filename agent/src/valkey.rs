@@ -34,7 +34,7 @@ pub enum ValkeyError {
     #[error("Valkey rejected the credentials: {detail}")]
     Auth { detail: String },
     /// The credentials are right but the ACL user may not run what a backup needs.
-    #[error("the Valkey user lacks a permission backups need (+sync +psync +replconf +info +config|get): {detail}")]
+    #[error("the Valkey user lacks a permission backups need (grant +sync +replconf +info +config|get, or use a user such as charmed-operator): {detail}")]
     Permission { detail: String },
     #[error("valkey-cli failed: {detail}")]
     Cli { detail: String },
@@ -68,6 +68,46 @@ pub struct ServerInfo {
     pub loading: bool,
     /// The server's pid (in its own pid namespace).
     pub process_id: Option<u32>,
+    /// `run_id`: changes at every start (Sentinel reports it as the master's `runid`).
+    pub run_id: Option<String>,
+    /// A replica's primary (`master_host`, `master_port`).
+    pub master_host: Option<String>,
+    pub master_port: Option<u16>,
+    /// A primary's replication offset.
+    pub master_repl_offset: Option<u64>,
+    /// A primary's replicas as it reports them (`slaveN:` lines).
+    pub replicas: Vec<ReplicaLine>,
+}
+
+/// One `slaveN:ip=…,port=…,state=…,offset=…,lag=…` line of `INFO replication`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaLine {
+    pub ip: String,
+    pub port: u16,
+    pub state: String,
+    pub offset: u64,
+}
+
+impl ReplicaLine {
+    fn parse(v: &str) -> Option<Self> {
+        let mut line = ReplicaLine::default();
+        for kv in v.split(',') {
+            let (k, v) = kv.split_once('=')?;
+            match k {
+                "ip" => line.ip = v.to_owned(),
+                "port" => line.port = v.parse().ok()?,
+                "state" => line.state = v.to_owned(),
+                "offset" => line.offset = v.parse().ok()?,
+                _ => {}
+            }
+        }
+        (!line.ip.is_empty() && line.port != 0).then_some(line)
+    }
+
+    /// `ip:port`.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
 }
 
 impl ServerInfo {
@@ -89,6 +129,13 @@ impl ServerInfo {
                 "master_link_status" => info.master_link_up = Some(v == "up"),
                 "loading" => info.loading = v == "1",
                 "process_id" => info.process_id = v.parse().ok(),
+                "run_id" => info.run_id = Some(v.to_owned()),
+                "master_host" => info.master_host = Some(v.to_owned()),
+                "master_port" => info.master_port = v.parse().ok(),
+                "master_repl_offset" => info.master_repl_offset = v.parse().ok(),
+                k if k.starts_with("slave") && k[5..].bytes().all(|b| b.is_ascii_digit()) => {
+                    info.replicas.extend(ReplicaLine::parse(v));
+                }
                 k if k.starts_with("db") && k[2..].bytes().all(|b| b.is_ascii_digit()) => {
                     let keys = v
                         .split(',')
@@ -403,7 +450,22 @@ mod tests {
         assert_eq!(v.used_memory, Some(1024));
         assert_eq!(v.role.as_deref(), Some("master"));
         assert_eq!(v.keyspace, vec![("db0".into(), 10), ("db3".into(), 2)]);
-        let r = ServerInfo::parse("redis_version:7.0.15\nrole:slave\n");
+        let p = ServerInfo::parse("role:master\r\nrun_id:abc\r\nmaster_repl_offset:42\r\nslave0:ip=10.0.0.2,port=6379,state=online,offset=42,lag=0\r\nslave1:ip=10.0.0.3,port=6379,state=wait_bgsave,offset=0,lag=0\r\nslave_read_only:1\r\n");
+        assert_eq!(p.run_id.as_deref(), Some("abc"));
+        assert_eq!(p.master_repl_offset, Some(42));
+        assert_eq!(p.replicas.len(), 2, "slave_read_only is not a replica line");
+        assert_eq!(p.replicas[0].addr(), "10.0.0.2:6379");
+        assert_eq!(
+            (p.replicas[1].state.as_str(), p.replicas[1].offset),
+            ("wait_bgsave", 0)
+        );
+        let r = ServerInfo::parse(
+            "redis_version:7.0.15\nrole:slave\nmaster_host:10.0.0.1\nmaster_port:6380\n",
+        );
+        assert_eq!(
+            (r.master_host.as_deref(), r.master_port),
+            (Some("10.0.0.1"), Some(6380))
+        );
         assert_eq!((r.kind.as_str(), r.version.as_str()), ("redis", "7.0.15"));
     }
 

@@ -48,6 +48,7 @@ fn check(ty: &str, text: &str) -> Result<(), String> {
         "RestoreBackupParams" => parse::<RestoreBackupParams>(ty, text),
         "VerifyBackupParams" => parse::<VerifyBackupParams>(ty, text),
         "StatusResult" => parse::<StatusResult>(ty, text),
+        "ValkeyCheck" => parse::<ValkeyCheck>(ty, text),
         // Keys of the status result shown on their own.
         "StatusFragment" => {
             let members: serde_json::Map<String, serde_json::Value> =

@@ -256,8 +256,8 @@ def test_acl_user_without_sync_rights_is_told_what_to_grant(
     a = agent()
     params = configure_params(server, moto, moto_bucket, cluster="acl.valkey", source=source)
     a.request("configure", params).expect_ok()
-    err = a.request("create-backup").expect_error("valkey-auth")
+    err = a.request("create-backup").expect_error("valkey-permission")
     assert "+sync" in err.message and "NOPERM" in err.message
     assert_failed_cleanly(
-        moto.client(), moto_bucket, prefix_of(params), failed_backup_id(a), "valkey-auth"
+        moto.client(), moto_bucket, prefix_of(params), failed_backup_id(a), "valkey-permission"
     )

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::client::ClientError;
 use super::output::{client_call, print_json, report_error, to_params};
-use crate::protocol::{RestoreBackupParams, RestorePrepared, RestoreStep};
+use crate::protocol::{RestoreBackupParams, RestorePrepared, RestoreStep, SentinelMode};
 
 /// Arguments of `restore-backup`.
 #[derive(Debug, Args)]
@@ -31,6 +31,18 @@ pub struct RestoreArgs {
     /// Seconds to wait for the server to load after it was started.
     #[arg(long, default_value_t = 600)]
     pub load_timeout: u64,
+    /// With a configured Sentinel: `suppress` (default) keeps it from failing over while
+    /// the server is stopped; `ignore` leaves it alone.
+    #[arg(long, value_parser = parse_sentinel_mode)]
+    pub sentinel: Option<SentinelMode>,
+}
+
+fn parse_sentinel_mode(s: &str) -> Result<SentinelMode, String> {
+    match s {
+        "suppress" => Ok(SentinelMode::Suppress),
+        "ignore" => Ok(SentinelMode::Ignore),
+        other => Err(format!("{other:?}: use suppress or ignore")),
+    }
 }
 
 impl RestoreArgs {
@@ -80,6 +92,7 @@ fn with_id(step: RestoreStep, restore_id: &str) -> RestoreBackupParams {
         source_cluster: None,
         restore_id: Some(restore_id.to_owned()),
         timeout_seconds: None,
+        sentinel: None,
     }
 }
 
@@ -95,6 +108,7 @@ pub async fn run(socket: &Path, args: RestoreArgs) -> i32 {
         source_cluster: args.source_cluster.clone(),
         restore_id: None,
         timeout_seconds: None,
+        sentinel: args.sentinel,
     };
     let prepared = match step(socket, prepare).await {
         Ok(v) => v,

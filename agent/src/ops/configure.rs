@@ -1,8 +1,13 @@
-//! `configure`: validate, check the bucket, then store — all or nothing.
+//! `configure`: validate, check the bucket, store — all or nothing — then check Valkey.
 //!
 //! The previous configuration stays in force unless the new one is valid *and* its
 //! bucket is usable, so a typo in a relation never leaves the unit without backups of
 //! the old, working kind silently replaced by a broken one.
+//!
+//! The Valkey check ([`crate::valkey_check`]) reports instead of refusing: a server that
+//! is restarting, or a password the principal is still rotating, must not cost the unit
+//! its S3 settings, and the charm needs the stored configuration to show *why* backups
+//! would fail (`valkey-check` in the result and in `status`).
 
 use std::sync::Arc;
 
@@ -43,8 +48,10 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<ConfigureResult,
         bucket: config.s3.as_ref().map(|s| s.bucket.clone()),
         bucket_created,
         valkey_source: config.valkey.source.as_str().to_owned(),
+        valkey_check: crate::valkey_check::check(&config.valkey).await,
     };
     state.set_config(config);
+    state.set_valkey_check(result.valkey_check.clone());
     Ok(result)
 }
 

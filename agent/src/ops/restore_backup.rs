@@ -230,6 +230,7 @@ async fn prepare(
         size_bytes: checked.bytes,
         sha256: checked.sha256,
         appendonly: aof.is_some(),
+        sentinel: None,
         next: "stop the server, then send step commit".into(),
     };
     let ended = tokio_util::sync::CancellationToken::new();
@@ -685,6 +686,11 @@ async fn finish(
         target: session.target.display().to_string(),
         previous: session.previous.as_ref().map(|p| p.display().to_string()),
         duration_seconds: (session.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        role: None,
+        writable: false,
+        write_error: None,
+        replicas: Vec::new(),
+        sentinel: None,
     })
 }
 
@@ -709,6 +715,7 @@ async fn abort(state: &Arc<AgentState>, restore_id: &str) -> Result<RestoreAbort
             "nothing was changed"
         }
         .into(),
+        sentinel: None,
     })
 }
 

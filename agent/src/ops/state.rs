@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AgentConfig, S3Settings};
 use crate::error::OpError;
 use crate::lock::{LockHolder, UnitLock};
-use crate::protocol::LastBackup;
+use crate::protocol::{LastBackup, ValkeyCheck};
 use crate::source::{configured_sources, SnapshotSource, SourceFactory};
 use crate::storage::{s3::S3Store, DynStore, StoreError};
 use crate::timefmt::rfc3339;
@@ -29,6 +29,8 @@ pub struct AgentState {
     config: RwLock<Option<AgentConfig>>,
     running: Mutex<Option<LockHolder>>,
     last_backup: Mutex<Option<LastBackup>>,
+    /// What the last `configure` found when it checked the server.
+    valkey_check: Mutex<Option<ValkeyCheck>>,
     /// Serialises `configure` (validate, store, swap).
     pub configuring: tokio::sync::Mutex<()>,
     /// The restore between its `prepare` and `finish`/`abort` steps (it holds the lock).
@@ -82,6 +84,7 @@ impl AgentState {
             config: RwLock::new(config),
             running: Mutex::new(None),
             last_backup: Mutex::new(None),
+            valkey_check: Mutex::new(None),
             restore: SessionSlot::default(),
             configuring: tokio::sync::Mutex::new(()),
             shutdown,
@@ -198,6 +201,15 @@ impl AgentState {
 
     pub fn set_last_backup(&self, summary: LastBackup) {
         *self.last_backup.lock().expect("last lock") = Some(summary);
+    }
+
+    /// What the last `configure` found when it checked the server (for `status`).
+    pub fn valkey_check(&self) -> Option<ValkeyCheck> {
+        self.valkey_check.lock().expect("check lock").clone()
+    }
+
+    pub fn set_valkey_check(&self, check: ValkeyCheck) {
+        *self.valkey_check.lock().expect("check lock") = Some(check);
     }
 }
 

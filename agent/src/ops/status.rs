@@ -57,5 +57,6 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<StatusResult, Op
                 listen: m.listen.to_string(),
                 error: state.metrics_error(),
             }),
+        valkey_check: state.valkey_check().map(Box::new),
     })
 }

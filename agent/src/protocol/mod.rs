@@ -27,6 +27,9 @@ pub enum ErrorCode {
     Busy,
     ValkeyUnreachable,
     ValkeyAuth,
+    /// The credentials work but the ACL user may not run a command backups or restores
+    /// need (`NOPERM`); the message names the commands to grant.
+    ValkeyPermission,
     ValkeyError,
     ValkeyReplica,
     ValkeyRunning,
@@ -41,6 +44,9 @@ pub enum ErrorCode {
     NotFound,
     /// The restore's target filesystem has no room for the backup.
     NoSpace,
+    /// Sentinel could not be asked, or could not be kept from failing over, for a
+    /// restore of a server it watches; nothing was stopped or changed.
+    SentinelError,
     Cancelled,
     Internal,
 }
@@ -57,6 +63,7 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::ValkeyUnreachable => "valkey-unreachable",
             ErrorCode::ValkeyAuth => "valkey-auth",
+            ErrorCode::ValkeyPermission => "valkey-permission",
             ErrorCode::ValkeyError => "valkey-error",
             ErrorCode::ValkeyReplica => "valkey-replica",
             ErrorCode::ValkeyRunning => "valkey-running",
@@ -69,6 +76,7 @@ impl ErrorCode {
             ErrorCode::S3Error => "s3-error",
             ErrorCode::NotFound => "not-found",
             ErrorCode::NoSpace => "no-space",
+            ErrorCode::SentinelError => "sentinel-error",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Internal => "internal",
         }
@@ -316,6 +324,8 @@ mod tests {
         for code in [
             ErrorCode::BadRequest,
             ErrorCode::S3AccessDenied,
+            ErrorCode::ValkeyPermission,
+            ErrorCode::SentinelError,
             ErrorCode::Internal,
         ] {
             let s = serde_json::to_string(&code).unwrap();

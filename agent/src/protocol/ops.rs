@@ -79,6 +79,20 @@ pub enum RestoreStep {
     Abort,
 }
 
+/// What `prepare` does about a Sentinel that watches the server (`valkey.sentinel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SentinelMode {
+    /// Raise `down-after-milliseconds` on every Sentinel of the master for the restore
+    /// and put the previous values back afterwards (the default).
+    #[default]
+    Suppress,
+    /// Leave Sentinel alone: a stop longer than its `down-after-milliseconds` makes it
+    /// promote a replica, which undoes the restore. For tests and for operators who
+    /// handle Sentinel themselves.
+    Ignore,
+}
+
 /// `restore-backup` params (which are required depends on the step).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -92,6 +106,9 @@ pub struct RestoreBackupParams {
     pub restore_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
+    /// `prepare` only: what to do about Sentinel (default `suppress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<SentinelMode>,
 }
 
 /// `verify-backup` params.
@@ -151,6 +168,50 @@ pub struct StatusResult {
     pub schedule: Option<serde_json::Value>,
     /// The metrics endpoint, when configured.
     pub metrics: Option<MetricsStatus>,
+    /// What the last `configure` found when it tried the server (null before one).
+    #[serde(default)]
+    pub valkey_check: Option<Box<ValkeyCheck>>,
+}
+
+/// What `configure` found when it tried the configured server as a backup would: connect
+/// (TCP/TLS), log in, run the commands a backup and a restore need, read the role. A
+/// failed check does not refuse the configuration (a server that is down for a minute
+/// must not cost the unit its S3 settings): it is stored, and the check says what is
+/// wrong so the charm can show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ValkeyCheck {
+    /// True when a backup from this server would work now.
+    pub ok: bool,
+    /// Why not: `valkey-unreachable`, `valkey-auth`, `valkey-permission`, `valkey-error`.
+    pub code: Option<String>,
+    /// What is wrong and what to do (null when `ok`); never holds a secret.
+    pub message: Option<String>,
+    /// `host:port` as configured.
+    pub addr: String,
+    /// `primary` or `replica` (null when the server could not be asked).
+    pub role: Option<String>,
+    /// `valkey 9.1.2`, `redis 7.0.15` (null when the server could not be asked).
+    pub server: Option<String>,
+    /// The Sentinel check (null without `valkey.sentinel`).
+    pub sentinel: Option<SentinelCheck>,
+    pub checked_at: String,
+}
+
+/// Whether the configured Sentinel answers and watches this server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SentinelCheck {
+    pub ok: bool,
+    /// `sentinel-error` when not `ok`.
+    pub code: Option<String>,
+    pub message: Option<String>,
+    /// The Sentinel `host:port` as configured.
+    pub addr: String,
+    /// The master name whose group this server belongs to (null: not found).
+    pub master_name: Option<String>,
+    /// How many Sentinels watch that master (the configured one included).
+    pub sentinels: Option<u32>,
 }
 
 /// Where the metrics endpoint listens, and why it does not serve when it should.
@@ -172,6 +233,8 @@ pub struct ConfigureResult {
     pub bucket_created: bool,
     /// The configured snapshot source (`auto`, `native` or `cli`).
     pub valkey_source: String,
+    /// The check of the configured server (see [`ValkeyCheck`]).
+    pub valkey_check: ValkeyCheck,
 }
 
 /// `create-backup` result: the finished backup.
@@ -334,10 +397,68 @@ pub struct RestorePrepared {
     pub size_bytes: u64,
     pub sha256: String,
     pub appendonly: bool,
+    /// What was done about Sentinel (null without `valkey.sentinel`).
+    #[serde(default)]
+    pub sentinel: Option<SentinelSuppression>,
     pub next: String,
 }
 
-/// `restore-backup` step `commit` result.
+/// The Sentinel group of a restored master, and what `prepare` did to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SentinelSuppression {
+    pub master_name: String,
+    /// `suppress` or `ignore` (the `sentinel` param).
+    pub mode: SentinelMode,
+    /// The value every Sentinel has for the restore (null with `ignore`).
+    pub down_after_milliseconds: Option<u64>,
+    /// Every Sentinel of the master, with the value it had before.
+    pub sentinels: Vec<SentinelSetting>,
+}
+
+/// One Sentinel and its `down-after-milliseconds` for the master.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SentinelSetting {
+    /// `ip:port`.
+    pub addr: String,
+    pub down_after_milliseconds: u64,
+}
+
+/// What `finish` or `abort` did to put Sentinel back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SentinelRestored {
+    pub master_name: String,
+    /// True when every Sentinel has its previous value again.
+    pub restored: bool,
+    /// Each Sentinel's value now (the previous one, once restored).
+    pub sentinels: Vec<SentinelSetting>,
+    /// Why a Sentinel could not be set back (the agent keeps trying in the background and
+    /// after a restart); null when `restored`.
+    pub error: Option<String>,
+}
+
+/// One replica of the restored primary, after `finish`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ReplicaState {
+    /// `ip:port` as the primary reports it.
+    pub addr: String,
+    /// The primary's view: `online`, `wait_bgsave`, `send_bulk`…, or `missing` when a
+    /// replica attached at `prepare` did not come back.
+    pub state: String,
+    /// The replica's acknowledged offset, and whether it reached the primary's.
+    pub offset: Option<u64>,
+    pub in_sync: bool,
+    /// Key counts read from the replica itself (null when it could not be asked).
+    pub keys: Option<KeyCounts>,
+    /// Whether those match the restored primary's.
+    pub keys_match: Option<bool>,
+    /// Why the replica could not be asked (null otherwise).
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RestoreCommitted {
@@ -363,6 +484,24 @@ pub struct RestoreFinished {
     pub target: String,
     pub previous: Option<String>,
     pub duration_seconds: f64,
+    /// `primary` or `replica`: what the restored server is once loaded (a `replica` here
+    /// means Sentinel failed over and the restore was undone by a resync).
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Whether the server accepts writes: a `DEL` of a key that cannot exist, which takes
+    /// the full write path (`min-replicas-to-write`, read-only replica, disk errors) and
+    /// changes nothing.
+    #[serde(default)]
+    pub writable: bool,
+    /// The server's answer when it refused the write (null when `writable`).
+    #[serde(default)]
+    pub write_error: Option<String>,
+    /// Every replica attached to the primary (at `prepare` and now), resynced or not.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaState>,
+    /// How Sentinel was put back (null without `valkey.sentinel` or with `ignore`).
+    #[serde(default)]
+    pub sentinel: Option<SentinelRestored>,
 }
 
 /// `restore-backup` step `abort` result.
@@ -375,6 +514,9 @@ pub struct RestoreAborted {
     pub target: String,
     pub previous: Option<String>,
     pub note: String,
+    /// How Sentinel was put back (null when it was not suppressed).
+    #[serde(default)]
+    pub sentinel: Option<SentinelRestored>,
 }
 
 /// The result of one `restore-backup` step.
