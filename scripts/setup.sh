@@ -104,6 +104,9 @@ command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v age >/dev/null 2>&1 || need_apt+=(age)
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v lz4 >/dev/null 2>&1 || need_apt+=(lz4)
+# The topology tests' TLS terminator (the PyPI Valkey 9 build has no TLS; see
+# tests/integration/harness/topology.py).
+command -v stunnel4 >/dev/null 2>&1 || need_apt+=(stunnel4)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

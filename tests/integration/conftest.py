@@ -36,6 +36,7 @@ from harness import (
     unique_bucket_name,
 )
 from harness.process import ALL_PROCESSES
+from harness.topology import Topology
 
 _LOG_MARKS = pytest.StashKey[tuple[int, dict[int, int]]]()
 _LOG_LIMIT = 12000
@@ -205,6 +206,33 @@ def valkey_server(tmp_path: Path, components: Components) -> Iterator[ValkeyFact
 def server_kind(request: pytest.FixtureRequest) -> str:
     """Parametrises a test over every server kind (valkey8, valkey9, redis7)."""
     return request.param
+
+
+# --------------------------------------------------------------------------- topology
+
+
+@pytest.fixture(scope="module")
+def topology(
+    tmp_path_factory: pytest.TempPathFactory, components: Components
+) -> Iterator[Topology]:
+    """A three-unit cluster shaped like Canonical's valkey charm (harness/topology.py),
+    shared by one module's tests: ~4 s to start. Tests that leave it changed (a restore, a
+    failover) use `fresh_topology` instead."""
+    topo = Topology(tmp_path_factory.mktemp("topology"), components=components)
+    try:
+        yield topo.start()
+    finally:
+        topo.stop()
+
+
+@pytest.fixture
+def fresh_topology(tmp_path: Path, components: Components) -> Iterator[Topology]:
+    """A three-unit topology of this test's own (see `topology`)."""
+    topo = Topology(tmp_path / "topology", components=components)
+    try:
+        yield topo.start()
+    finally:
+        topo.stop()
 
 
 # --------------------------------------------------------------------------- agent

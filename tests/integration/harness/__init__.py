@@ -7,7 +7,9 @@ Modules:
   GarageServer (single node);
 - dataset: deterministic multi-type datasets and fingerprints to compare servers;
 - agent: the real agent binary, over its socket protocol and as a CLI;
-- tls: a throw-away CA and server certificate (moto over HTTPS).
+- tls: a throw-away CA and server certificate (moto over HTTPS);
+- topology: three Valkey 9.1 units shaped like Canonical's valkey charm, with Sentinels
+  and a TLS terminator.
 """
 
 from .agent import Agent, AgentError, AgentProtocolError, AgentResponse, agent_binary

@@ -50,7 +50,9 @@ class ValkeyServer:
       is then switched off, so only that user can connect (no spaces in the password).
     `extra_args` are appended to the server's command line (e.g. `["--appendonly", "yes"]`).
     `host` is the only address the server binds (another loopback address such as
-    127.0.0.2 proves a client does not assume 127.0.0.1).
+    127.0.0.2 proves a client does not assume 127.0.0.1); `port` fixes the port (the
+    topology gives every unit the same one, as Canonical's charm does) instead of a free
+    one.
     """
 
     def __init__(
@@ -65,13 +67,15 @@ class ValkeyServer:
         rdb_path: Path | None = None,
         startup_timeout: float = 30.0,
         host: str = LOOPBACK,
+        port: int = 0,
     ):
         comps = components or load_components()
         self.kind = kind
         self.server_bin = comps.server_for(kind)
         self.cli = comps.cli_for(kind)
         self.host = host
-        self.port = 0
+        self.port = port
+        self.fixed_port = port != 0
         self.password = password
         self.username = username
         self.extra_args = list(extra_args)
@@ -113,6 +117,8 @@ class ValkeyServer:
 
     def start(self) -> ValkeyServer:
         """Start on a free port (retrying if another process takes it) and wait for ready."""
+        if self.fixed_port:
+            return self.start_again()
         for _attempt in range(3):
             self.port = free_port(self.host)
             self.proc = ManagedProcess(

@@ -26,8 +26,14 @@ class CertAuthority:
     client_key_path: Path | None = None
 
 
-def make_test_ca(directory: Path, common_name: str = "valkey-backup test CA") -> CertAuthority:
-    """Create a CA and a server cert/key for 127.0.0.1 and localhost in `directory`."""
+def make_test_ca(
+    directory: Path,
+    common_name: str = "valkey-backup test CA",
+    *,
+    extra_ips: tuple[str, ...] = (),
+) -> CertAuthority:
+    """Create a CA and a server cert/key for 127.0.0.1 and localhost in `directory`
+    (and for `extra_ips`, e.g. the addresses of the topology's units)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -99,6 +105,7 @@ def make_test_ca(directory: Path, common_name: str = "valkey-backup test CA") ->
                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                     x509.DNSName("localhost"),
                 ]
+                + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips]
             ),
             critical=False,
         )
