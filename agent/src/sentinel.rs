@@ -145,6 +145,18 @@ pub fn parse_peers(reply: &Reply) -> Vec<SentinelAddr> {
         .collect()
 }
 
+/// The test of [`Sentinels::sees_master_up`] on one `SENTINEL MASTER` answer.
+pub fn master_fresh(f: &BTreeMap<String, String>, down_after_ms: u64) -> bool {
+    let flags = f.get("flags").map(String::as_str).unwrap_or("");
+    let bad = flags
+        .split(',')
+        .any(|fl| matches!(fl, "s_down" | "o_down" | "disconnected"));
+    let last_ok = f
+        .get("last-ok-ping-reply")
+        .and_then(|v| v.parse::<u64>().ok());
+    !bad && last_ok.is_some_and(|ms| ms < (down_after_ms / 2).max(100))
+}
+
 /// Our server among `masters`: the one with its `run_id` (robust to TLS ports, host
 /// names and NAT), else the one at one of `ips` on `port`.
 pub fn find_master<'a>(
@@ -334,7 +346,7 @@ impl Sentinels {
             suppressed_to: SUPPRESSED_DOWN_AFTER_MS,
             sentinels: previous,
         };
-        record.store(state_dir)?;
+        record.persist(state_dir).await?;
         for (n, s) in record.sentinels.iter().enumerate() {
             if let Err(e) = self
                 .set_down_after(&s.addr(), &record.master_name, SUPPRESSED_DOWN_AFTER_MS)
@@ -344,25 +356,70 @@ impl Sentinels {
                     sentinels: record.sentinels[..n].to_vec(),
                     ..record.clone()
                 };
-                if self.put_back(state_dir, &partial).await.is_ok() {
-                    let _ = SuppressionRecord::remove(state_dir);
-                }
+                // On success this also removes the record; otherwise the record (of every
+                // Sentinel, a superset) stays for the agent to put back later. The server
+                // still runs: no need to wait for the Sentinels to hear it.
+                let _ = self
+                    .put_back(state_dir, &partial, std::time::Duration::ZERO)
+                    .await;
                 return Err(e);
             }
         }
         Ok(record)
     }
 
+    /// Whether the Sentinel at `at` has heard the master answer lately enough that
+    /// `down_after_ms` will not count it as down the moment it is back in force: no
+    /// `s_down`/`disconnected` flag, and the last good `PING` reply younger than half of
+    /// it.
+    pub async fn sees_master_up(
+        &self,
+        at: &SentinelAddr,
+        master: &str,
+        down_after_ms: u64,
+    ) -> Result<bool, SentinelError> {
+        let mut conn = self.connect(at).await?;
+        let reply = self
+            .call(
+                &mut conn,
+                at,
+                &["SENTINEL", "MASTER", master],
+                MAX_SMALL_REPLY,
+            )
+            .await?;
+        Ok(master_fresh(&fields(&reply), down_after_ms))
+    }
+
     /// Sets every recorded Sentinel back to its previous value and, when all succeeded,
     /// removes the record. Returns each Sentinel's value now.
+    ///
+    /// Each Sentinel is first given up to `wait` to hear the restarted server answer
+    /// ([`Sentinels::sees_master_up`]): while the server was stopped its pings went
+    /// unanswered, and putting a short `down-after-milliseconds` back before a fresh reply
+    /// makes it count the server as down at once — the failover the suppression was for.
+    /// After `wait` the value is put back anyway (a server that stays down must fail over).
     pub async fn put_back(
         &self,
         state_dir: &Path,
         record: &SuppressionRecord,
+        wait: std::time::Duration,
     ) -> Result<Vec<RecordedSetting>, (Vec<RecordedSetting>, SentinelError)> {
         let mut now = Vec::new();
         let mut first_error = None;
+        let until = tokio::time::Instant::now() + wait;
         for s in &record.sentinels {
+            let at = s.addr();
+            while tokio::time::Instant::now() < until {
+                match self
+                    .sees_master_up(&at, &record.master_name, s.down_after_milliseconds)
+                    .await
+                {
+                    Ok(true) => break,
+                    Ok(false) | Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                    }
+                }
+            }
             match self
                 .set_down_after(&s.addr(), &record.master_name, s.down_after_milliseconds)
                 .await
@@ -378,7 +435,7 @@ impl Sentinels {
             }
         }
         match first_error {
-            None => match SuppressionRecord::remove(state_dir) {
+            None => match SuppressionRecord::forget(state_dir).await {
                 Ok(()) => Ok(now),
                 Err(e) => Err((now, SentinelError::Record(e.to_string()))),
             },
@@ -435,6 +492,30 @@ impl SuppressionRecord {
         std::fs::File::open(state_dir)
             .and_then(|d| d.sync_all())
             .map_err(io)
+    }
+
+    /// [`SuppressionRecord::store`] off the async workers.
+    pub async fn persist(&self, state_dir: &Path) -> Result<(), SentinelError> {
+        let (record, dir) = (self.clone(), state_dir.to_owned());
+        tokio::task::spawn_blocking(move || record.store(&dir))
+            .await
+            .map_err(|e| SentinelError::Record(e.to_string()))?
+    }
+
+    /// [`SuppressionRecord::load`] off the async workers.
+    pub async fn find(state_dir: &Path) -> std::io::Result<Option<Self>> {
+        let dir = state_dir.to_owned();
+        tokio::task::spawn_blocking(move || Self::load(&dir))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// [`SuppressionRecord::remove`] off the async workers.
+    pub async fn forget(state_dir: &Path) -> std::io::Result<()> {
+        let dir = state_dir.to_owned();
+        tokio::task::spawn_blocking(move || Self::remove(&dir))
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     /// The record an earlier restore left, if any.
@@ -542,6 +623,25 @@ mod tests {
         SuppressionRecord::remove(dir.path()).unwrap();
         SuppressionRecord::remove(dir.path()).unwrap();
         assert_eq!(SuppressionRecord::load(dir.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_master_is_fresh_only_with_a_recent_good_ping_and_no_down_flags() {
+        let f = |flags: &str, last: &str| {
+            [("flags", flags), ("last-ok-ping-reply", last)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert!(master_fresh(&f("master", "300"), 1500));
+        assert!(!master_fresh(&f("master", "800"), 1500));
+        assert!(!master_fresh(&f("s_down,master", "10"), 1500));
+        assert!(!master_fresh(&f("master,disconnected", "10"), 30000));
+        assert!(!master_fresh(&f("master", "x"), 30000));
+        assert!(
+            master_fresh(&f("master", "99"), 10),
+            "at least 100 ms of slack"
+        );
     }
 
     #[test]

@@ -109,6 +109,8 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
         operators: opts.allowed_uids.clone(),
     });
     let state = AgentState::new(opts.state_dir.clone(), config, shutdown.clone());
+    // Sentinel settings a restore raised and an agent killed mid-restore never put back.
+    ops::restore_backup::spawn_put_back(Arc::clone(&state));
     let tracker = TaskTracker::new();
     for job in [crate::scheduler::Job::Backup, crate::scheduler::Job::Verify] {
         tracker.spawn(crate::scheduler::run(

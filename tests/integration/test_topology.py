@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 
 import pytest
-from harness import load_dataset, s3_params
+from harness import dataset_fingerprint, load_dataset, s3_params, wait_until
 from harness.topology import MASTER_NAME, Topology, Unit
 
 MiB = 1024 * 1024
@@ -111,3 +112,161 @@ def test_backup_from_every_unit_then_list_and_verify(topology, agent, moto, comp
             "verify-backup", {"backup-id": backup_id, "load": True, "server": server}
         ).expect_ok()
         assert verified["ok"] is True and verified["load"]["keys"] == expected, verified
+
+
+# --------------------------------------------------------------------------- restores
+
+SUPPRESSED = 86_400_000
+
+
+def _backup_then_change(agent, topo: Topology, moto):
+    """An agent on the primary's unit, a backup of a known dataset, then different live
+    data on every unit: what the restore must bring back, and what it must replace."""
+    primary = topo.units[0]
+    load_dataset(primary.server, 0.3, seed=21)
+    topo.wait_replicas_in_sync()
+    backed_up = dataset_fingerprint(primary.server)
+    a, _ = _configure(agent, topo, primary, moto, moto.create_bucket())
+    backup_id = a.request("create-backup").expect_ok()["backup-id"]
+    with topo.client(primary) as c:
+        c.flushall()
+        c.set("after-the-backup", "1")
+    topo.wait_replicas_in_sync()
+    return a, backup_id, backed_up
+
+
+def _hold_stopped_past_down_after(topo: Topology, stopped_at: float) -> None:
+    """Keeps the primary stopped for twice Sentinel's down-after plus a second, checking
+    all along that no Sentinel holds it down (they would, after down-after, unsuppressed)."""
+    bound = 2 * topo.down_after_ms / 1000 + 1.0
+
+    def outlasted() -> bool:
+        for unit in topo.units:
+            assert not topo.sdown_seen_by(unit), "a Sentinel counts the stopped primary as down"
+        return time.monotonic() - stopped_at > bound
+
+    wait_until(outlasted, timeout=bound + 30, what="the stop to outlast down-after")
+
+
+def _assert_every_unit_holds(topo: Topology, expected) -> None:
+    for unit in topo.units:
+        assert dataset_fingerprint(unit.server) == expected, unit
+
+
+def test_restore_on_the_primary_outlasting_down_after_keeps_it_primary(fresh_topology, agent, moto):
+    topo = fresh_topology
+    primary = topo.units[0]
+    a, backup_id, backed_up = _backup_then_change(agent, topo, moto)
+    prepared = a.request("restore-backup", {"step": "prepare", "backup-id": backup_id}).expect_ok()
+    # Every Sentinel of the master is suppressed before the caller stops the server.
+    assert topo.down_afters() == [SUPPRESSED] * 3
+    shown = prepared["sentinel"]
+    assert shown["master-name"] == MASTER_NAME and shown["mode"] == "suppress", shown
+    assert sorted(s["addr"] for s in shown["sentinels"]) == sorted(
+        f"{u.host}:{u.sentinel_port}" for u in topo.units
+    )
+    assert {s["down-after-milliseconds"] for s in shown["sentinels"]} == {topo.down_after_ms}
+    primary.server.stop()
+    stopped_at = time.monotonic()
+    _hold_stopped_past_down_after(topo, stopped_at)
+    rid = prepared["restore-id"]
+    a.request("restore-backup", {"step": "commit", "restore-id": rid}).expect_ok()
+    primary.server.start_again()
+    finished = a.request(
+        "restore-backup", {"step": "finish", "restore-id": rid, "timeout-seconds": 60}
+    ).expect_ok()
+    assert finished["role"] == "primary" and finished["writable"] is True, finished
+    assert finished["keys-match"] is True, finished
+    replicas = finished["replicas"]
+    assert sorted(r["addr"] for r in replicas) == sorted(u.addr for u in topo.units[1:])
+    assert all(r["in-sync"] and r["keys-match"] and r["state"] == "online" for r in replicas), (
+        replicas
+    )
+    assert finished["sentinel"]["restored"] is True, finished
+    assert topo.down_afters() == [topo.down_after_ms] * 3
+    # Still the primary for every Sentinel and server, and every unit serves the backup.
+    assert {topo.master_addr(u) for u in topo.units} == {primary.addr}
+    assert topo.primary() is primary
+    topo.wait_replicas_in_sync()
+    _assert_every_unit_holds(topo, backed_up)
+    log = a.log_text()
+    assert not [s for s in topo.secrets if s in log or s in str(finished)]
+
+
+def test_without_suppression_sentinel_fails_over_and_undoes_the_restore(
+    fresh_topology, agent, moto
+):
+    topo = fresh_topology
+    primary = topo.units[0]
+    a, backup_id, backed_up = _backup_then_change(agent, topo, moto)
+    changed = dataset_fingerprint(primary.server)
+    prepared = a.request(
+        "restore-backup", {"step": "prepare", "backup-id": backup_id, "sentinel": "ignore"}
+    ).expect_ok()
+    assert prepared["sentinel"]["mode"] == "ignore", prepared
+    assert topo.down_afters() == [topo.down_after_ms] * 3
+    primary.server.stop()
+    # The same stop, unsuppressed: Sentinel promotes a replica.
+    promoted = wait_until(
+        lambda: topo.master_addr(topo.units[1]) != primary.addr and topo.master_addr(topo.units[1]),
+        timeout=60,
+        what="Sentinel to promote a replica",
+    )
+    assert promoted in {u.addr for u in topo.units[1:]}
+    rid = prepared["restore-id"]
+    a.request("restore-backup", {"step": "commit", "restore-id": rid}).expect_ok()
+    primary.server.start_again()
+    a.request(
+        "restore-backup", {"step": "finish", "restore-id": rid, "timeout-seconds": 10}
+    ).expect_ok()
+    # Sentinel turns the restored server into a replica of the new primary, and the
+    # resync replaces the restored data with the new primary's.
+    wait_until(lambda: topo.role(primary) == "slave", timeout=60, what="the old primary to follow")
+    wait_until(
+        lambda: dataset_fingerprint(primary.server) == changed,
+        timeout=60,
+        what="the resync to discard the restore",
+    )
+    assert dataset_fingerprint(primary.server) != backed_up
+
+
+def test_a_sentinel_that_cannot_be_suppressed_refuses_the_restore(topology, agent, moto):
+    primary = topology.units[0]
+    a, _ = _configure(agent, topology, primary, moto, moto.create_bucket())
+    backup_id = a.request("create-backup").expect_ok()["backup-id"]
+    params = topology.valkey_params(primary)
+    params["sentinel"]["password"] = "not-the-sentinel-pw"
+    a.request(
+        "configure",
+        {"cluster": "topo.valkey", "unit": "valkey/0", "valkey": params,
+         "s3": s3_params(moto, a.request("status").expect_ok()["bucket"])},
+    ).expect_ok()  # fmt: skip
+    err = a.request("restore-backup", {"step": "prepare", "backup-id": backup_id}).expect_error(
+        "sentinel-error"
+    )
+    assert "not-the-sentinel-pw" not in err.message and "Sentinel" in err.message, err
+    assert topology.down_afters() == [topology.down_after_ms] * 3
+    leftovers = [p.name for p in primary.server.dir.iterdir() if ".restore-" in p.name]
+    assert leftovers == [], leftovers
+    status = a.request("status").expect_ok()
+    assert status["busy"] is False, status
+
+
+def test_an_agent_killed_mid_restore_puts_sentinel_back_when_it_starts(topology, agent, moto):
+    primary = topology.units[0]
+    a, _ = _configure(agent, topology, primary, moto, moto.create_bucket())
+    backup_id = a.request("create-backup").expect_ok()["backup-id"]
+    a.request("restore-backup", {"step": "prepare", "backup-id": backup_id}).expect_ok()
+    assert topology.down_afters() == [SUPPRESSED] * 3
+    record = a.state_dir / "sentinel-suppression.json"
+    assert record.stat().st_mode & 0o777 == 0o600
+    assert not [s for s in topology.secrets if s in record.read_text()]
+    a.kill()
+    assert topology.down_afters() == [SUPPRESSED] * 3, "nobody put it back yet"
+    a.start()
+    wait_until(
+        lambda: topology.down_afters() == [topology.down_after_ms] * 3,
+        timeout=30,
+        what="the restarted agent to put every Sentinel back",
+    )
+    wait_until(lambda: not record.exists(), timeout=10, what="the record to go")

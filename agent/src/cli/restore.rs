@@ -127,13 +127,15 @@ pub async fn run(socket: &Path, args: RestoreArgs) -> i32 {
         args.backup_id, prepared.size_bytes, prepared.target
     );
     let args = &args;
+    // The server is started again before the abort: with Sentinel suppressed, the agent
+    // then puts Sentinel back once it has heard the server answer.
     let abort = |started_again: bool| {
         let id = id.clone();
         async move {
-            let _ = step(socket, with_id(RestoreStep::Abort, &id)).await;
             if !started_again {
                 let _ = args.start();
             }
+            let _ = step(socket, with_id(RestoreStep::Abort, &id)).await;
         }
     };
     if let Err(e) = args.stop() {

@@ -34,16 +34,19 @@ use tracing::{info, warn};
 use super::state::{params, AgentState, UnitGuard};
 use crate::backup_id::BackupId;
 use crate::config::ValkeySettings;
+use crate::connection::{NativeClient, MAX_SMALL_REPLY};
 use crate::datadir::{DataDir, Ownership};
 use crate::error::OpError;
 use crate::fetch::{download_checked, finished_manifest, keys_for};
 use crate::layout::{Layout, ManifestV1};
 use crate::progress::{EventSink, ProgressReporter};
 use crate::protocol::{
-    KeyCounts, RestoreAborted, RestoreBackupParams, RestoreCommitted, RestoreFinished,
-    RestorePrepared, RestoreResult, RestoreStep as Step,
+    KeyCounts, ReplicaState, RestoreAborted, RestoreBackupParams, RestoreCommitted,
+    RestoreFinished, RestorePrepared, RestoreResult, RestoreStep as Step, SentinelMode,
+    SentinelRestored, SentinelSetting, SentinelSuppression,
 };
 use crate::rdb_compat::{self, ServerVersion};
+use crate::sentinel::{Sentinels, SuppressionRecord, SUPPRESSED_DOWN_AFTER_MS};
 use crate::source::ValkeyAdmin;
 use crate::storage::ObjectStore;
 
@@ -87,6 +90,10 @@ pub struct RestoreSession {
     previous_aof: Option<PathBuf>,
     /// The server as it was configured at `prepare`: later steps check the same one.
     valkey: ValkeySettings,
+    /// The Sentinels suppressed at `prepare`, and what to put back.
+    suppressed: Option<(Sentinels, SuppressionRecord)>,
+    /// The replicas the primary had at `prepare` (`ip:port`): `finish` expects them back.
+    replicas_at_prepare: Vec<String>,
     /// Cancels the session's watchdog when the session ends (finish, abort, timeout).
     _watchdog: tokio_util::sync::DropGuard,
     started: Instant,
@@ -221,6 +228,18 @@ async fn prepare(
             return Err(e);
         }
     };
+    // Last, just before the caller stops the server: keep Sentinel from failing over.
+    let mode = p.sentinel.unwrap_or_default();
+    let (sentinel, suppressed) =
+        match handle_sentinel(state, &config.valkey, &info, mode, &restore_id).await {
+            Ok(v) => v,
+            Err(e) => {
+                if let Ok(true) = data_dir.refers_to(&temp_name, &file) {
+                    let _ = data_dir.remove_file(&temp_name);
+                }
+                return Err(e);
+            }
+        };
     info!(backup_id = %id, restore_id = %restore_id, target = %target.display(), "restore prepared");
     let result = RestorePrepared {
         restore_id: restore_id.clone(),
@@ -230,7 +249,7 @@ async fn prepare(
         size_bytes: checked.bytes,
         sha256: checked.sha256,
         appendonly: aof.is_some(),
-        sentinel: None,
+        sentinel,
         next: "stop the server, then send step commit".into(),
     };
     let ended = tokio_util::sync::CancellationToken::new();
@@ -249,6 +268,8 @@ async fn prepare(
         previous: None,
         previous_aof: None,
         valkey: config.valkey.clone(),
+        suppressed,
+        replicas_at_prepare: info.replicas.iter().map(|r| r.addr()).collect(),
         _watchdog: ended.clone().drop_guard(),
         started: Instant::now(),
         _guard: guard,
@@ -282,6 +303,197 @@ fn refuse_unloadable(
         target.display_name(),
         target.loads(),
     )))
+}
+
+/// What `prepare` does about Sentinel (see `docs/protocol.md`): nothing without
+/// `valkey.sentinel`; with `suppress`, raise `down-after-milliseconds` on every Sentinel of
+/// the server's master (all or nothing, recorded first); with `ignore`, only describe the
+/// group (best effort).
+async fn handle_sentinel(
+    state: &Arc<AgentState>,
+    valkey: &ValkeySettings,
+    info: &crate::valkey::ServerInfo,
+    mode: SentinelMode,
+    restore_id: &str,
+) -> Result<
+    (
+        Option<SentinelSuppression>,
+        Option<(Sentinels, SuppressionRecord)>,
+    ),
+    OpError,
+> {
+    let Some(settings) = valkey.sentinel.clone() else {
+        return Ok((None, None));
+    };
+    let sentinels = Sentinels::new(settings);
+    let ips = crate::valkey_check::host_ips(&valkey.host, valkey.port).await;
+    if mode == SentinelMode::Ignore {
+        let Ok(group) = sentinels
+            .group_of(info.run_id.as_deref(), &ips, valkey.port)
+            .await
+        else {
+            return Ok((None, None));
+        };
+        let mut now = Vec::new();
+        for at in &group.sentinels {
+            if let Ok(ms) = sentinels.down_after(at, &group.master_name).await {
+                now.push(SentinelSetting {
+                    addr: at.to_string(),
+                    down_after_milliseconds: ms,
+                });
+            }
+        }
+        return Ok((
+            Some(SentinelSuppression {
+                master_name: group.master_name,
+                mode,
+                down_after_milliseconds: None,
+                sentinels: now,
+            }),
+            None,
+        ));
+    }
+    // What an earlier, interrupted restore changed goes back first: its "previous" values
+    // are the real ones, and reading them now would record the suppressed value instead.
+    put_back_leftover(state, &sentinels).await?;
+    let group = sentinels
+        .group_of(info.run_id.as_deref(), &ips, valkey.port)
+        .await?;
+    let record = match sentinels
+        .suppress(&state.state_dir, &group, restore_id)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            if let Ok(Some(_)) = SuppressionRecord::find(&state.state_dir).await {
+                spawn_put_back(Arc::clone(state));
+            }
+            return Err(e.into());
+        }
+    };
+    info!(master = %record.master_name, sentinels = record.sentinels.len(), "Sentinel failover suppressed for the restore");
+    let shown = SentinelSuppression {
+        master_name: record.master_name.clone(),
+        mode,
+        down_after_milliseconds: Some(SUPPRESSED_DOWN_AFTER_MS),
+        sentinels: record
+            .sentinels
+            .iter()
+            .map(|s| SentinelSetting {
+                addr: s.addr().to_string(),
+                down_after_milliseconds: s.down_after_milliseconds,
+            })
+            .collect(),
+    };
+    Ok((Some(shown), Some((sentinels, record))))
+}
+
+/// Puts back what a record left by an earlier restore names (nothing when there is none).
+async fn put_back_leftover(state: &AgentState, sentinels: &Sentinels) -> Result<(), OpError> {
+    let leftover = SuppressionRecord::find(&state.state_dir)
+        .await
+        .map_err(|e| crate::sentinel::SentinelError::Record(e.to_string()))?;
+    if let Some(record) = leftover {
+        warn!(restore_id = %record.restore_id, "putting back Sentinel settings an interrupted restore left");
+        sentinels
+            .put_back(&state.state_dir, &record, PUT_BACK_WAIT)
+            .await
+            .map_err(|(_, e)| e)?;
+    }
+    Ok(())
+}
+
+/// Sets every Sentinel of `suppressed` back and says how that went. When one cannot be
+/// set, the record stays and a background task keeps trying.
+async fn restore_sentinels(
+    state: &Arc<AgentState>,
+    suppressed: Option<&(Sentinels, SuppressionRecord)>,
+    wait: Duration,
+) -> Option<SentinelRestored> {
+    let (sentinels, record) = suppressed?;
+    let shown = |now: Vec<crate::sentinel::RecordedSetting>| {
+        now.into_iter()
+            .map(|s| SentinelSetting {
+                addr: s.addr().to_string(),
+                down_after_milliseconds: s.down_after_milliseconds,
+            })
+            .collect()
+    };
+    Some(
+        match sentinels.put_back(&state.state_dir, record, wait).await {
+            Ok(now) => {
+                info!(master = %record.master_name, "Sentinel settings put back");
+                SentinelRestored {
+                    master_name: record.master_name.clone(),
+                    restored: true,
+                    sentinels: shown(now),
+                    error: None,
+                }
+            }
+            Err((now, e)) => {
+                warn!(error = %e, "could not put every Sentinel setting back; retrying in the background");
+                spawn_put_back(Arc::clone(state));
+                SentinelRestored {
+                    master_name: record.master_name.clone(),
+                    restored: false,
+                    sentinels: shown(now),
+                    error: Some(e.to_string()),
+                }
+            }
+        },
+    )
+}
+
+/// How often a Sentinel setting left suppressed is tried again.
+const PUT_BACK_RETRY: Duration = Duration::from_secs(3);
+/// How long each Sentinel is given to hear a restarted server before its setting is put
+/// back anyway (see `Sentinels::put_back`), outside `finish` (which has its own timeout).
+const PUT_BACK_WAIT: Duration = Duration::from_secs(60);
+
+/// Keeps trying to put back the Sentinel settings of the state directory's record until
+/// every one is back (the record is then gone) or the agent shuts down. Started at agent
+/// start (a restore was interrupted by a kill) and when a put-back failed.
+pub fn spawn_put_back(state: Arc<AgentState>) {
+    tokio::spawn(async move {
+        loop {
+            match put_back_once(&state).await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "Sentinel settings are still suppressed; retrying"),
+            }
+            tokio::select! {
+                _ = state.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(PUT_BACK_RETRY) => {}
+            }
+        }
+    });
+}
+
+/// One attempt: `Ok(true)` when nothing is (any longer) suppressed.
+async fn put_back_once(state: &Arc<AgentState>) -> Result<bool, String> {
+    let record = match SuppressionRecord::find(&state.state_dir).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(true),
+        Err(e) => return Err(format!("reading the record: {e}")),
+    };
+    // A restore in progress owns the record (it puts it back itself).
+    let owned = state
+        .restore
+        .peek(|s: Option<&RestoreSession>| s.is_some_and(|s| s.restore_id == record.restore_id));
+    if owned {
+        return Ok(true);
+    }
+    let Some(settings) = state.config_if_any().and_then(|c| c.valkey.sentinel) else {
+        return Err("no valkey.sentinel is configured to log in with".into());
+    };
+    Sentinels::new(settings)
+        .put_back(&state.state_dir, &record, PUT_BACK_WAIT)
+        .await
+        .map(|_| {
+            info!(restore_id = %record.restore_id, "Sentinel settings of an interrupted restore put back");
+            true
+        })
+        .map_err(|(_, e)| e.to_string())
 }
 
 async fn required_config(cli: &ValkeyAdmin, name: &str) -> Result<String, OpError> {
@@ -674,7 +886,33 @@ async fn finish(
     };
     let keys: KeyCounts = info.keyspace.iter().cloned().collect();
     let expected: KeyCounts = session.manifest.keyspace_at_start.clone();
-    info!(restore_id = %restore_id, backup_id = %session.manifest.backup_id, "restore finished");
+    // The server answers again: Sentinel may count it as down once more.
+    let wait = deadline.saturating_duration_since(Instant::now());
+    let sentinel = restore_sentinels(state, session.suppressed.as_ref(), wait).await;
+    let role = crate::valkey_check::role_name(&info);
+    let is_primary = info.role.as_deref() == Some("master");
+    let client = NativeClient::new(session.valkey.clone());
+    let (writable, write_error) = if is_primary {
+        match wait_writable(&client, restore_id, deadline).await {
+            Ok(()) => (true, None),
+            Err(e) => (false, Some(e)),
+        }
+    } else {
+        (false, Some("the server is a replica: Sentinel failed over while it was stopped, and it resynced from the new primary".into()))
+    };
+    let replicas = if is_primary {
+        wait_replicas(
+            &client,
+            &session.valkey,
+            &session.replicas_at_prepare,
+            &keys,
+            deadline,
+        )
+        .await
+    } else {
+        Vec::new()
+    };
+    info!(restore_id = %restore_id, backup_id = %session.manifest.backup_id, writable, "restore finished");
     Ok(RestoreFinished {
         restore_id: session.restore_id.clone(),
         backup_id: session.manifest.backup_id.clone(),
@@ -686,11 +924,11 @@ async fn finish(
         target: session.target.display().to_string(),
         previous: session.previous.as_ref().map(|p| p.display().to_string()),
         duration_seconds: (session.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-        role: None,
-        writable: false,
-        write_error: None,
-        replicas: Vec::new(),
-        sentinel: None,
+        role,
+        writable,
+        write_error,
+        replicas,
+        sentinel,
     })
 }
 
@@ -702,6 +940,15 @@ async fn abort(state: &Arc<AgentState>, restore_id: &str) -> Result<RestoreAbort
             let _ = session.dir.remove_file(&session.temp_name);
         }
     }
+    // A running server gets its Sentinels' fresh replies first; a stopped one cannot give
+    // them, and is left to Sentinel as it would be without a restore.
+    let wait =
+        if session.suppressed.is_some() && !ValkeyAdmin::new(&session.valkey).is_stopped().await {
+            PUT_BACK_WAIT
+        } else {
+            Duration::ZERO
+        };
+    let sentinel = restore_sentinels(state, session.suppressed.as_ref(), wait).await;
     info!(restore_id = %restore_id, committed = session.committed, "restore aborted");
     Ok(RestoreAborted {
         restore_id: session.restore_id.clone(),
@@ -715,8 +962,120 @@ async fn abort(state: &Arc<AgentState>, restore_id: &str) -> Result<RestoreAbort
             "nothing was changed"
         }
         .into(),
-        sentinel: None,
+        sentinel,
     })
+}
+
+/// The key a write probe deletes: never created by anyone, so the `DEL` changes nothing.
+fn probe_key(restore_id: &str) -> String {
+    format!("__valkey-backup:write-probe:{restore_id}")
+}
+
+/// Waits until the server takes a write (see `docs/protocol.md`): retried while it
+/// answers `NOREPLICAS` (replicas still reconnecting), `MISCONF`, `LOADING` or cannot be
+/// reached; anything else (`READONLY`, `NOPERM`) is final. Returns the last answer.
+async fn wait_writable(
+    client: &NativeClient,
+    restore_id: &str,
+    deadline: Instant,
+) -> Result<(), String> {
+    let key = probe_key(restore_id);
+    loop {
+        let attempt = async {
+            let mut conn = client.connect().await?;
+            conn.call(&[b"DEL", key.as_bytes()], MAX_SMALL_REPLY).await
+        }
+        .await;
+        let last = match attempt {
+            Ok(_) => return Ok(()),
+            Err(e) => e.to_string(),
+        };
+        let upper = last.to_ascii_uppercase();
+        let transient = [
+            "NOREPLICAS",
+            "MISCONF",
+            "LOADING",
+            "CANNOT CONNECT",
+            "CONNECT",
+        ]
+        .iter()
+        .any(|w| upper.contains(w));
+        if !transient || Instant::now() >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits (until `deadline`) for every replica — those of `prepare` and those attached
+/// now — to be online at the primary's offset, then asks each one for its key counts.
+async fn wait_replicas(
+    client: &NativeClient,
+    valkey: &ValkeySettings,
+    at_prepare: &[String],
+    primary_keys: &KeyCounts,
+    deadline: Instant,
+) -> Vec<ReplicaState> {
+    let mut last = None;
+    loop {
+        if let Ok(info) = client.info().await {
+            let offset = info.master_repl_offset.unwrap_or(0);
+            let all_back = at_prepare
+                .iter()
+                .all(|a| info.replicas.iter().any(|r| &r.addr() == a));
+            let in_sync = info
+                .replicas
+                .iter()
+                .all(|r| r.state == "online" && r.offset >= offset);
+            let done = all_back && in_sync;
+            last = Some(info);
+            if done {
+                break;
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let Some(info) = last else {
+        return Vec::new();
+    };
+    let offset = info.master_repl_offset.unwrap_or(0);
+    let mut out = Vec::new();
+    for r in &info.replicas {
+        let in_sync = r.state == "online" && r.offset >= offset;
+        let mut settings = valkey.clone();
+        settings.host = r.ip.clone();
+        settings.port = r.port;
+        let (keys, error) = match NativeClient::new(settings).info().await {
+            Ok(ri) => (Some(ri.keyspace.into_iter().collect::<KeyCounts>()), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        out.push(ReplicaState {
+            addr: r.addr(),
+            state: r.state.clone(),
+            offset: Some(r.offset),
+            in_sync,
+            keys_match: keys.as_ref().map(|k| k == primary_keys),
+            keys,
+            error,
+        });
+    }
+    for a in at_prepare {
+        if !info.replicas.iter().any(|r| &r.addr() == a) {
+            out.push(ReplicaState {
+                addr: a.clone(),
+                state: "missing".into(),
+                offset: None,
+                in_sync: false,
+                keys: None,
+                keys_match: None,
+                error: Some("attached at prepare, not attached now".into()),
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]
