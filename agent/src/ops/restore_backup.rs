@@ -455,16 +455,22 @@ const PUT_BACK_WAIT: Duration = Duration::from_secs(60);
 /// start (a restore was interrupted by a kill) and when a put-back failed.
 pub fn spawn_put_back(state: Arc<AgentState>) {
     tokio::spawn(async move {
+        // Every 3 s at first, then less often (at most once a minute), so a Sentinel that
+        // stays away does not flood the log.
+        let mut pause = PUT_BACK_RETRY;
         loop {
             match put_back_once(&state).await {
                 Ok(true) => return,
                 Ok(false) => {}
-                Err(e) => warn!(error = %e, "Sentinel settings are still suppressed; retrying"),
+                Err(e) => {
+                    warn!(error = %e, retry_in_s = pause.as_secs(), "Sentinel settings are still suppressed")
+                }
             }
             tokio::select! {
                 _ = state.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(PUT_BACK_RETRY) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
+            pause = (pause * 2).min(Duration::from_secs(60));
         }
     });
 }
