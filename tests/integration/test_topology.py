@@ -270,3 +270,22 @@ def test_an_agent_killed_mid_restore_puts_sentinel_back_when_it_starts(topology,
         what="the restarted agent to put every Sentinel back",
     )
     wait_until(lambda: not record.exists(), timeout=10, what="the record to go")
+
+
+def test_one_sentinel_refusing_the_change_sets_the_others_back(topology, agent, moto):
+    primary, _, last = topology.units
+    a, _ = _configure(agent, topology, primary, moto, moto.create_bucket())
+    backup_id = a.request("create-backup").expect_ok()["backup-id"]
+    # The last unit's Sentinel lets the operator read but not change the master's settings.
+    topology.sentinel_call(last, "ACL", "SETUSER", "charmed-sentinel-operator", "-sentinel|set")
+    try:
+        err = a.request("restore-backup", {"step": "prepare", "backup-id": backup_id}).expect_error(
+            "sentinel-error"
+        )
+        assert "NOPERM" in err.message and f"{last.host}:{last.sentinel_port}" in err.message
+    finally:
+        topology.sentinel_call(last, "ACL", "SETUSER", "charmed-sentinel-operator", "+sentinel|set")
+    # All or nothing: the Sentinels already raised are back, the record is gone.
+    assert topology.down_afters() == [topology.down_after_ms] * 3
+    assert not (a.state_dir / "sentinel-suppression.json").exists()
+    assert a.request("status").expect_ok()["busy"] is False
