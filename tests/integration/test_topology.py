@@ -153,8 +153,16 @@ def _assert_every_unit_holds(topo: Topology, expected) -> None:
         assert dataset_fingerprint(unit.server) == expected, unit
 
 
-def test_restore_on_the_primary_outlasting_down_after_keeps_it_primary(fresh_topology, agent, moto):
-    topo = fresh_topology
+def test_restore_on_the_primary_outlasting_down_after_keeps_it_primary(
+    tmp_path, components, agent, moto
+):
+    # With min-replicas-to-write 2 the restarted primary refuses writes until both
+    # replicas are back: `finish` must wait for that, not report a refusal.
+    with Topology(tmp_path / "topo", components=components, min_replicas_to_write=2) as topo:
+        _restore_keeping_the_primary(topo, agent, moto)
+
+
+def _restore_keeping_the_primary(topo: Topology, agent, moto) -> None:
     primary = topo.units[0]
     a, backup_id, backed_up = _backup_then_change(agent, topo, moto)
     prepared = a.request("restore-backup", {"step": "prepare", "backup-id": backup_id}).expect_ok()

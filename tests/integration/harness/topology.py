@@ -16,6 +16,8 @@ What it mirrors, from that charm's sources (`src/literals.py`, its config templa
   too, with `charmed-sentinel-peers` (what Sentinels log in to each other as:
   `sentinel sentinel-user`/`sentinel-pass`) and `charmed-sentinel-operator` (what the
   charm — and our agent — log in as);
+- optionally `min-replicas-to-write` (the charm can set it; a primary restarted out of
+  band then refuses writes until enough replicas are back);
 - client TLS on a separate port (client port + 1: 6380 on the charm) with a CA
   *directory* (`tls/ca_certs`, OpenSSL-hashed by `openssl rehash`) and a client
   certificate and key beside it, like `/var/snap/charmed-valkey/current/tls`.
@@ -120,6 +122,7 @@ class Topology:
         down_after_ms: int = 1500,
         failover_timeout_ms: int = 6000,
         tls: bool = True,
+        min_replicas_to_write: int = 0,
     ):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +130,7 @@ class Topology:
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         self.tls = tls
+        self.min_replicas_to_write = min_replicas_to_write
         self.operator_password = "op-" + random.randbytes(8).hex()
         self.replication_password = "repl-" + random.randbytes(8).hex()
         self.sentinel_valkey_password = "sv-" + random.randbytes(8).hex()
@@ -171,6 +175,7 @@ class Topology:
             "--masterauth", self.replication_password,
             "--replica-announce-ip", ip,
             "--bind-source-addr", ip,
+            "--min-replicas-to-write", str(self.min_replicas_to_write),
         ]  # fmt: skip
         if primary is not None:
             args += ["--replicaof", primary.host, str(primary.port)]
