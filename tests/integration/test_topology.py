@@ -174,15 +174,31 @@ def _restore_keeping_the_primary(topo: Topology, agent, moto) -> None:
         f"{u.host}:{u.sentinel_port}" for u in topo.units
     )
     assert {s["down-after-milliseconds"] for s in shown["sentinels"]} == {topo.down_after_ms}
+    # One replica is down too, and comes back only while `finish` runs.
+    late = topo.units[2]
+    late.server.stop()
     primary.server.stop()
     stopped_at = time.monotonic()
     _hold_stopped_past_down_after(topo, stopped_at)
     rid = prepared["restore-id"]
     a.request("restore-backup", {"step": "commit", "restore-id": rid}).expect_ok()
     primary.server.start_again()
-    finished = a.request(
+    finishing = a.request_async(
         "restore-backup", {"step": "finish", "restore-id": rid, "timeout-seconds": 60}
-    ).expect_ok()
+    )
+
+    def agent_probe_refused() -> bool:
+        # The agent's write probe is a DEL; the server counts the ones it refused.
+        with topo.client(primary, socket_timeout=2.0) as c:
+            stats = c.info("commandstats").get("cmdstat_del", {})
+        return int(stats.get("rejected_calls", 0)) >= 1
+
+    # min-replicas-to-write 2 with one replica away: the restored primary refuses the
+    # agent's write probe (NOREPLICAS), and `finish` keeps trying instead of reporting it.
+    wait_until(agent_probe_refused, timeout=30, what="the agent's write probe to be refused")
+    assert not finishing.done()
+    late.server.start_again()
+    finished = finishing.result(timeout=90).expect_ok()
     assert finished["role"] == "primary" and finished["writable"] is True, finished
     assert finished["keys-match"] is True, finished
     replicas = finished["replicas"]
