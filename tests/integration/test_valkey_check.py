@@ -106,3 +106,22 @@ def test_a_user_that_may_not_read_config_is_valkey_permission(
     check = _configure(a, params)
     _assert_failed(check, "valkey-permission", secrets=("nocfg-pw",))
     assert "config" in check["message"].lower(), check
+
+
+def test_status_checks_again_only_when_asked(valkey_server, agent, moto, moto_bucket):
+    server = valkey_server("valkey9", username="charmed-operator", password=PW)
+    with server.client() as c:
+        c.execute_command("ACL", "SETUSER", "backup", "on", ">first-pw", "~*", "+@all")
+    a = agent()
+    params = configure_params(server, moto, moto_bucket)
+    params["valkey"].update(username="backup", password="first-pw")
+    assert _configure(a, params)["ok"] is True
+    # The principal rotates the password: a plain status still shows the last check...
+    with server.client() as c:
+        c.execute_command("ACL", "SETUSER", "backup", "resetpass", ">second-pw")
+    assert a.request("status").expect_ok()["valkey-check"]["ok"] is True
+    # ...and a status that checks again shows what the next backup would hit.
+    checked = a.request("status", {"check-valkey": True}).expect_ok()["valkey-check"]
+    _assert_failed(checked, "valkey-auth", secrets=("first-pw", "second-pw", PW))
+    assert a.request("status").expect_ok()["valkey-check"] == checked
+    a.request("status", {"check-valkey": "yes"}).expect_error("bad-request")

@@ -19,7 +19,7 @@ use output::{client_call, print_json, report_error, to_params};
 use render::{backups_table, prune_summary};
 
 use crate::protocol::{
-    ListBackupsParams, ListBackupsResult, NoParams, PruneBackupsParams, PruneResult,
+    ListBackupsParams, ListBackupsResult, NoParams, PruneBackupsParams, PruneResult, StatusParams,
     VerifyBackupParams,
 };
 
@@ -49,7 +49,11 @@ pub enum Command {
         log_format: String,
     },
     /// Show what the agent is configured for and doing.
-    Status,
+    Status {
+        /// Check the server again now, as `configure` does (otherwise: the last check).
+        #[arg(long)]
+        check_valkey: bool,
+    },
     /// Send a configuration (JSON, as in docs/protocol.md) from a file, or `-` for stdin.
     /// Secrets travel in the file, never on the command line.
     Configure {
@@ -134,8 +138,9 @@ pub async fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Status => {
-            print_json(client_call(&cli.socket, "status", to_params(&NoParams {})).await)
+        Command::Status { check_valkey } => {
+            let params = to_params(&StatusParams { check_valkey });
+            print_json(client_call(&cli.socket, "status", params).await)
         }
         Command::Configure { file } => {
             let params = match read_config_file(&file) {

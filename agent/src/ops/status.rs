@@ -1,20 +1,25 @@
 //! `status`: what the agent is configured for and doing. Cheap and local: it sends no
-//! request to S3 or Valkey, so the charm can call it on every hook.
+//! request to S3 or Valkey, so the charm can call it on every hook — except with
+//! `check-valkey`, which runs `configure`'s Valkey check again (for `update-status`: a
+//! password rotated in the principal shows before the next backup fails).
 
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::state::{params, AgentState, NoParams};
+use super::state::{params, AgentState};
 use crate::error::OpError;
 use crate::lock::UnitLock;
 use crate::parts::PartPlan;
-use crate::protocol::{MetricsStatus, RunningOp, StatusResult};
+use crate::protocol::{MetricsStatus, RunningOp, StatusParams, StatusResult};
 
 /// Reports configuration and activity without any network request.
 pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<StatusResult, OpError> {
-    let _: NoParams = params(raw)?;
+    let p: StatusParams = params(raw)?;
     let config = state.config_if_any();
+    if let (true, Some(c)) = (p.check_valkey, &config) {
+        state.set_valkey_check(crate::valkey_check::check(&c.valkey).await);
+    }
     // The lock file tells about operations of other processes (e.g. a CLI-started agent)
     // too; the in-memory record covers this one.
     let dir = state.state_dir.clone();

@@ -40,6 +40,16 @@ pub enum BackupStatus {
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
 
+/// `status` params (all optional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StatusParams {
+    /// Run `configure`'s Valkey check again now (otherwise `valkey-check` is the last
+    /// `configure`'s and `status` sends nothing to Valkey).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub check_valkey: bool,
+}
+
 // `configure` params are the configuration itself: `crate::config::AgentConfig`, which
 // validates them (the protocol module stays below the configuration).
 
