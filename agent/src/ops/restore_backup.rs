@@ -899,7 +899,7 @@ async fn finish(
     let is_primary = info.role.as_deref() == Some("master");
     let client = NativeClient::new(session.valkey.clone());
     let (writable, write_error) = if is_primary {
-        match wait_writable(&client, restore_id, deadline).await {
+        match wait_writable(&client, restore_id, deadline, &state.shutdown).await {
             Ok(()) => (true, None),
             Err(e) => (false, Some(e)),
         }
@@ -913,6 +913,7 @@ async fn finish(
             &session.replicas_at_prepare,
             &keys,
             deadline,
+            &state.shutdown,
         )
         .await
     } else {
@@ -984,6 +985,7 @@ async fn wait_writable(
     client: &NativeClient,
     restore_id: &str,
     deadline: Instant,
+    shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<(), String> {
     let key = probe_key(restore_id);
     loop {
@@ -1006,7 +1008,7 @@ async fn wait_writable(
         ]
         .iter()
         .any(|w| upper.contains(w));
-        if !transient || Instant::now() >= deadline {
+        if !transient || Instant::now() >= deadline || shutdown.is_cancelled() {
             return Err(last);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1021,6 +1023,7 @@ async fn wait_replicas(
     at_prepare: &[String],
     primary_keys: &KeyCounts,
     deadline: Instant,
+    shutdown: &tokio_util::sync::CancellationToken,
 ) -> Vec<ReplicaState> {
     let mut last = None;
     loop {
@@ -1039,7 +1042,7 @@ async fn wait_replicas(
                 break;
             }
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || shutdown.is_cancelled() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
