@@ -24,6 +24,7 @@ import ops
 from object_storage import S3Requirer
 
 import cos
+import snap_layout
 from agent_client import (
     CODE_PROTOCOL,
     CODE_TIMEOUT,
@@ -50,12 +51,12 @@ from service import (
     find_valkey_service,
 )
 from status import INTEGRATE_HINT, StatusFacts, compute_status, newest_backup
+from valkey_target import ValkeyTarget, port_answers, resolve_target
 
 logger = logging.getLogger(__name__)
 
 S3_RELATION = "s3-credentials"
 PRINCIPAL_RELATION = "juju-info"
-PASSWORD_KEY = "password"  # noqa: S105 (the key name inside the user secret)
 
 # Codes that say the agent could not be talked to, as opposed to it refusing something.
 TRANSPORT_CODES = frozenset({CODE_UNAVAILABLE, CODE_TIMEOUT, CODE_PROTOCOL})
@@ -321,10 +322,13 @@ class ValkeyBackupCharm(ops.CharmBase):
             PrincipalUnknownError: the principal is not known yet (waiting).
         """
         config = self._config()
-        password = self._valkey_password(config.valkey_password_secret)
+        layout = snap_layout.read_layout()
+        target = self._target(config, layout)
         encryption = self._encryption(config.encryption_key_secret)
         try:
-            cli: str | None = resolve_cli(config.valkey_cli_path)
+            cli: str | None = resolve_cli(
+                config.valkey_cli_path, snap_cli=layout.cli if layout is not None else ""
+            )
         except InvalidConfigError as exc:
             # Only the cli source needs a cli; the agent's own client does not (a cli
             # that is found is still passed: verify-backup looks for servers beside it).
@@ -338,27 +342,58 @@ class ValkeyBackupCharm(ops.CharmBase):
             cluster=cluster,
             unit=principal_unit,
             config=config,
+            target=target,
             cli=cli,
-            password=password,
             s3_info=s3_info,
             encryption=encryption,
         )
-        secrets = [password or ""]
+        secrets = list(target.secrets())
         if encryption:
             secrets += list(encryption["identities"])
         if s3_info:
             secrets += [str(s3_info.get("secret-key") or ""), str(s3_info.get("access-key") or "")]
         return DesiredConfig(params=params, secrets=tuple(s for s in secrets if s))
 
-    def _valkey_password(self, secret_id: str) -> str | None:
-        """The password from the user secret named in ``valkey-password`` (latest revision)."""
+    def _target(self, config: CharmConfig, layout: snap_layout.SnapLayout | None) -> ValkeyTarget:
+        """This unit's server: options first, then the snap's layout, then defaults."""
+        secret = self._valkey_secret(config.valkey_password_secret)
+        try:
+            return resolve_target(
+                config,
+                layout,
+                secret=secret,
+                binding_address=self._binding_address(),
+                probe=port_answers,
+            )
+        except InvalidConfigError as exc:
+            raise UnusableConfigError(str(exc)) from exc
+
+    def _binding_address(self) -> str | None:
+        """This unit's address on the juju-info binding (the principal's machine address).
+
+        Canonical's valkey charm binds its server to the unit's own address only; on a
+        machine in one space that is this address too.
+        """
+        try:
+            binding = self.model.get_binding(PRINCIPAL_RELATION)
+            address = binding.network.bind_address if binding is not None else None
+        except (ops.ModelError, ops.RelationNotFoundError):
+            return None
+        return str(address) if address is not None else None
+
+    def _valkey_secret(self, secret_id: str) -> dict[str, str] | None:
+        """The content of the ``valkey-password`` user secret (latest revision), or None.
+
+        ``valkey_target.pick_password`` chooses the key: the one named after the user
+        (the valkey charm's ``system-users`` secret works as it is), else ``password``.
+        """
         if not secret_id:
             return None
         try:
             secret = self.model.get_secret(id=secret_id)
             # refresh=True: always use (and track) the newest revision, so a rotated
             # password reaches the agent on the secret-changed that follows.
-            content = secret.get_content(refresh=True)
+            return dict(secret.get_content(refresh=True))
         except ops.SecretNotFoundError as exc:
             raise UnusableConfigError(
                 "valkey-password secret not found or not granted: "
@@ -369,10 +404,6 @@ class ValkeyBackupCharm(ops.CharmBase):
                 "valkey-password secret cannot be read: "
                 "run juju grant-secret <secret> valkey-backup"
             ) from exc
-        password = content.get(PASSWORD_KEY)
-        if not password:
-            raise UnusableConfigError(f"valkey-password secret has no '{PASSWORD_KEY}' key")
-        return password
 
     def _encryption(self, secret_id: str) -> dict[str, Any] | None:
         """The agent's ``encryption`` settings from the ``encryption-key`` user secret."""
@@ -602,6 +633,10 @@ class ValkeyBackupCharm(ops.CharmBase):
         }
         if event.params.get("source-cluster"):
             params["source-cluster"] = event.params["source-cluster"]
+        if params["load"]:
+            server = str(event.params.get("server") or "") or self._snap_server_binary()
+            if server:
+                params["server"] = server
         self.unit.status = ops.MaintenanceStatus(f"verifying {params['backup-id']}")
         result = self._client().verify_backup(params, on_progress=run.progress)
         event.set_results(action_results(result, run.redact))
@@ -609,6 +644,17 @@ class ValkeyBackupCharm(ops.CharmBase):
             # The protocol reports a failed check as an error event; a result saying
             # ok=false is treated the same way.
             raise AgentError("stream-invalid", "the backup failed verification")
+
+    @staticmethod
+    def _snap_server_binary() -> str:
+        """The charmed-valkey snap's valkey-server, run directly, or "" without the snap.
+
+        The snap puts no ``valkey-server`` in /snap/bin, so the agent would not find it;
+        run directly (not through snap-confine) it also works under the agent's
+        ``NoNewPrivileges``.
+        """
+        layout = snap_layout.read_layout()
+        return layout.server_binary if layout is not None else ""
 
     def _prune_backups(self, run: ActionRun) -> Mapping[str, Any]:
         event = run.event

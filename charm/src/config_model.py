@@ -77,7 +77,9 @@ class TlsSettings:
 class CharmConfig:
     """Validated charm configuration (see config.yaml for each option)."""
 
+    #: "" finds the server on this unit (loopback, else the unit's address).
     valkey_host: str
+    #: 0 is automatic: the charmed-valkey snap's port when present, else 6379.
     valkey_port: int
     valkey_username: str
     valkey_password_secret: str
@@ -115,13 +117,16 @@ class CharmConfig:
         Raises:
             InvalidConfigError: naming the first bad option and what is wrong with it.
         """
-        host = _str(config, "valkey-host") or "127.0.0.1"
-        if not HOST_RE.match(host):
+        # Empty host and port 0 mean "find it on this unit" (valkey_target).
+        host = _str(config, "valkey-host")
+        if host and not HOST_RE.match(host):
             raise InvalidConfigError(f"valkey-host {host!r} is not a host name or address")
 
-        port = _int(config, "valkey-port", 6379)
-        if not 1 <= port <= 65535:
-            raise InvalidConfigError(f"valkey-port {port} is not between 1 and 65535")
+        port = _int(config, "valkey-port", 0)
+        if not 0 <= port <= 65535:
+            raise InvalidConfigError(
+                f"valkey-port {port} is not between 1 and 65535 (or 0: automatic)"
+            )
 
         cli_path = _str(config, "valkey-cli-path")
         if cli_path and not os.path.isabs(cli_path):
@@ -265,10 +270,16 @@ def encryption_params(content: Mapping[str, str]) -> dict[str, Any]:
 def resolve_cli(
     configured: str,
     *,
+    snap_cli: str = "",
     which: Callable[[str], str | None] = shutil.which,
     is_executable: Callable[[str], bool] = lambda p: os.path.isfile(p) and os.access(p, os.X_OK),
 ) -> str:
-    """The cli the agent should run: the configured path, else the first one on PATH.
+    """The cli the agent should run.
+
+    The configured path wins; then the charmed-valkey snap's own ``valkey-cli`` binary
+    (``snap_cli``, run directly: launching ``charmed-valkey.cli`` through snap-confine
+    fails under the agent unit's ``NoNewPrivileges``, and the binary sits on the
+    read-only, root-owned squashfs); then the first candidate on PATH.
 
     Raises:
         InvalidConfigError: the configured path is not an executable file, or no
@@ -278,6 +289,8 @@ def resolve_cli(
         if not is_executable(configured):
             raise InvalidConfigError(f"valkey-cli-path {configured} is not an executable file")
         return configured
+    if snap_cli:
+        return snap_cli
     for name in CLI_CANDIDATES:
         found = which(name)
         if found:

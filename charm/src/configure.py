@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from config_model import CharmConfig
+from valkey_target import ValkeyTarget
 
 # The s3-integrator fields the agent takes, under the integrator's own names. Others it
 # publishes (attributes, s3-api-version, …) are not sent: the agent refuses unknown keys
@@ -98,12 +99,15 @@ def build_configure_params(
     cluster: str,
     unit: str,
     config: CharmConfig,
+    target: ValkeyTarget,
     cli: str | None,
-    password: str | None,
     s3_info: Mapping[str, Any] | None,
     encryption: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole ``configure`` request params.
+
+    ``target`` is this unit's resolved server (``valkey_target.resolve_target``): host,
+    port, user, password, TLS and the Sentinel watching it.
 
     ``s3_info`` None means "no storage" (relation absent or gone): the request then says
     ``"s3": null`` and the agent refuses backups with ``not-configured``. ``encryption``
@@ -111,17 +115,19 @@ def build_configure_params(
     only when set; without it backups are stored in clear.
     """
     valkey: dict[str, Any] = {
-        "host": config.valkey_host,
-        "port": config.valkey_port,
+        "host": target.host,
+        "port": target.port,
         "source": config.valkey_source,
-        "tls": config.tls.to_params(),
+        "tls": target.tls.to_params(),
     }
     if cli:
         valkey["cli"] = cli
-    if config.valkey_username:
-        valkey["username"] = config.valkey_username
-    if password:
-        valkey["password"] = password
+    if target.username:
+        valkey["username"] = target.username
+    if target.password:
+        valkey["password"] = target.password
+    if target.sentinel is not None:
+        valkey["sentinel"] = target.sentinel.to_params(target.tls)
 
     params: dict[str, Any] = {
         "cluster": cluster,

@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "charm" / "src"))
 from ops import testing  # noqa: E402
 
 import charm as charm_module  # noqa: E402
+import snap_layout  # noqa: E402
 from fakes import FakeAgent, FakeClient, FakeSystemd  # noqa: E402
 from service import AgentPaths, Systemctl  # noqa: E402
 
@@ -72,6 +73,23 @@ def charm_root(tmp_path: Path) -> Path:
     return root
 
 
+class FakeProbe:
+    """Stands in for the TCP probe: answers True for the ``(host, port)`` in ``open``."""
+
+    def __init__(self) -> None:
+        self.open: set[tuple[str, int]] = set()
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, host: str, port: int) -> bool:
+        self.calls.append((host, port))
+        return (host, port) in self.open
+
+
+@pytest.fixture
+def probe() -> FakeProbe:
+    return FakeProbe()
+
+
 @pytest.fixture
 def patched(
     monkeypatch: pytest.MonkeyPatch,
@@ -79,8 +97,15 @@ def patched(
     systemd: FakeSystemd,
     paths: AgentPaths,
     cli_dir: Path,
+    probe: FakeProbe,
 ) -> None:
-    """Point the charm at the fakes."""
+    """Point the charm at the fakes.
+
+    No snap layout (an empty root) and no server answering on loopback, unless a test
+    says otherwise (``snap_root``, ``probe``): the tests never depend on the machine.
+    """
+    monkeypatch.setattr(snap_layout, "SNAP_ROOT", paths.state_dir.parent / "no-snap")
+    monkeypatch.setattr(charm_module, "port_answers", probe)
     monkeypatch.setattr(
         charm_module, "AgentClient", lambda socket_path, **kw: FakeClient(agent, socket_path, **kw)
     )

@@ -342,7 +342,7 @@ def test_restore_with_bad_config_fails(ctx, agent):
         ctx,
         "restore-backup",
         {"backup-id": BACKUP_ID},
-        state=full_state(config={"valkey-port": 0}),
+        state=full_state(config={"valkey-port": -1}),
     )
     assert "[bad-config]" in message
 

@@ -18,7 +18,7 @@ def configures(agent) -> list[dict]:
 @pytest.mark.parametrize(
     ("config", "fragment"),
     [
-        ({"valkey-port": 0}, "valkey-port 0 is not between 1 and 65535"),
+        ({"valkey-port": 70000}, "valkey-port 70000 is not between 1 and 65535"),
         ({"valkey-host": "redis://x"}, "valkey-host"),
         ({"cluster-name": "a/b"}, "cluster-name must start with"),
         ({"upload-concurrency": 99}, "upload-concurrency 99"),
@@ -106,7 +106,7 @@ def test_secret_without_a_password_key_blocks(ctx, agent):
     )
     state = ctx.run(ctx.on.config_changed(), state)
     assert state.unit_status == testing.BlockedStatus(
-        "valkey-password secret has no 'password' key"
+        "valkey-password secret has no 'default' or 'password' key"
     )
     assert VALKEY_PASSWORD not in state.unit_status.message
 

@@ -47,14 +47,15 @@ def test_defaults_parse_to_loopback_without_tls():
 
 def test_missing_keys_fall_back_to_defaults():
     config = CharmConfig.from_mapping({})
-    assert config.valkey_port == 6379
+    assert config.valkey_port == 0  # automatic (valkey_target)
+    assert config.valkey_host == ""
     assert config.upload_concurrency == 3
 
 
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        ({"valkey_port": 0}, "valkey-port 0"),
+        ({"valkey_port": -1}, "valkey-port -1"),
         ({"valkey_port": 70000}, "valkey-port 70000"),
         ({"valkey_host": "redis://host"}, "valkey-host"),
         ({"valkey_host": "-oProxyCommand"}, "valkey-host"),

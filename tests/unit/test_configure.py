@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import base64
 
-from config_model import CharmConfig
+from config_model import CharmConfig, TlsSettings
 from configure import build_configure_params, keep_days, s3_params, tls_ca_chain
+from valkey_target import SentinelTarget, ValkeyTarget
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
 
 
 def config(**values) -> CharmConfig:
     return CharmConfig.from_mapping(values)
+
+
+def target(username: str = "", password: str | None = None, **changes) -> ValkeyTarget:
+    values = {
+        "host": "127.0.0.1",
+        "port": 6379,
+        "username": username,
+        "password": password,
+        "tls": TlsSettings(),
+        "sentinel": None,
+        "host_source": "loopback",
+        **changes,
+    }
+    return ValkeyTarget(**values)
 
 
 def test_s3_params_keep_the_integrators_field_names_and_drop_unknown_ones():
@@ -82,9 +97,9 @@ def test_full_request_shape():
     params = build_configure_params(
         cluster="m.valkey",
         unit="valkey/0",
-        config=config(**{"valkey-username": "backup", "upload-concurrency": 4}),
+        config=config(**{"upload-concurrency": 4}),
+        target=target("backup", "pw"),
         cli="/usr/bin/valkey-cli",
-        password="pw",
         s3_info={
             "bucket": "b",
             "access-key": "AK",
@@ -120,7 +135,12 @@ def test_full_request_shape():
 
 def test_without_storage_s3_is_null():
     params = build_configure_params(
-        cluster="m.valkey", unit="valkey/0", config=config(), cli="/c", password=None, s3_info=None
+        cluster="m.valkey",
+        unit="valkey/0",
+        config=config(),
+        target=target(),
+        cli="/c",
+        s3_info=None,
     )
     assert params["s3"] is None
     assert "password" not in params["valkey"]
@@ -132,9 +152,37 @@ def test_the_source_is_sent_and_a_missing_cli_is_left_out():
         cluster="m.valkey",
         unit="valkey/0",
         config=config(**{"valkey-source": "native"}),
+        target=target(),
         cli=None,
-        password=None,
         s3_info=None,
     )
     assert params["valkey"]["source"] == "native"
     assert "cli" not in params["valkey"]
+
+
+def test_the_sentinel_is_sent_with_the_servers_tls_files_when_it_speaks_tls():
+    tls = TlsSettings(enabled=True, ca_dir="/snap/tls/ca_certs", cert_file="/c", key_file="/k")
+    sentinel = SentinelTarget("10.0.0.5", 26380, "charmed-sentinel-operator", "spw", tls=True)
+    params = build_configure_params(
+        cluster="m.valkey",
+        unit="valkey/0",
+        config=config(),
+        target=target("charmed-operator", "pw", tls=tls, sentinel=sentinel, port=6380),
+        cli=None,
+        s3_info=None,
+    )
+    tls_params = {
+        "enabled": True,
+        "insecure": False,
+        "ca-dir": "/snap/tls/ca_certs",
+        "cert-file": "/c",
+        "key-file": "/k",
+    }
+    assert params["valkey"]["tls"] == tls_params
+    assert params["valkey"]["sentinel"] == {
+        "host": "10.0.0.5",
+        "port": 26380,
+        "username": "charmed-sentinel-operator",
+        "password": "spw",
+        "tls": tls_params,
+    }
