@@ -149,10 +149,12 @@ def endpoint_from(
     """The client endpoint a configuration describes: plain if open, else TLS.
 
     With client TLS on, the valkey charm sets ``port 0`` and clients must use
-    ``tls-port``. None when neither port is open.
+    ``tls-port``. A directive the file does not have takes Valkey's own default (6379,
+    and no TLS port); without any file (``conf`` empty) the valkey charm's ports are
+    assumed. None when neither port is open.
     """
     port = _int_arg(conf, "port", default_port)
-    tls_port = _int_arg(conf, "tls-port", 0 if "tls-port" in conf else default_tls_port)
+    tls_port = _int_arg(conf, "tls-port", 0 if conf else default_tls_port)
     if port:
         return Endpoint(port=port, tls=False)
     if tls_port:

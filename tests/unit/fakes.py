@@ -276,3 +276,58 @@ def full_state(**kwargs: Any) -> testing.State:
         model=testing.Model(name="test-model"),
         **kwargs,
     )
+
+
+# -- the charmed-valkey snap's layout ---------------------------------------------------
+
+SNAP_VALKEY_CONF = """\
+# written by the valkey charm
+bind 10.20.30.4
+port 6379
+tls-port 6380
+tls-cert-file /var/snap/charmed-valkey/current/tls/client.pem
+tls-key-file /var/snap/charmed-valkey/current/tls/client.key
+tls-ca-cert-dir /var/snap/charmed-valkey/current/tls/ca_certs
+aclfile /var/snap/charmed-valkey/current/etc/valkey/users.acl
+dir /var/snap/charmed-valkey/common/var/lib/charmed-valkey
+"""
+
+SNAP_SENTINEL_CONF = """\
+port 26379
+tls-port 26380
+sentinel monitor primary 10.20.30.4 6380 2
+sentinel auth-user primary charmed-sentinel-valkey
+sentinel auth-pass primary sv-pass
+sentinel sentinel-user charmed-sentinel-peers
+sentinel sentinel-pass "peers-Pa55"
+sentinel down-after-milliseconds primary 30000
+"""
+
+
+def make_snap_root(
+    root: Path,
+    *,
+    valkey_conf: str = SNAP_VALKEY_CONF,
+    sentinel_conf: str | None = SNAP_SENTINEL_CONF,
+    conf_dir: str = "etc/valkey",
+    binaries: tuple[str, ...] = ("valkey-cli", "valkey-server"),
+) -> Path:
+    """A filesystem root with the charmed-valkey snap's files, as the valkey charm writes them.
+
+    Configuration, TLS directory and the snap's binaries (scripts that exit 0).
+    """
+    data = root / "var/snap/charmed-valkey/current"
+    (data / conf_dir).mkdir(parents=True, exist_ok=True)
+    (data / conf_dir / "valkey.conf").write_text(valkey_conf)
+    if sentinel_conf is not None:
+        (data / conf_dir / "sentinel.conf").write_text(sentinel_conf)
+    (data / "tls" / "ca_certs").mkdir(parents=True, exist_ok=True)
+    for name in ("client.pem", "client.key"):
+        (data / "tls" / name).write_text("-----BEGIN TEST-----\n")
+    bindir = root / "snap/charmed-valkey/current/usr/bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    for name in binaries:
+        binary = bindir / name
+        binary.write_text("#!/bin/sh\nexit 0\n")
+        binary.chmod(0o755)
+    return root

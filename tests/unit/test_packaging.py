@@ -107,6 +107,30 @@ def test_every_action_refuses_unknown_parameters_and_has_a_handler():
         assert callable(getattr(ValkeyBackupCharm, handler, None)), handler
 
 
+# Which actions run without the machine lock (Juju's `parallel`). Restore stops and
+# starts the principal's server, so it must never run beside the principal's hooks; the
+# others only stream from the server and talk to the store (see actions.yaml).
+MACHINE_LOCK = {
+    "create-backup": False,
+    "list-backups": False,
+    "verify-backup": False,
+    "prune-backups": False,
+    "restore-backup": True,
+}
+
+
+def test_every_actions_machine_lock_setting():
+    assert set(MACHINE_LOCK) == set(ACTIONS)
+    for name, spec in ACTIONS.items():
+        # Juju's default is parallel: false; restore says so explicitly.
+        assert "parallel" in spec, name
+        assert spec["parallel"] is (not MACHINE_LOCK[name]), name
+
+
+def test_metadata_assumes_the_juju_that_s3_integrator_2_needs():
+    assert METADATA["assumes"] == ["juju >= 3.4"]
+
+
 def test_action_parameters_required_by_the_issue():
     assert ACTIONS["list-backups"]["params"]["output"]["enum"] == ["table", "json"]
     assert ACTIONS["restore-backup"]["required"] == ["backup-id"]
