@@ -465,8 +465,9 @@ class ValkeyBackupCharm(ops.CharmBase):
             return StatusFacts(removing=True)
         config_problem: str | None = None
         principal_known = True
+        valkey: Mapping[str, Any] = {}
         try:
-            self._desired_config()
+            valkey = self._desired_config().params["valkey"]
         except UnusableConfigError as exc:
             config_problem = str(exc)
         except PrincipalUnknownError:
@@ -495,6 +496,8 @@ class ValkeyBackupCharm(ops.CharmBase):
             agent_problem=agent_problem,
             agent_status=agent_status,
             configure_error=configure_error,
+            valkey_user=str(valkey.get("username") or ""),
+            valkey_address=f"{valkey['host']}:{valkey['port']}" if valkey else "",
             s3_related=s3_related,
             s3_ready=s3_info is not None,
             last_backup=newest_backup(

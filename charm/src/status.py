@@ -33,6 +33,26 @@ CONFIGURE_HINTS = {
     "s3-unreachable": "check the s3-integrator's endpoint and tls-ca-chain",
 }
 
+# configure checks the Valkey server before it stores anything (connect, AUTH, the ACL
+# rights a backup needs, the role). Each failure blocks the unit with what is wrong,
+# whom it concerns (``{who}``: user@host:port) and what to do; ``{detail}`` is the
+# agent's sanitised message. Valkey answers a wrong user and a wrong password alike
+# (WRONGPASS), so one text covers both.
+VALKEY_CHECK_MESSAGES = {
+    "valkey-unreachable": (
+        "cannot reach Valkey at {where}: {detail}; check valkey-host, valkey-port, valkey-tls"
+    ),
+    "valkey-auth": (
+        "Valkey rejected user {user} at {where} (wrong user or password): check "
+        "valkey-username and the valkey-password secret"
+    ),
+    "valkey-permission": (
+        "Valkey user {user} lacks rights a backup needs: {detail}; use charmed-operator "
+        "or grant +sync +psync +replconf +info +config|get"
+    ),
+    "valkey-sentinel": "Sentinel check failed: {detail}; check the Sentinel credentials",
+}
+
 
 @dataclass(frozen=True)
 class StatusFacts:
@@ -51,6 +71,9 @@ class StatusFacts:
     agent_status: Mapping[str, Any] | None = None
     #: ``(code, message)`` of the last rejected ``configure``, if the last one failed.
     configure_error: tuple[str, str] | None = None
+    #: The Valkey user and address the unit resolved (``valkey_target``), for messages.
+    valkey_user: str = ""
+    valkey_address: str = ""
     #: The s3-credentials relation exists.
     s3_related: bool = False
     #: The relation carries usable credentials and a bucket.
@@ -74,7 +97,12 @@ def compute_status(facts: StatusFacts, now: datetime) -> ops.StatusBase:
     if not facts.principal_known:
         return ops.WaitingStatus("waiting for the principal unit (juju-info relation)")
     if facts.configure_error:
-        return ops.BlockedStatus(configure_error_message(*facts.configure_error))
+        code, message = facts.configure_error
+        return ops.BlockedStatus(
+            configure_error_message(
+                code, message, user=facts.valkey_user, address=facts.valkey_address
+            )
+        )
     if not facts.s3_related:
         return ops.BlockedStatus(f"no S3 storage: {INTEGRATE_HINT}")
     if not facts.s3_ready:
@@ -104,11 +132,21 @@ def too_old_message(schedule: Mapping[str, Any], now: datetime) -> str:
     return f"{head}{allows}: see list-backups and the agent's journal"
 
 
-def configure_error_message(code: str, message: str) -> str:
-    """Blocked text for a rejected configuration, e.g. ``s3 credentials rejected: …``."""
+def configure_error_message(code: str, message: str, *, user: str = "", address: str = "") -> str:
+    """Blocked text for a rejected configuration, e.g. ``s3 credentials rejected: …``.
+
+    ``user`` and ``address`` (``host:port``) name the Valkey server the unit resolved,
+    so that a Valkey failure says which one; the user is ``default`` when none is set.
+    """
     phrase = CONFIGURE_PHRASES.get(code)
     if phrase:
         return f"{phrase}: {CONFIGURE_HINTS[code]}"
+    template = VALKEY_CHECK_MESSAGES.get(code)
+    if template:
+        detail = message.rstrip(".") or code
+        return template.format(
+            user=user or "default", where=address or "the configured address", detail=detail
+        )
     return f"agent rejected the configuration: {message} [{code}]"
 
 

@@ -64,10 +64,47 @@ def test_rejected_configuration_blocks_with_a_stable_phrase(code, expected):
 
 
 def test_other_rejections_show_the_agents_message_and_code():
-    result = status(configure_error=("valkey-auth", "Valkey rejected the password"))
+    result = status(configure_error=("bad-request", "valkey.tls.key-file: not a key"))
     assert result == ops.BlockedStatus(
-        "agent rejected the configuration: Valkey rejected the password [valkey-auth]"
+        "agent rejected the configuration: valkey.tls.key-file: not a key [bad-request]"
     )
+
+
+VALKEY = {"valkey_user": "charmed-operator", "valkey_address": "10.0.0.4:6379"}
+
+
+@pytest.mark.parametrize(
+    ("code", "detail", "expected"),
+    [
+        (
+            "valkey-auth",
+            "Valkey rejected the credentials",
+            "Valkey rejected user charmed-operator at 10.0.0.4:6379 (wrong user or password): "
+            "check valkey-username and the valkey-password secret",
+        ),
+        (
+            "valkey-unreachable",
+            "connection refused.",
+            "cannot reach Valkey at 10.0.0.4:6379: connection refused; "
+            "check valkey-host, valkey-port, valkey-tls",
+        ),
+        (
+            "valkey-permission",
+            "user charmed-operator may not run SYNC",
+            "Valkey user charmed-operator lacks rights a backup needs: user charmed-operator "
+            "may not run SYNC; use charmed-operator or grant +sync +psync +replconf +info "
+            "+config|get",
+        ),
+    ],
+)
+def test_valkey_check_failures_block_naming_the_user_and_server(code, detail, expected):
+    assert status(configure_error=(code, detail), **VALKEY) == ops.BlockedStatus(expected)
+
+
+def test_valkey_auth_without_a_user_names_the_default_user():
+    result = status(configure_error=("valkey-auth", "x"), valkey_address="127.0.0.1:6379")
+    assert isinstance(result, ops.BlockedStatus)
+    assert result.message.startswith("Valkey rejected user default at 127.0.0.1:6379")
 
 
 def test_missing_relation_blocks_with_the_command_to_run():
