@@ -171,3 +171,27 @@ def test_restore_stops_and_starts_the_snaps_server_unit(ctx, agent, systemd, sna
         "start snap.charmed-valkey.server.service",
     ]
     assert ctx.action_results["service"] == "snap.charmed-valkey.server.service"
+
+
+@pytest.mark.parametrize(
+    ("code", "detail", "start"),
+    [
+        ("valkey-auth", "WRONGPASS", "Valkey rejected user charmed-operator at 10.20.30.4:6379"),
+        ("valkey-unreachable", "connection refused", "cannot reach Valkey at 10.20.30.4:6379"),
+        ("valkey-permission", "no +sync", "Valkey user charmed-operator lacks rights"),
+    ],
+)
+def test_a_failed_valkey_check_blocks_the_unit_before_any_backup(
+    ctx, agent, snap_root, code, detail, start
+):
+    from agent_client import AgentError
+
+    agent.responses["configure"] = AgentError(code, detail)
+    state = ctx.run(ctx.on.config_changed(), snap_state({"charmed-operator": OPERATOR_PW}))
+    assert isinstance(state.unit_status, testing.BlockedStatus)
+    assert state.unit_status.message.startswith(start)
+    assert "create-backup" not in agent.ops()
+    # Fixed on the server's side: the next update-status re-sends and clears it.
+    agent.responses["configure"] = {"configured": True}
+    state = ctx.run(ctx.on.update_status(), state)
+    assert state.unit_status == testing.ActiveStatus("")
