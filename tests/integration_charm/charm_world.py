@@ -31,6 +31,8 @@ for _path in (ROOT / "charm" / "src", INTEGRATION):
 from ops import testing  # noqa: E402
 
 import charm as charm_module  # noqa: E402
+import snap_layout  # noqa: E402
+from service import SOCKET_ENV, Systemctl  # noqa: E402
 
 META = yaml.safe_load((ROOT / "metadata.yaml").read_text())
 ACTIONS = yaml.safe_load((ROOT / "actions.yaml").read_text())
@@ -123,6 +125,10 @@ class CharmUnit:
     state: testing.State
     s3_relation: testing.Relation
     password_secret: testing.Secret | None
+    monkeypatch: pytest.MonkeyPatch
+    #: The filesystem root this unit's machine has (the charmed-valkey snap or nothing).
+    snap_root: Path
+    principal_unit: str = f"{PRINCIPAL_APP}/0"
     seen: list[str] = field(default_factory=list)
 
     @property
@@ -141,7 +147,18 @@ class CharmUnit:
 
     # -- events -------------------------------------------------------------------------
 
+    def activate(self) -> None:
+        """Point the charm's process-wide seams at this unit: socket, systemd, snap root.
+
+        Several units share the test process; each event runs as if on its own machine.
+        """
+        self.monkeypatch.setenv(SOCKET_ENV, str(self.agent.socket_path))
+        systemd = self.systemd
+        self.monkeypatch.setattr(charm_module, "Systemctl", lambda: Systemctl(run=systemd))
+        self.monkeypatch.setattr(snap_layout, "SNAP_ROOT", self.snap_root)
+
     def run(self, event: Any) -> testing.State:
+        self.activate()
         try:
             self.state = self.ctx.run(event, self.state)
         finally:
@@ -166,6 +183,7 @@ class CharmUnit:
 
     def fail(self, name: str, **params: Any) -> str:
         """Run an action that must fail; return its failure message."""
+        self.activate()
         with pytest.raises(testing.ActionFailed) as info:
             self.ctx.run(self.ctx.on.action(name, params=params), self.state)
         self._record()
@@ -240,3 +258,50 @@ def s3_relation(
         "s3-credentials", remote_app_name="s3-integrator", remote_app_data=data
     )
     return relation, []
+
+
+# --------------------------------------------------------------------------- the snap
+
+
+def write_snap_root(
+    root: Path,
+    server: Any,
+    *,
+    sentinel: tuple[int, str, str] | None = None,
+    tls: dict[str, Any] | None = None,
+) -> Path:
+    """A machine root holding the charmed-valkey snap's files for ``server``.
+
+    ``$SNAP_DATA/etc/valkey/valkey.conf`` names the server's port, bind address and dir
+    as the valkey charm writes them; ``sentinel`` = ``(port, sentinel-user,
+    sentinel-pass)`` adds a sentinel.conf; ``tls`` = ``{"port", "ca_dir", "cert_file",
+    "key_file"}`` closes the plain port (``port 0``) and names the TLS port and files.
+    The snap's binaries (``$SNAP/usr/bin/valkey-cli`` and ``valkey-server``) are links
+    to the server's own.
+    """
+    data = root / "var/snap/charmed-valkey/current"
+    (data / "etc/valkey").mkdir(parents=True, exist_ok=True)
+    lines = [f"bind {server.host}", f"dir {server.dir}"]
+    if tls is None:
+        lines += [f"port {server.port}"]
+    else:
+        lines += [
+            "port 0",
+            f"tls-port {tls['port']}",
+            f"tls-ca-cert-dir {tls['ca_dir']}",
+            f"tls-cert-file {tls['cert_file']}",
+            f"tls-key-file {tls['key_file']}",
+        ]
+    (data / "etc/valkey/valkey.conf").write_text("\n".join(lines) + "\n")
+    if sentinel is not None:
+        port, user, password = sentinel
+        (data / "etc/valkey/sentinel.conf").write_text(
+            f"port {port}\nsentinel sentinel-user {user}\nsentinel sentinel-pass {password}\n"
+        )
+    bindir = root / "snap/charmed-valkey/current/usr/bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    for name, target in (("valkey-cli", server.cli), ("valkey-server", server.server_bin)):
+        link = bindir / name
+        if not link.exists():
+            link.symlink_to(target)
+    return root

@@ -8,7 +8,13 @@ agent by its two seams:
 - ``VALKEY_BACKUP_SOCKET``: the socket the charm's ``AgentClient`` connects to
   (``service.SOCKET_ENV``), set before any event runs;
 - ``charm.Systemctl``: replaced with a ``Systemctl`` whose ``run`` stops and starts the
-  test's Valkey server (``ServerSystemd``), so ``restore-backup`` runs without systemd.
+  test's Valkey server (``ServerSystemd``), so ``restore-backup`` runs without systemd;
+- ``snap_layout.SNAP_ROOT``: the filesystem root the charm looks for the charmed-valkey
+  snap under (an empty directory unless the test builds a snap layout, see
+  ``charm_world.write_snap_root``).
+
+Each ``CharmUnit`` sets the three seams to its own values before each of its events, so
+one test can drive several units (one per server of a topology).
 
 The real-server fixtures (``moto``, ``valkey_server``, ``agent``…) are the integration
 suite's own: tests/integration/conftest.py is loaded under another module name and its
@@ -18,6 +24,7 @@ unit is in a ``CharmUnit`` from the ``charm_unit`` factory fixture.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import secrets
 import sys
@@ -51,7 +58,6 @@ from charm_world import (  # noqa: E402
     ServerSystemd,
     s3_relation,
 )
-from service import SOCKET_ENV, Systemctl  # noqa: E402
 
 assert Path(charm_module.__file__ or "").parent == charm_world.ROOT / "charm" / "src"
 
@@ -101,93 +107,120 @@ def charm_unit(
     ``bucket`` (default: a fresh one; a name moto does not have makes the agent create
     it), ``server`` (use this running server instead of starting one), ``s3_server``
     (default: the session's open ``moto``) with ``credentials`` (default: random keys,
-    which the open moto accepts), ``config`` (extra charm options). One unit per test:
-    the socket seam is process-wide.
+    which the open moto accepts), ``config`` (extra charm options).
+
+    Beside a snap: ``snap_root`` (a root built by ``charm_world.write_snap_root``) makes
+    the unit find the charmed-valkey snap there, and ``defaults=True`` leaves
+    valkey-host, valkey-port and valkey-cli-path unset, gives the unit a juju-info
+    binding on the server's address and keys the secret by ``secret_key`` (the valkey
+    charm's ``system-users`` shape: ``{"charmed-operator": …}``). ``unit_id`` names the
+    principal unit (``valkey/<unit_id>``); ``bucket`` shared by several units makes them
+    one cluster.
     """
     # The charm directory as charmcraft packs it: the agent under test at bin/.
     charm_root = tmp_path / "charm-root"
     (charm_root / "bin").mkdir(parents=True)
     (charm_root / "bin" / "valkey-backup-agent").symlink_to(agent_binary())
-    with testing.Context(
-        charm_module.ValkeyBackupCharm,
-        meta=META,
-        actions=ACTIONS,
-        config=CONFIG,
-        charm_root=charm_root,
-    ) as ctx:
-        made: list[CharmUnit] = []
+    no_snap = tmp_path / "machine-without-snap"
+    no_snap.mkdir()
+    stack = contextlib.ExitStack()
 
-        def make(
-            kind: str = "valkey8",
-            *,
-            password: str | None = "",
-            secret_password: str | None = "",
-            schema: str = "v1",
-            bucket: str | None = None,
-            server: Any = None,
-            s3_server: Any = None,
-            credentials: Any = None,
-            config: dict[str, Any] | None = None,
-        ) -> CharmUnit:
-            assert not made, "one CharmUnit per test"
-            if password == "":
-                password = f"vk-pw-{secrets.token_hex(8)}"
-            if secret_password == "":
-                secret_password = password
-            if server is None:
-                server = valkey_server(kind, password=password)
-            the_agent = agent()
-            monkeypatch.setenv(SOCKET_ENV, str(the_agent.socket_path))
-            systemd = ServerSystemd(server)
-            monkeypatch.setattr(charm_module, "Systemctl", lambda: Systemctl(run=systemd))
-
-            s3_server = s3_server or moto
-            if credentials is None:
-                access_key = "AKIA" + secrets.token_hex(8).upper()
-                secret_key = f"vb-s3-secret-{secrets.token_hex(12)}"
-            else:
-                access_key, secret_key = credentials.access_key, credentials.secret_key
-            bucket_name: str = bucket or s3_server.create_bucket()
-            relation, s3_secrets = s3_relation(
-                schema, s3_server, bucket_name, access_key, secret_key
+    def make(
+        kind: str = "valkey8",
+        *,
+        password: str | None = "",
+        secret_password: str | None = "",
+        schema: str = "v1",
+        bucket: str | None = None,
+        server: Any = None,
+        s3_server: Any = None,
+        credentials: Any = None,
+        config: dict[str, Any] | None = None,
+        snap_root: Path | None = None,
+        defaults: bool = False,
+        secret_key: str = "password",  # noqa: S107 (the key name inside the secret)
+        extra_secret: dict[str, str] | None = None,
+        unit_id: int = 0,
+    ) -> CharmUnit:
+        if password == "":
+            password = f"vk-pw-{secrets.token_hex(8)}"
+        if secret_password == "":
+            secret_password = password
+        if server is None:
+            server = valkey_server(kind, password=password)
+        the_agent = agent()
+        systemd = ServerSystemd(server)
+        ctx = stack.enter_context(
+            testing.Context(
+                charm_module.ValkeyBackupCharm,
+                meta=META,
+                actions=ACTIONS,
+                config=CONFIG,
+                charm_root=charm_root,
+                unit_id=unit_id,
             )
+        )
 
-            charm_config: dict[str, Any] = {
+        s3_server = s3_server or moto
+        if credentials is None:
+            access_key = "AKIA" + secrets.token_hex(8).upper()
+            secret_key_s3 = f"vb-s3-secret-{secrets.token_hex(12)}"
+        else:
+            access_key, secret_key_s3 = credentials.access_key, credentials.secret_key
+        bucket_name: str = bucket or s3_server.create_bucket()
+        relation, s3_secrets = s3_relation(
+            schema, s3_server, bucket_name, access_key, secret_key_s3
+        )
+
+        charm_config: dict[str, Any] = (
+            {}
+            if defaults
+            else {
                 "valkey-host": server.host,
                 "valkey-port": server.port,
                 "valkey-cli-path": str(server.cli),
-                **(config or {}),
             }
-            pw_secret = None
-            if secret_password is not None:
-                pw_secret = testing.Secret({"password": secret_password})
-                charm_config["valkey-password"] = pw_secret.id
-            state = testing.State(
-                relations=[
-                    testing.SubordinateRelation(
-                        "juju-info", remote_app_name=PRINCIPAL_APP, remote_unit_id=0
-                    ),
-                    relation,
-                ],
-                secrets=[*s3_secrets, *([pw_secret] if pw_secret else [])],
-                config=charm_config,
-                model=testing.Model(name=MODEL),
+        )
+        charm_config.update(config or {})
+        pw_secret = None
+        if secret_password is not None:
+            pw_secret = testing.Secret({secret_key: secret_password, **(extra_secret or {})})
+            charm_config["valkey-password"] = pw_secret.id
+        networks = set()
+        if defaults:
+            address = testing.Address(server.host)
+            networks.add(
+                testing.Network("juju-info", bind_addresses=[testing.BindAddress([address])])
             )
-            unit = CharmUnit(
-                ctx=ctx,
-                server=server,
-                agent=the_agent,
-                s3=s3_server,
-                bucket=bucket_name,
-                systemd=systemd,
-                valkey_password=password,
-                access_key=access_key,
-                secret_key=secret_key,
-                state=state,
-                s3_relation=relation,
-                password_secret=pw_secret,
-            )
-            made.append(unit)
-            return unit
+        state = testing.State(
+            relations=[
+                testing.SubordinateRelation(
+                    "juju-info", remote_app_name=PRINCIPAL_APP, remote_unit_id=unit_id
+                ),
+                relation,
+            ],
+            secrets=[*s3_secrets, *([pw_secret] if pw_secret else [])],
+            config=charm_config,
+            model=testing.Model(name=MODEL),
+            networks=networks,
+        )
+        return CharmUnit(
+            ctx=ctx,
+            server=server,
+            agent=the_agent,
+            s3=s3_server,
+            bucket=bucket_name,
+            systemd=systemd,
+            valkey_password=password,
+            access_key=access_key,
+            secret_key=secret_key_s3,
+            state=state,
+            s3_relation=relation,
+            password_secret=pw_secret,
+            monkeypatch=monkeypatch,
+            snap_root=snap_root or no_snap,
+            principal_unit=f"{PRINCIPAL_APP}/{unit_id}",
+        )
 
+    with stack:
         yield make
