@@ -136,6 +136,7 @@ class ValkeyBackupCharm(ops.CharmBase):
             configure_error_message="",
             configure_pending=False,
             configured_digest="",
+            # Written by create-backup before it ran in parallel with hooks; only read.
             last_backup={},
         )
         self._removing = False
@@ -587,11 +588,10 @@ class ValkeyBackupCharm(ops.CharmBase):
         self.unit.status = ops.MaintenanceStatus("creating a backup")
         run.event.log("starting a backup")
         result = self._client().create_backup(on_progress=run.progress)
-        self._stored.last_backup = {
-            key: str(result[key])
-            for key in ("backup-id", "status", "started-at", "finished-at")
-            if result.get(key) is not None
-        }
+        # Nothing is written to the charm's stored state here: this action runs in
+        # parallel with hooks (actions.yaml), and ops saves a stored-state object whole,
+        # so a write here could put back values a concurrent hook has just changed. The
+        # agent's own status reports the last backup.
         run.event.log(
             f"backup {result.get('backup-id')} finished: {human_size(result.get('size-bytes'))}"
             f" in {result.get('duration-seconds', '?')}s"

@@ -11,6 +11,7 @@ from ops import testing
 from agent_client import AgentError
 from fakes import (
     BACKUP_ID,
+    CREATE_RESULT,
     S3_ACCESS_KEY,
     S3_SECRET_KEY,
     VALKEY_PASSWORD,
@@ -54,6 +55,9 @@ def test_create_backup_streams_progress_and_returns_the_backup(ctx, agent):
         {"event": "progress", "phase": "streaming", "bytes-done": 8388608, "parts-uploaded": 1},
         {"event": "progress", "phase": "completing", "bytes-done": 104857600},
     ]
+    # The agent reports the backup it just took in its status.
+    last = {k: CREATE_RESULT[k] for k in ("backup-id", "status", "started-at", "finished-at")}
+    agent.responses["status"]["last-backup"] = last
     state = run_action(ctx, "create-backup")
     results = ctx.action_results
     assert results["backup-id"] == BACKUP_ID
@@ -70,6 +74,9 @@ def test_create_backup_streams_progress_and_returns_the_backup(ctx, agent):
     assert testing.MaintenanceStatus("creating a backup") in ctx.unit_status_history
     assert isinstance(state.unit_status, testing.ActiveStatus)
     assert state.unit_status.message.startswith("last backup")
+    # It runs in parallel with hooks: it must not write the charm's stored state.
+    stored = [s for s in state.stored_states if s.name == "_stored"]
+    assert all(not s.content.get("last_backup") for s in stored)
     assert_nothing_secret(ctx)
 
 
