@@ -50,7 +50,13 @@ from service import (
     Systemctl,
     find_valkey_service,
 )
-from status import INTEGRATE_HINT, StatusFacts, compute_status, newest_backup
+from status import (
+    INTEGRATE_HINT,
+    StatusFacts,
+    compute_status,
+    newest_backup,
+    valkey_check_problem,
+)
 from valkey_target import ValkeyTarget, port_answers, resolve_target
 
 logger = logging.getLogger(__name__)
@@ -256,12 +262,18 @@ class ValkeyBackupCharm(ops.CharmBase):
         # Re-send when something is off: the last attempt failed or never reached the
         # agent (a bucket may have been created since), or the agent lost its
         # configuration (e.g. its state directory was wiped).
+        # A failed Valkey check is re-run too: the server may be back, or its password
+        # fixed, without any Juju event reaching this charm.
         retry = bool(self._stored.configure_error_code) or bool(self._stored.configure_pending)
         if not retry:
             try:
-                retry = not self._client().status().get("configured", False)
+                status = self._client().status()
             except AgentError:
-                retry = False  # the status shows the agent problem
+                status = None  # the status shows the agent problem
+            if status is not None:
+                check = status.get("valkey-check")
+                check_failed = isinstance(check, Mapping) and bool(valkey_check_problem(check))
+                retry = not status.get("configured", False) or check_failed
         if retry:
             self._reconcile(force=True)
 
@@ -489,6 +501,7 @@ class ValkeyBackupCharm(ops.CharmBase):
         code = str(self._stored.configure_error_code)
         configure_error = (code, str(self._stored.configure_error_message)) if code else None
         agent_last = (agent_status or {}).get("last-backup")
+        check = (agent_status or {}).get("valkey-check")
         stored_last = dict(self._stored.last_backup)
         return StatusFacts(
             config_problem=config_problem,
@@ -499,6 +512,7 @@ class ValkeyBackupCharm(ops.CharmBase):
             configure_error=configure_error,
             valkey_user=str(valkey.get("username") or ""),
             valkey_address=f"{valkey['host']}:{valkey['port']}" if valkey else "",
+            valkey_check=check if isinstance(check, Mapping) else None,
             s3_related=s3_related,
             s3_ready=s3_info is not None,
             last_backup=newest_backup(
@@ -701,7 +715,10 @@ class ValkeyBackupCharm(ops.CharmBase):
             )
 
         backup_id = str(event.params["backup-id"])
-        prepare: dict[str, Any] = {"backup-id": backup_id}
+        prepare: dict[str, Any] = {
+            "backup-id": backup_id,
+            "sentinel": str(event.params.get("sentinel") or "suppress"),
+        }
         if event.params.get("source-cluster"):
             prepare["source-cluster"] = event.params["source-cluster"]
         client = self._client()
@@ -736,6 +753,15 @@ class ValkeyBackupCharm(ops.CharmBase):
             self._abort_restore(client, ref, systemctl, unit, server_stopped, event, redact)
             raise AgentError(error.code, f"restore failed while {stage}: {error.message}") from exc
 
+        self._log_restored_cluster(event, finished)
+        if finished.get("role") == "replica":
+            # Sentinel promoted a replica while the server was down: the restored node
+            # came back as its replica and resynced from it, discarding the restore.
+            raise AgentError(
+                "valkey-replica",
+                "the restored server came back as a replica (a failover happened while it "
+                "was stopped); the restore was discarded by its resync from the new primary",
+            )
         results: dict[str, Any] = {}
         for step_result in (prepared, committed, finished):
             # "next" tells a caller driving the steps by hand what to do next; the
@@ -747,6 +773,31 @@ class ValkeyBackupCharm(ops.CharmBase):
         results["duration-seconds"] = f"{time.monotonic() - started:.1f}"
         event.log(f"restore of {backup_id} finished")
         return results
+
+    @staticmethod
+    def _log_restored_cluster(event: ops.ActionEvent, finished: Mapping[str, Any]) -> None:
+        """Say in the action log what every node of the cluster holds after the restore."""
+        role = finished.get("role")
+        if role:
+            writable = finished.get("writable")
+            state = (
+                "takes writes" if writable else f"refuses writes ({finished.get('write-error')})"
+            )
+            event.log(f"this server is the {role} and {state}")
+        for replica in finished.get("replicas") or []:
+            if not isinstance(replica, Mapping):
+                continue
+            synced = "in sync" if replica.get("in-sync") else "not in sync"
+            keys = "keys match" if replica.get("keys-match") else "keys differ"
+            event.log(f"replica {replica.get('addr')}: {replica.get('state')}, {synced}, {keys}")
+        sentinel = finished.get("sentinel")
+        if isinstance(sentinel, Mapping):
+            back = (
+                "restored"
+                if sentinel.get("restored")
+                else f"NOT restored: {sentinel.get('error')}"
+            )
+            event.log(f"sentinel settings of {sentinel.get('master-name')}: {back}")
 
     def _abort_restore(
         self,

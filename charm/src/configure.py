@@ -127,7 +127,7 @@ def build_configure_params(
     if target.password:
         valkey["password"] = target.password
     if target.sentinel is not None:
-        valkey["sentinel"] = target.sentinel.to_params(target.tls)
+        valkey["sentinel"] = target.sentinel.to_params()
 
     params: dict[str, Any] = {
         "cluster": cluster,

@@ -33,11 +33,13 @@ CONFIGURE_HINTS = {
     "s3-unreachable": "check the s3-integrator's endpoint and tls-ca-chain",
 }
 
-# configure checks the Valkey server before it stores anything (connect, AUTH, the ACL
-# rights a backup needs, the role). Each failure blocks the unit with what is wrong,
-# whom it concerns (``{who}``: user@host:port) and what to do; ``{detail}`` is the
-# agent's sanitised message. Valkey answers a wrong user and a wrong password alike
-# (WRONGPASS), so one text covers both.
+# configure checks the Valkey server the way a backup would (connect, AUTH, INFO and
+# CONFIG GET, the replication rights, the role; and the Sentinel group) and the agent
+# reports the outcome as ``valkey-check`` in its ``configure`` and ``status`` results.
+# Each failure blocks the unit with what is wrong, which user and server it concerns
+# and what to do, in the charm's option names; ``{detail}`` is the agent's sanitised
+# message without its advice (which names protocol fields). Valkey answers a wrong user
+# and a wrong password alike (WRONGPASS), so one text covers both.
 VALKEY_CHECK_MESSAGES = {
     "valkey-unreachable": (
         "cannot reach Valkey at {where}: {detail}; check valkey-host, valkey-port, valkey-tls"
@@ -48,9 +50,13 @@ VALKEY_CHECK_MESSAGES = {
     ),
     "valkey-permission": (
         "Valkey user {user} lacks rights a backup needs: {detail}; use charmed-operator "
-        "or grant +sync +psync +replconf +info +config|get"
+        "or grant +sync +replconf +info +config|get (+del for restores)"
     ),
-    "valkey-sentinel": "Sentinel check failed: {detail}; check the Sentinel credentials",
+    "valkey-error": "Valkey at {where} refused a backup's commands: {detail}",
+    "sentinel-error": (
+        "Sentinel at {where} cannot protect a restore: {detail}; restore-backup is refused "
+        "until it can (check the Sentinel credentials in the valkey-password secret)"
+    ),
 }
 
 
@@ -74,6 +80,8 @@ class StatusFacts:
     #: The Valkey user and address the unit resolved (``valkey_target``), for messages.
     valkey_user: str = ""
     valkey_address: str = ""
+    #: The agent's last check of the server (``valkey-check`` of ``status``), or None.
+    valkey_check: Mapping[str, Any] | None = None
     #: The s3-credentials relation exists.
     s3_related: bool = False
     #: The relation carries usable credentials and a bucket.
@@ -103,6 +111,9 @@ def compute_status(facts: StatusFacts, now: datetime) -> ops.StatusBase:
                 code, message, user=facts.valkey_user, address=facts.valkey_address
             )
         )
+    problem = valkey_check_problem(facts.valkey_check, user=facts.valkey_user)
+    if problem:
+        return ops.BlockedStatus(problem)
     if not facts.s3_related:
         return ops.BlockedStatus(f"no S3 storage: {INTEGRATE_HINT}")
     if not facts.s3_ready:
@@ -148,6 +159,42 @@ def configure_error_message(code: str, message: str, *, user: str = "", address:
             user=user or "default", where=address or "the configured address", detail=detail
         )
     return f"agent rejected the configuration: {message} [{code}]"
+
+
+def valkey_check_problem(check: Mapping[str, Any] | None, *, user: str = "") -> str | None:
+    """Blocked text for a failed check of the server or of its Sentinel, else None.
+
+    The server comes first: a backup needs it. A Sentinel that cannot be used blocks
+    too, because a restore would then be refused (the agent never stops a watched
+    server it cannot protect from a failover).
+    """
+    if not isinstance(check, Mapping):
+        return None
+    if check.get("ok") is False:
+        return configure_error_message(
+            str(check.get("code") or "valkey-error"),
+            _without_advice(str(check.get("message") or "")),
+            user=user,
+            address=str(check.get("addr") or ""),
+        )
+    sentinel = check.get("sentinel")
+    if isinstance(sentinel, Mapping) and sentinel.get("ok") is False:
+        return configure_error_message(
+            "sentinel-error",
+            str(sentinel.get("message") or ""),
+            address=str(sentinel.get("addr") or ""),
+        )
+    return None
+
+
+def _without_advice(message: str) -> str:
+    """The agent's ``<what failed>; <advice>`` without the advice part.
+
+    For a refused command only the server's own answer (``NOPERM …``) is kept: the
+    charm's text already says what to grant.
+    """
+    text = message.rsplit("; ", 1)[0] if "; " in message else message
+    return text[text.index("NOPERM") :] if "NOPERM" in text else text
 
 
 def running_message(running: Mapping[str, Any]) -> str:

@@ -53,15 +53,19 @@ class SentinelTarget:
     password: str = ""
     tls: bool = False
 
-    def to_params(self, tls: TlsSettings) -> dict[str, Any]:
-        """The ``valkey.sentinel`` object: TLS with the server's files when needed."""
+    def to_params(self) -> dict[str, Any]:
+        """The ``valkey.sentinel`` object of configure.
+
+        The agent speaks plain TCP to Sentinel. When the snap's Sentinel listens only
+        with TLS (client TLS on: its plain port is 0), its TLS port is sent anyway: the
+        agent's check then fails and names it, the unit is blocked and a restore is
+        refused, rather than stopping a watched primary without protection.
+        """
         params: dict[str, Any] = {"host": self.host, "port": self.port}
         if self.username:
             params["username"] = self.username
         if self.password:
             params["password"] = self.password
-        if self.tls:
-            params["tls"] = replace(tls, enabled=True).to_params()
         return params
 
 

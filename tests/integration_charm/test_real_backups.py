@@ -85,8 +85,13 @@ def test_list_backups_shows_what_is_in_the_bucket(charm_unit):
 def test_wrong_password_fails_with_the_agents_code_then_a_rotated_secret_works(charm_unit):
     unit: CharmUnit = charm_unit(password="vk-right-Pa55word", secret_password="vk-wrong-Pa55word")
     unit.server.client().set("k", "v")
-    unit.configure()
-    assert unit.agent_status()["configured"] is True  # configure does not log in to Valkey
+    state = unit.configure()
+    # configure stores the configuration and checks the server: blocked before any backup.
+    assert unit.agent_status()["configured"] is True
+    assert state.unit_status == testing.BlockedStatus(
+        f"Valkey rejected user default at 127.0.0.1:{unit.server.port} (wrong user or "
+        "password): check valkey-username and the valkey-password secret"
+    )
 
     message = unit.fail("create-backup")
     assert "[valkey-auth]" in message
@@ -99,9 +104,7 @@ def test_wrong_password_fails_with_the_agents_code_then_a_rotated_secret_works(c
     assert record["code"] == "valkey-auth"
     listing = unit.action("list-backups")["backups"]
     assert f"{failed['backup-id']}  failed (valkey-auth)" in listing
-    assert unit.state.unit_status == testing.ActiveStatus(
-        "last backup failed just now (valkey-auth)"
-    )
+    assert isinstance(unit.state.unit_status, testing.BlockedStatus)
 
     # The operator updates the user secret: secret-changed reconfigures the agent.
     assert unit.password_secret is not None

@@ -213,7 +213,7 @@ def test_restore_stops_the_server_places_the_dump_starts_it_and_checks_it(ctx, a
         "restore-backup:finish",
     ]
     assert agent.params_of("restore-backup:prepare") == [
-        {"step": "prepare", "backup-id": BACKUP_ID}
+        {"step": "prepare", "backup-id": BACKUP_ID, "sentinel": "suppress"}
     ]
     assert agent.params_of("restore-backup:commit") == [{"step": "commit", "restore-id": "r-123"}]
     assert systemd.verbs() == ["stop valkey-server.service", "start valkey-server.service"]
@@ -462,3 +462,32 @@ def test_every_action_fails_with_the_agents_code_hint_and_no_secret(ctx, agent, 
     assert "check the s3-integrator's credentials secret" in message
     assert ctx.action_results["error-code"] == "s3-access-denied"
     assert_nothing_secret(ctx)
+
+
+def test_restore_can_leave_sentinel_alone(ctx, agent):
+    run_action(ctx, "restore-backup", {"backup-id": BACKUP_ID, "sentinel": "ignore"})
+    assert agent.params_of("restore-backup:prepare")[0]["sentinel"] == "ignore"
+
+
+def test_restore_reports_the_cluster_and_fails_when_a_failover_discarded_it(ctx, agent):
+    finished = {
+        "loaded": True,
+        "keys": {"db0": 3},
+        "role": "primary",
+        "writable": True,
+        "replicas": [
+            {"addr": "10.0.0.6:6379", "state": "online", "in-sync": True, "keys-match": True}
+        ],
+        "sentinel": {"master-name": "primary", "restored": True, "error": None},
+    }
+    agent.responses["restore-backup:finish"] = finished
+    run_action(ctx, "restore-backup", {"backup-id": BACKUP_ID})
+    logs = ctx.action_logs
+    assert "this server is the primary and takes writes" in logs
+    assert "replica 10.0.0.6:6379: online, in sync, keys match" in logs
+    assert "sentinel settings of primary: restored" in logs
+    assert json.loads(ctx.action_results["replicas"])[0]["addr"] == "10.0.0.6:6379"
+
+    agent.responses["restore-backup:finish"] = {**finished, "role": "replica", "replicas": []}
+    message = fail_action(ctx, "restore-backup", {"backup-id": BACKUP_ID})
+    assert "came back as a replica" in message and "[valkey-replica]" in message

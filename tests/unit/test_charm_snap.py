@@ -134,7 +134,9 @@ def test_client_tls_in_the_snap_is_followed_without_options(ctx, agent, tmp_path
         "key-file": "/var/snap/charmed-valkey/current/tls/client.key",
     }
     assert valkey["port"] == 6380 and valkey["tls"] == tls
-    assert valkey["sentinel"]["port"] == 26380 and valkey["sentinel"]["tls"] == tls
+    # The agent speaks plain TCP to Sentinel: the TLS port is sent and its check will
+    # fail (blocked, restore refused) rather than restore without protection.
+    assert valkey["sentinel"]["port"] == 26380 and "tls" not in valkey["sentinel"]
 
 
 def test_a_secret_without_the_users_key_or_password_blocks(ctx, agent, snap_root):
@@ -178,20 +180,38 @@ def test_restore_stops_and_starts_the_snaps_server_unit(ctx, agent, systemd, sna
     [
         ("valkey-auth", "WRONGPASS", "Valkey rejected user charmed-operator at 10.20.30.4:6379"),
         ("valkey-unreachable", "connection refused", "cannot reach Valkey at 10.20.30.4:6379"),
-        ("valkey-permission", "no +sync", "Valkey user charmed-operator lacks rights"),
+        ("valkey-permission", "NOPERM sync", "Valkey user charmed-operator lacks rights"),
     ],
 )
 def test_a_failed_valkey_check_blocks_the_unit_before_any_backup(
     ctx, agent, snap_root, code, detail, start
 ):
-    from agent_client import AgentError
+    # Like the agent: configure stores the configuration and runs the check; status
+    # repeats the last check.
+    failed = {"ok": False, "code": code, "message": detail, "addr": f"{UNIT_ADDRESS}:6379"}
+    passed = {"ok": True, "code": None, "message": None, "addr": f"{UNIT_ADDRESS}:6379"}
+    server = {"check": failed, "last": None}
+    status = dict(agent.responses["status"])
 
-    agent.responses["configure"] = AgentError(code, detail)
+    def configure(_params):
+        server["last"] = server["check"]
+        return {"configured": True, "valkey-check": server["last"]}
+
+    agent.responses["configure"] = configure
+    agent.responses["status"] = lambda _params: {**status, "valkey-check": server["last"]}
+
     state = ctx.run(ctx.on.config_changed(), snap_state({"charmed-operator": OPERATOR_PW}))
     assert isinstance(state.unit_status, testing.BlockedStatus)
     assert state.unit_status.message.startswith(start)
     assert "create-backup" not in agent.ops()
-    # Fixed on the server's side: the next update-status re-sends and clears it.
-    agent.responses["configure"] = {"configured": True}
+
+    # Still failing: update-status re-runs the check and stays blocked.
     state = ctx.run(ctx.on.update_status(), state)
+    assert len(agent.params_of("configure")) == 2
+    assert isinstance(state.unit_status, testing.BlockedStatus)
+
+    # Fixed on the server's side, with no Juju event: the next update-status clears it.
+    server["check"] = passed
+    state = ctx.run(ctx.on.update_status(), state)
+    assert len(agent.params_of("configure")) == 3
     assert state.unit_status == testing.ActiveStatus("")

@@ -160,7 +160,7 @@ def test_the_source_is_sent_and_a_missing_cli_is_left_out():
     assert "cli" not in params["valkey"]
 
 
-def test_the_sentinel_is_sent_with_the_servers_tls_files_when_it_speaks_tls():
+def test_the_sentinel_is_sent_on_its_own_port_and_credentials():
     tls = TlsSettings(enabled=True, ca_dir="/snap/tls/ca_certs", cert_file="/c", key_file="/k")
     sentinel = SentinelTarget("10.0.0.5", 26380, "charmed-sentinel-operator", "spw", tls=True)
     params = build_configure_params(
@@ -184,5 +184,4 @@ def test_the_sentinel_is_sent_with_the_servers_tls_files_when_it_speaks_tls():
         "port": 26380,
         "username": "charmed-sentinel-operator",
         "password": "spw",
-        "tls": tls_params,
     }

@@ -70,7 +70,22 @@ def test_other_rejections_show_the_agents_message_and_code():
     )
 
 
-VALKEY = {"valkey_user": "charmed-operator", "valkey_address": "10.0.0.4:6379"}
+VALKEY_USER = {"valkey_user": "charmed-operator"}
+
+
+def check(code: str | None, message: str | None = None, **extra) -> dict:
+    """A ``valkey-check`` as the agent's status reports it."""
+    return {
+        "ok": code is None,
+        "code": code,
+        "message": message,
+        "addr": "10.0.0.4:6379",
+        "role": "primary",
+        "server": "valkey 9.1.2",
+        "sentinel": None,
+        "checked-at": "2026-11-21T22:29:00Z",
+        **extra,
+    }
 
 
 @pytest.mark.parametrize(
@@ -78,33 +93,59 @@ VALKEY = {"valkey_user": "charmed-operator", "valkey_address": "10.0.0.4:6379"}
     [
         (
             "valkey-auth",
-            "Valkey rejected the credentials",
+            "Valkey rejected the credentials; check valkey.username and valkey.password",
             "Valkey rejected user charmed-operator at 10.0.0.4:6379 (wrong user or password): "
             "check valkey-username and the valkey-password secret",
         ),
         (
             "valkey-unreachable",
-            "connection refused.",
+            "connection refused; check valkey.host and valkey.port",
             "cannot reach Valkey at 10.0.0.4:6379: connection refused; "
             "check valkey-host, valkey-port, valkey-tls",
         ),
         (
             "valkey-permission",
-            "user charmed-operator may not run SYNC",
-            "Valkey user charmed-operator lacks rights a backup needs: user charmed-operator "
-            "may not run SYNC; use charmed-operator or grant +sync +psync +replconf +info "
-            "+config|get",
+            "NOPERM no rights to run 'sync'; give the user +sync",
+            "Valkey user charmed-operator lacks rights a backup needs: NOPERM no rights to run "
+            "'sync'; use charmed-operator or grant +sync +replconf +info +config|get "
+            "(+del for restores)",
+        ),
+        (
+            "valkey-error",
+            "ERR unknown command 'REPLCONF'; see the agent's log",
+            "Valkey at 10.0.0.4:6379 refused a backup's commands: ERR unknown command 'REPLCONF'",
         ),
     ],
 )
 def test_valkey_check_failures_block_naming_the_user_and_server(code, detail, expected):
-    assert status(configure_error=(code, detail), **VALKEY) == ops.BlockedStatus(expected)
+    facts = {"valkey_check": check(code, detail), **VALKEY_USER}
+    assert status(**facts) == ops.BlockedStatus(expected)
 
 
-def test_valkey_auth_without_a_user_names_the_default_user():
-    result = status(configure_error=("valkey-auth", "x"), valkey_address="127.0.0.1:6379")
+def test_the_valkey_check_comes_before_the_s3_relation():
+    result = status(valkey_check=check("valkey-auth", "x"), s3_related=False, s3_ready=False)
     assert isinstance(result, ops.BlockedStatus)
-    assert result.message.startswith("Valkey rejected user default at 127.0.0.1:6379")
+    assert result.message.startswith("Valkey rejected user default at 10.0.0.4:6379")
+
+
+def test_a_sentinel_that_cannot_protect_a_restore_blocks():
+    sentinel = {
+        "ok": False,
+        "code": "sentinel-error",
+        "message": "no master watched by the Sentinel is this server",
+        "addr": "10.0.0.4:26379",
+    }
+    result = status(valkey_check=check(None, sentinel=sentinel))
+    assert result == ops.BlockedStatus(
+        "Sentinel at 10.0.0.4:26379 cannot protect a restore: no master watched by the "
+        "Sentinel is this server; restore-backup is refused until it can (check the "
+        "Sentinel credentials in the valkey-password secret)"
+    )
+
+
+def test_a_passed_check_is_active():
+    sentinel = {"ok": True, "addr": "10.0.0.4:26379", "master-name": "primary", "sentinels": 3}
+    assert status(valkey_check=check(None, sentinel=sentinel)) == ops.ActiveStatus("")
 
 
 def test_missing_relation_blocks_with_the_command_to_run():

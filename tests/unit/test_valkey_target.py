@@ -122,7 +122,7 @@ def test_sentinel_credentials_from_the_secret_first_then_from_sentinels_own_conf
     shared = {"charmed-operator": "op", "charmed-sentinel-operator": "sop"}
     target = resolve_target(config(), layout, secret=shared, binding_address=BINDING, probe=closed)
     assert target.sentinel is not None
-    assert target.sentinel.to_params(target.tls) == {
+    assert target.sentinel.to_params() == {
         "host": BINDING,
         "port": 26379,
         "username": "charmed-sentinel-operator",
