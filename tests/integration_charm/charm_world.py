@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,9 @@ class ServerSystemd:
         self.argvs: list[list[str]] = []
         self.failing: set[str] = set()
         self.ignored: set[str] = set()
+        #: Called after ``stop`` has stopped the server, e.g. to keep it down for longer
+        #: than Sentinel's down-after-milliseconds, as a slow stop or a long restore does.
+        self.after_stop: Callable[[], None] | None = None
 
     def fail(self, verb: str) -> None:
         self.failing.add(verb)
@@ -87,6 +91,8 @@ class ServerSystemd:
             pass
         elif verb == "stop":
             self.server.stop()
+            if self.after_stop is not None:
+                self.after_stop()
         elif verb == "start":
             if not self.server_running():
                 self.server.start_again()

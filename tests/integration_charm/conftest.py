@@ -47,6 +47,7 @@ from ops import testing  # noqa: E402
 
 import charm as charm_module  # noqa: E402
 import charm_world  # noqa: E402
+import snap_layout  # noqa: E402
 from charm_world import (  # noqa: E402
     ACTIONS,
     CONFIG,
@@ -54,6 +55,7 @@ from charm_world import (  # noqa: E402
     META,
     MODEL,
     PRINCIPAL_APP,
+    VALKEY_UNIT,
     CharmUnit,
     ServerSystemd,
     s3_relation,
@@ -84,6 +86,8 @@ moto_auth = _shared.moto_auth
 moto_bucket = _shared.moto_bucket
 valkey_server = _shared.valkey_server
 agent = _shared.agent
+topology = _shared.topology
+fresh_topology = _shared.fresh_topology
 pytest_runtest_setup = _shared.pytest_runtest_setup
 pytest_runtest_makereport = _shared.pytest_runtest_makereport
 
@@ -149,7 +153,9 @@ def charm_unit(
         if server is None:
             server = valkey_server(kind, password=password)
         the_agent = agent()
-        systemd = ServerSystemd(server)
+        # Beside the snap, restore finds the snap's server unit first.
+        service = snap_layout.SERVER_SERVICE if snap_root is not None else VALKEY_UNIT
+        systemd = ServerSystemd(server, unit=service)
         ctx = stack.enter_context(
             testing.Context(
                 charm_module.ValkeyBackupCharm,

