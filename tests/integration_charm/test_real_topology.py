@@ -94,6 +94,15 @@ def stored_valkey(unit: CharmUnit) -> dict[str, Any]:
     return json.loads((unit.agent.state_dir / "config.json").read_text())["valkey"]
 
 
+def assert_no_topology_secrets(units: list[CharmUnit], topo: Topology) -> None:
+    """No password of the topology in any result, log or status of any unit or agent."""
+    for charm in units:
+        charm.assert_no_secrets(charm.agent.log_text())
+        text = "\n".join([*charm.seen, charm.agent.log_text()])
+        for value in topo.secrets:
+            assert value not in text, "a topology password leaked"
+
+
 def hold_down(topo: Topology) -> None:
     """Keep the stopped server down for three times the Sentinels' down-after.
 
@@ -102,6 +111,44 @@ def hold_down(topo: Topology) -> None:
     """
     deadline = time.monotonic() + 3 * topo.down_after_ms / 1000
     wait_until(lambda: time.monotonic() >= deadline, timeout=30, what="the hold-down time")
+
+
+def test_every_unit_finds_its_server_and_backs_it_up_list_and_verify(
+    charm_unit, topology: Topology, tmp_path
+):
+    topo = topology
+    units = charm_units(charm_unit, topo, tmp_path, tls_unit=2)
+    primary = topo.units[0]
+
+    # The defaults found each unit's own server, user, TLS and Sentinel.
+    for unit, charm in zip(topo.units, units, strict=True):
+        valkey = stored_valkey(charm)
+        assert valkey["host"] == unit.host and valkey["username"] == OPERATOR
+        assert valkey["sentinel"]["host"] == unit.host
+        assert valkey["sentinel"]["port"] == unit.sentinel_port
+        check = charm.agent_status()["valkey-check"]
+        assert check["ok"] is True and check["sentinel"]["sentinels"] == 3, check
+    assert stored_valkey(units[2])["port"] == topo.units[2].tls_port
+    assert stored_valkey(units[2])["tls"]["ca-dir"] == str(topo.ca_dir)
+
+    with topo.client(primary) as c:
+        c.flushall()
+    load_dataset(primary.server, size_mb=0.3, dbs=(0, 1), seed=21)
+    topo.wait_replicas_in_sync()
+    expected = dataset_fingerprint(primary.server)
+
+    ids = [charm.action("create-backup")["backup-id"] for charm in units]
+    listed = json.loads(units[1].action("list-backups", output="json")["backups"])
+    by_id = {b["backup-id"]: b for b in listed}
+    assert {by_id[i]["unit"] for i in ids} == {"valkey/0", "valkey/1", "valkey/2"}
+    assert all(by_id[i]["status"] == "finished" for i in ids)
+    for charm, backup_id in zip(units, reversed(ids), strict=True):
+        verified = charm.action("verify-backup", **{"backup-id": backup_id, "load": True})
+        assert verified["ok"] == "true" and verified["load"]["keys-match"] == "true"
+        assert verified["load"]["keys"] == {
+            f"db{db}": str(n) for db, (n, _) in expected.keyspace.items()
+        }
+    assert_no_topology_secrets(units, topo)
 
 
 def test_without_sentinel_suppression_the_same_restore_is_undone_by_a_failover(
