@@ -74,6 +74,13 @@ def render_unit(paths: AgentPaths) -> str:
     the cli and abort an open multipart upload itself before systemd kills the rest;
     ``TimeoutStopSec`` is longer than the agent's own 60 s shutdown grace
     (``AGENT_SHUTDOWN_GRACE_S``), so systemd never kills it while it is still cleaning up.
+
+    ``NoNewPrivileges=yes`` stays: it keeps a compromised agent from gaining anything
+    through setuid binaries. Snap commands (``/snap/bin/charmed-valkey.cli``) cannot
+    start under it, because snap-confine needs its setuid/capabilities; so beside the
+    charmed-valkey snap the charm hands the agent the snap's own binaries
+    (``/snap/charmed-valkey/current/usr/bin/valkey-cli`` and ``valkey-server``, on the
+    read-only, root-owned squashfs), which run directly, unconfined, as any program.
     """
     runtime_dir = paths.socket.parent
     return f"""\
