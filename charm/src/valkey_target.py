@@ -9,7 +9,9 @@ Sentinel are worked out per unit here, from (in order of precedence):
 3. the defaults of a plain Valkey/Redis install (loopback, 6379, the ``default`` user).
 
 The host is loopback if the server answers there (a short TCP connect, never more than
-``PROBE_TIMEOUT_S``), else the unit's own binding address. ``resolve_target`` is pure:
+``PROBE_TIMEOUT_S``), else the unit's own binding address: always beside the snap (its
+server binds there), elsewhere when the server answers there; when nothing answers,
+loopback. ``resolve_target`` is pure:
 the probe is passed in, so every rule is unit-tested without a network.
 """
 
@@ -138,9 +140,13 @@ def resolve_target(
         host, source = config.valkey_host, "config"
     elif probe(LOOPBACK, port):
         host, source = LOOPBACK, "loopback"
-    elif binding_address:
+    elif binding_address and (layout is not None or probe(binding_address, port)):
+        # Beside the snap the server binds to the unit's address: that is where it
+        # is, even while it is down (a restart must not flip the agent's host).
         host, source = binding_address, "binding"
     else:
+        # Nothing answers (a server being restarted, say): loopback, where most
+        # servers listen, so that the agent's host does not flip with the server.
         host, source = LOOPBACK, "loopback"
 
     return ValkeyTarget(

@@ -74,6 +74,23 @@ def test_without_binding_address_loopback_is_the_last_resort():
     assert target.host == "127.0.0.1"
 
 
+def test_without_the_snap_the_binding_address_is_used_only_when_the_server_answers_there():
+    def on_binding(host: str, port: int) -> bool:
+        return host == BINDING
+
+    found = resolve_target(config(), None, secret=None, binding_address=BINDING, probe=on_binding)
+    assert (found.host, found.host_source) == (BINDING, "binding")
+    # A server that answers nowhere (restarting) is looked for on loopback, so the
+    # agent's host does not flip with every restart of a loopback-bound server.
+    down = resolve_target(config(), None, secret=None, binding_address=BINDING, probe=closed)
+    assert (down.host, down.host_source) == ("127.0.0.1", "loopback")
+
+
+def test_beside_the_snap_a_server_that_is_down_is_still_looked_for_on_the_binding(layout):
+    target = resolve_target(config(), layout, secret=None, binding_address=BINDING, probe=closed)
+    assert target.host == BINDING
+
+
 def test_client_tls_in_the_snap_means_its_tls_port_and_files(tmp_path):
     layout = read_layout(
         make_snap_root(tmp_path, valkey_conf="port 0\ntls-port 6380\n", sentinel_conf=None)
