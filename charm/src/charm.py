@@ -115,6 +115,8 @@ class DesiredConfig:
 
     params: dict[str, Any]
     secrets: tuple[str, ...]
+    #: Where the Valkey host came from (``config``, ``loopback``, ``binding``), for logs.
+    host_source: str = "config"
 
 
 def params_digest(params: Mapping[str, Any]) -> str:
@@ -320,6 +322,22 @@ class ValkeyBackupCharm(ops.CharmBase):
             s3.get("bucket") if s3 else "(no S3 storage)",
             " (created)" if result.get("bucket-created") else "",
         )
+        check = result.get("valkey-check")
+        if isinstance(check, Mapping):
+            valkey = desired.params["valkey"]
+            outcome = (
+                f"ok ({check.get('role') or 'unknown role'}, {check.get('server') or '?'})"
+                if check.get("ok")
+                else f"failed [{check.get('code')}]: {redact(str(check.get('message') or ''))}"
+            )
+            logger.info(
+                "valkey check of %s:%s as %s (host from %s): %s",
+                valkey["host"],
+                valkey["port"],
+                valkey.get("username") or "default",
+                desired.host_source,
+                outcome,
+            )
 
     def _config(self) -> CharmConfig:
         try:
@@ -365,7 +383,11 @@ class ValkeyBackupCharm(ops.CharmBase):
             secrets += list(encryption["identities"])
         if s3_info:
             secrets += [str(s3_info.get("secret-key") or ""), str(s3_info.get("access-key") or "")]
-        return DesiredConfig(params=params, secrets=tuple(s for s in secrets if s))
+        return DesiredConfig(
+            params=params,
+            secrets=tuple(s for s in secrets if s),
+            host_source=target.host_source,
+        )
 
     def _target(self, config: CharmConfig, layout: snap_layout.SnapLayout | None) -> ValkeyTarget:
         """This unit's server: options first, then the snap's layout, then defaults."""

@@ -52,6 +52,12 @@ def test_defaults_find_the_server_on_the_units_address_and_back_it_up(
     assert valkey["username"] == "charmed-operator"
     snap_bin = unit.snap_root / "snap/charmed-valkey/current/usr/bin"
     assert valkey["cli"] == str(snap_bin / "valkey-cli")
+    logged = [line.message for line in unit.ctx.juju_log]
+    assert any(
+        m.startswith(f"valkey check of {UNIT_ADDRESS}:{unit.server.port} as charmed-operator ")
+        and "(host from binding): ok (primary, valkey 9." in m
+        for m in logged
+    ), logged
 
     backup_id = unit.action("create-backup")["backup-id"]
     listed = json.loads(unit.action("list-backups", output="json")["backups"])
