@@ -403,6 +403,12 @@ class ValkeyBackupCharm(ops.CharmBase):
         except InvalidConfigError as exc:
             raise UnusableConfigError(str(exc)) from exc
 
+    @staticmethod
+    def _sentinel_tls_only() -> bool:
+        """The snap's Sentinel has no plain port (client TLS on), for the status text."""
+        layout = snap_layout.read_layout()
+        return bool(layout is not None and layout.sentinel is not None and layout.sentinel.tls)
+
     def _binding_address(self) -> str | None:
         """This unit's address on the juju-info binding (the principal's machine address).
 
@@ -535,6 +541,7 @@ class ValkeyBackupCharm(ops.CharmBase):
             valkey_user=str(valkey.get("username") or ""),
             valkey_address=f"{valkey['host']}:{valkey['port']}" if valkey else "",
             valkey_check=check if isinstance(check, Mapping) else None,
+            sentinel_tls_only=self._sentinel_tls_only(),
             s3_related=s3_related,
             s3_ready=s3_info is not None,
             last_backup=newest_backup(

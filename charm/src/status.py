@@ -82,6 +82,9 @@ class StatusFacts:
     valkey_address: str = ""
     #: The agent's last check of the server (``valkey-check`` of ``status``), or None.
     valkey_check: Mapping[str, Any] | None = None
+    #: The snap's Sentinel listens only with TLS (client TLS on), which the agent does
+    #: not speak to Sentinel.
+    sentinel_tls_only: bool = False
     #: The s3-credentials relation exists.
     s3_related: bool = False
     #: The relation carries usable credentials and a bucket.
@@ -111,7 +114,9 @@ def compute_status(facts: StatusFacts, now: datetime) -> ops.StatusBase:
                 code, message, user=facts.valkey_user, address=facts.valkey_address
             )
         )
-    problem = valkey_check_problem(facts.valkey_check, user=facts.valkey_user)
+    problem = valkey_check_problem(
+        facts.valkey_check, user=facts.valkey_user, sentinel_tls_only=facts.sentinel_tls_only
+    )
     if problem:
         return ops.BlockedStatus(problem)
     if not facts.s3_related:
@@ -161,7 +166,9 @@ def configure_error_message(code: str, message: str, *, user: str = "", address:
     return f"agent rejected the configuration: {message} [{code}]"
 
 
-def valkey_check_problem(check: Mapping[str, Any] | None, *, user: str = "") -> str | None:
+def valkey_check_problem(
+    check: Mapping[str, Any] | None, *, user: str = "", sentinel_tls_only: bool = False
+) -> str | None:
     """Blocked text for a failed check of the server or of its Sentinel, else None.
 
     The server comes first: a backup needs it. A Sentinel that cannot be used blocks
@@ -179,6 +186,11 @@ def valkey_check_problem(check: Mapping[str, Any] | None, *, user: str = "") -> 
         )
     sentinel = check.get("sentinel")
     if isinstance(sentinel, Mapping) and sentinel.get("ok") is False:
+        if sentinel_tls_only:
+            return (
+                f"Sentinel at {sentinel.get('addr')} listens only with TLS (client TLS is on), "
+                "which the agent cannot use: restore-backup is refused; backups work"
+            )
         return configure_error_message(
             "sentinel-error",
             str(sentinel.get("message") or ""),

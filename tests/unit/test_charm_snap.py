@@ -137,6 +137,14 @@ def test_client_tls_in_the_snap_is_followed_without_options(ctx, agent, tmp_path
     # The agent speaks plain TCP to Sentinel: the TLS port is sent and its check will
     # fail (blocked, restore refused) rather than restore without protection.
     assert valkey["sentinel"]["port"] == 26380 and "tls" not in valkey["sentinel"]
+    sentinel = {"ok": False, "code": "sentinel-error", "message": "protocol error"}
+    sentinel["addr"] = f"{UNIT_ADDRESS}:26380"
+    agent.responses["status"]["valkey-check"] = {"ok": True, "sentinel": sentinel}
+    state = ctx.run(ctx.on.update_status(), snap_state({"charmed-operator": OPERATOR_PW}))
+    assert state.unit_status == testing.BlockedStatus(
+        f"Sentinel at {UNIT_ADDRESS}:26380 listens only with TLS (client TLS is on), which "
+        "the agent cannot use: restore-backup is refused; backups work"
+    )
 
 
 def test_a_secret_without_the_users_key_or_password_blocks(ctx, agent, snap_root):
