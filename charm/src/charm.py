@@ -776,7 +776,8 @@ class ValkeyBackupCharm(ops.CharmBase):
             server_stopped = False
             stage = "checking the loaded data"
             event.log("waiting for the server to load the data")
-            finished = client.restore_step("finish", ref, on_progress=run.progress)
+            wait = {"timeout-seconds": int(event.params.get("timeout-seconds", 600))}
+            finished = client.restore_step("finish", {**ref, **wait}, on_progress=run.progress)
         except (AgentError, ServiceError) as exc:
             error = exc if isinstance(exc, AgentError) else AgentError("service-error", str(exc))
             self._abort_restore(client, ref, systemctl, unit, server_stopped, event, redact)

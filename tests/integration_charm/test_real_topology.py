@@ -151,6 +151,42 @@ def test_every_unit_finds_its_server_and_backs_it_up_list_and_verify(
     assert_no_topology_secrets(units, topo)
 
 
+def test_a_restore_whose_stop_outlasts_down_after_keeps_the_primary_and_sentinel(
+    charm_unit, fresh_topology: Topology, tmp_path
+):
+    topo = fresh_topology
+    units = charm_units(charm_unit, topo, tmp_path)
+    primary = topo.units[0]
+    load_dataset(primary.server, size_mb=0.3, dbs=(0, 1), seed=21)
+    topo.wait_replicas_in_sync()
+    expected = dataset_fingerprint(primary.server)
+    # A replica's backup, restored on the primary's unit.
+    backup_id = units[1].action("create-backup")["backup-id"]
+
+    # Change everything, then restore; the stop outlasts down-after three times over.
+    with topo.client(primary) as c:
+        c.flushall()
+        c.set("after-the-backup", "x")
+    topo.wait_replicas_in_sync()
+    originals = topo.down_afters()
+    units[0].systemd.after_stop = lambda: hold_down(topo)
+
+    results = units[0].action("restore-backup", **{"backup-id": backup_id})
+
+    assert units[0].systemd.verbs() == [f"stop {SNAP_SERVICE}", f"start {SNAP_SERVICE}"]
+    assert results["role"] == "primary" and results["writable"] == "true"
+    replicas = json.loads(results["replicas"])
+    assert len(replicas) == 2 and all(r["in-sync"] and r["keys-match"] for r in replicas)
+    assert "sentinel settings of primary: restored" in units[0].ctx.action_logs
+    # No failover: the primary is still primary for its server and every Sentinel.
+    assert topo.primary() is primary
+    assert {topo.master_addr(u) for u in topo.units} == {primary.addr}
+    assert topo.down_afters() == originals == [topo.down_after_ms] * 3
+    for unit in topo.units:
+        assert_same_dataset(expected, dataset_fingerprint(unit.server), what=unit.addr)
+    assert_no_topology_secrets(units, topo)
+
+
 def test_without_sentinel_suppression_the_same_restore_is_undone_by_a_failover(
     charm_unit, fresh_topology: Topology, tmp_path
 ):
@@ -176,7 +212,10 @@ def test_without_sentinel_suppression_the_same_restore_is_undone_by_a_failover(
     units[0].systemd.after_stop = failed_over
     units[0].run(
         units[0].ctx.on.action(
-            "restore-backup", params={"backup-id": backup_id, "sentinel": "ignore"}
+            "restore-backup",
+            # The restored node's former replicas follow the new primary and never come
+            # back to it: the wait for them is cut short.
+            params={"backup-id": backup_id, "sentinel": "ignore", "timeout-seconds": 10},
         )
     )
 

@@ -464,9 +464,13 @@ def test_every_action_fails_with_the_agents_code_hint_and_no_secret(ctx, agent, 
     assert_nothing_secret(ctx)
 
 
-def test_restore_can_leave_sentinel_alone(ctx, agent):
-    run_action(ctx, "restore-backup", {"backup-id": BACKUP_ID, "sentinel": "ignore"})
+def test_restore_can_leave_sentinel_alone_and_bound_its_wait(ctx, agent):
+    params = {"backup-id": BACKUP_ID, "sentinel": "ignore", "timeout-seconds": 30}
+    run_action(ctx, "restore-backup", params)
     assert agent.params_of("restore-backup:prepare")[0]["sentinel"] == "ignore"
+    assert agent.params_of("restore-backup:finish") == [
+        {"step": "finish", "restore-id": "r-123", "timeout-seconds": 30}
+    ]
 
 
 def test_restore_reports_the_cluster_and_fails_when_a_failover_discarded_it(ctx, agent):
