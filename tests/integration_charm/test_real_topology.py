@@ -48,10 +48,6 @@ def charm_units(charm_unit, topo: Topology, tmp_path, *, tls_unit: int | None = 
         "something listens on 127.0.0.1:6379: the units would take it for their server"
     )
     bucket = unique_bucket_name("vb-topo")
-    system_users = {
-        OPERATOR: topo.operator_password,
-        SENTINEL_OPERATOR: topo.sentinel_operator_password,
-    }
     units: list[CharmUnit] = []
     for unit in topo.units:
         tls = None
@@ -71,6 +67,7 @@ def charm_units(charm_unit, topo: Topology, tmp_path, *, tls_unit: int | None = 
             sentinel=(unit.sentinel_port, SENTINEL_PEERS, topo.sentinel_peers_password),
             tls=tls,
         )
+        # The valkey charm's system-users secret, shared: the key named after each user.
         charm = charm_unit(
             server=unit.server,
             password=topo.operator_password,
@@ -80,13 +77,12 @@ def charm_units(charm_unit, topo: Topology, tmp_path, *, tls_unit: int | None = 
             snap_root=root,
             defaults=True,
             unit_id=unit.index,
-            bucket=bucket if not units else units[0].bucket,
+            bucket=bucket,  # one cluster: the first configure creates it
         )
         units.append(charm)
     for charm in units:
         state = charm.configure()
         assert state.unit_status == testing.ActiveStatus(""), state.unit_status
-    assert system_users  # the secret's content, for the reader: both keys are used
     return units
 
 
