@@ -175,8 +175,16 @@ class AgentClient:
 
     # -- one method per op: names the charm can read ------------------------------------
 
-    def status(self, *, timeout: float | None = 10.0) -> dict[str, Any]:
-        """The agent's health and what it is doing (``status`` op)."""
+    def status(
+        self, *, check_valkey: bool = False, timeout: float | None = 10.0
+    ) -> dict[str, Any]:
+        """The agent's health and what it is doing (``status`` op).
+
+        ``check_valkey`` makes the agent run configure's check of the server (and its
+        Sentinel) again first: the only ``status`` that talks to Valkey.
+        """
+        if check_valkey:
+            return self.call("status", {"check-valkey": True}, timeout=60.0)
         return self.call("status", timeout=timeout)
 
     def configure(

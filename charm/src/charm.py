@@ -264,20 +264,27 @@ class ValkeyBackupCharm(ops.CharmBase):
         # Re-send when something is off: the last attempt failed or never reached the
         # agent (a bucket may have been created since), or the agent lost its
         # configuration (e.g. its state directory was wiped).
-        # A failed Valkey check is re-run too: the server may be back, or its password
-        # fixed, without any Juju event reaching this charm.
-        retry = bool(self._stored.configure_error_code) or bool(self._stored.configure_pending)
-        if not retry:
-            try:
-                status = self._client().status()
-            except AgentError:
-                status = None  # the status shows the agent problem
-            if status is not None:
-                check = status.get("valkey-check")
-                check_failed = isinstance(check, Mapping) and bool(valkey_check_problem(check))
-                retry = not status.get("configured", False) or check_failed
-        if retry:
+        if self._stored.configure_error_code or self._stored.configure_pending:
             self._reconcile(force=True)
+            return
+        # The resolved server may have changed (e.g. it answers on loopback again):
+        # unchanged params are not re-sent.
+        self._reconcile()
+        try:
+            status = self._client().status()
+        except AgentError:
+            return  # the status shows the agent problem
+        if not status.get("configured", False):
+            self._reconcile(force=True)
+            return
+        check = status.get("valkey-check")
+        if isinstance(check, Mapping) and valkey_check_problem(check):
+            # A failed check is re-run: the server may be back, or its password or ACL
+            # fixed, without any Juju event reaching this charm.
+            try:
+                self._client().status(check_valkey=True)
+            except AgentError as exc:
+                logger.warning("could not re-run the Valkey check: %s [%s]", exc.message, exc.code)
 
     def _reconcile(self, *, force: bool = False) -> None:
         """Send the agent the configuration Juju state asks for, and remember the outcome.

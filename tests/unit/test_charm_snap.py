@@ -195,7 +195,7 @@ def test_a_failed_valkey_check_blocks_the_unit_before_any_backup(
     ctx, agent, snap_root, code, detail, start
 ):
     # Like the agent: configure stores the configuration and runs the check; status
-    # repeats the last check.
+    # repeats the last check, or runs it again when asked to (check-valkey).
     failed = {"ok": False, "code": code, "message": detail, "addr": f"{UNIT_ADDRESS}:6379"}
     passed = {"ok": True, "code": None, "message": None, "addr": f"{UNIT_ADDRESS}:6379"}
     server = {"check": failed, "last": None}
@@ -205,21 +205,31 @@ def test_a_failed_valkey_check_blocks_the_unit_before_any_backup(
         server["last"] = server["check"]
         return {"configured": True, "valkey-check": server["last"]}
 
+    def agent_status(params):
+        if params and params.get("check-valkey"):
+            server["last"] = server["check"]
+        return {**status, "valkey-check": server["last"]}
+
     agent.responses["configure"] = configure
-    agent.responses["status"] = lambda _params: {**status, "valkey-check": server["last"]}
+    agent.responses["status"] = agent_status
 
     state = ctx.run(ctx.on.config_changed(), snap_state({"charmed-operator": OPERATOR_PW}))
     assert isinstance(state.unit_status, testing.BlockedStatus)
     assert state.unit_status.message.startswith(start)
     assert "create-backup" not in agent.ops()
 
-    # Still failing: update-status re-runs the check and stays blocked.
+    # Still failing: update-status re-runs the check (without re-sending the
+    # configuration) and stays blocked.
     state = ctx.run(ctx.on.update_status(), state)
-    assert len(agent.params_of("configure")) == 2
+    rechecks = [p for p in agent.params_of("status") if p and p.get("check-valkey")]
+    assert len(rechecks) == 1 and len(agent.params_of("configure")) == 1
     assert isinstance(state.unit_status, testing.BlockedStatus)
 
     # Fixed on the server's side, with no Juju event: the next update-status clears it.
     server["check"] = passed
     state = ctx.run(ctx.on.update_status(), state)
-    assert len(agent.params_of("configure")) == 3
     assert state.unit_status == testing.ActiveStatus("")
+    # Passed now: the update-status after that does not ask again.
+    ctx.run(ctx.on.update_status(), state)
+    rechecks = [p for p in agent.params_of("status") if p and p.get("check-valkey")]
+    assert len(rechecks) == 2
