@@ -143,6 +143,10 @@ pub struct S3Settings {
     pub s3_uri_style: Option<String>,
     #[serde(default)]
     pub storage_class: Option<String>,
+    /// Which integrity header every PutObject and UploadPart carries (see
+    /// [`ChecksumChoice`]); `configure` replaces `auto` with what its probe found.
+    #[serde(default)]
+    pub checksum: ChecksumChoice,
     #[serde(default)]
     pub tls_ca_chain: Option<CaChain>,
     /// Accepted for compatibility with the s3-integrator; only SigV4 is spoken.
@@ -351,6 +355,44 @@ fn default_concurrency() -> usize {
 }
 fn default_stall_timeout() -> u64 {
     1800
+}
+
+/// `s3.checksum`: the integrity header on every write of a body.
+///
+/// A store must be able to refuse a body damaged in transit, and Object Lock buckets
+/// require an integrity header. `Content-MD5` is understood everywhere but MD5 is the
+/// most expensive step of an upload; `x-amz-checksum-crc32c` / `-crc64nvme` cost a
+/// fraction of it (hardware CRC) but some S3-compatible stores accept the header
+/// without checking it. So `auto` (the default) asks the store once, at `configure`,
+/// whether it refuses a part with a wrong CRC32C, and stores the answer: `crc32c`
+/// when it does, else `md5`, or `md5-etag` on a store that checks neither header but
+/// answers each write with the body's MD5 as its ETag (moto): the agent then compares
+/// the two itself. An explicit CRC is probed the same way and refused when the store
+/// would not check it; `md5` is probed for the ETag only. A configuration stored
+/// without a probe (`auto` in a file written before this field existed) means `md5`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChecksumChoice {
+    #[default]
+    Auto,
+    Crc32c,
+    Crc64nvme,
+    Md5,
+    #[serde(rename = "md5-etag")]
+    Md5Etag,
+}
+
+impl ChecksumChoice {
+    /// The name used in params and results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChecksumChoice::Auto => "auto",
+            ChecksumChoice::Crc32c => "crc32c",
+            ChecksumChoice::Crc64nvme => "crc64nvme",
+            ChecksumChoice::Md5 => "md5",
+            ChecksumChoice::Md5Etag => "md5-etag",
+        }
+    }
 }
 
 /// Whether S3 paths are `endpoint/bucket/key` or `bucket.endpoint/key`.
@@ -889,6 +931,7 @@ mod tests {
         assert_eq!(s3.clean_path(), "a/b");
         assert_eq!(s3.region(), "us-east-1");
         assert_eq!(s3.uri_style(), UriStyle::Path);
+        assert_eq!(s3.checksum, ChecksumChoice::Auto);
         assert_eq!(c.backup, BackupTuning::default());
     }
 
@@ -904,6 +947,7 @@ mod tests {
             ("/s3/bucket", json!("Bad_Bucket"), "s3.bucket"),
             ("/s3/path", json!("a/../b"), "s3.path"),
             ("/s3/s3-uri-style", json!("weird"), "s3.s3-uri-style"),
+            ("/s3/checksum", json!("sha1"), "s3.checksum"),
             ("/s3/tls-ca-chain", json!(["not a cert"]), "s3.tls-ca-chain"),
             (
                 "/valkey/cli",

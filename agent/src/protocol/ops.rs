@@ -245,6 +245,10 @@ pub struct ConfigureResult {
     pub valkey_source: String,
     /// The check of the configured server (see [`ValkeyCheck`]).
     pub valkey_check: ValkeyCheck,
+    /// The integrity header the agent's writes carry (`crc32c`, `crc64nvme` or `md5`):
+    /// what `s3.checksum` resolved to after the store was probed. Absent without S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_checksum: Option<String>,
 }
 
 /// `create-backup` result: the finished backup.

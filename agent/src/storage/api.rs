@@ -147,6 +147,76 @@ pub struct StoredVersion {
 pub struct PartId {
     pub number: u32,
     pub etag: Option<String>,
+    /// The part's `x-amz-checksum-*` value, when the upload uses one (a store that
+    /// keeps per-part checksums wants them back at completion).
+    pub checksum: Option<String>,
+}
+
+/// What [`ObjectStore::probe_integrity`] found out about one header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IntegrityProbe {
+    /// A wrong value was refused and the right one taken.
+    pub checked: bool,
+    /// The ETag of the part the store took is the hex MD5 of its body (so comparing
+    /// the two after each write shows a body damaged on the way).
+    pub etag_is_md5: bool,
+}
+
+/// The integrity header on every write of a body: what `s3.checksum` resolved to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntegrityHeader {
+    /// `Content-MD5`: every store checks it.
+    Md5,
+    /// `x-amz-checksum-crc32c` (Castagnoli, hardware CRC).
+    Crc32c,
+    /// `x-amz-checksum-crc64nvme`.
+    Crc64Nvme,
+    /// `Content-MD5`, and each write's ETag compared with the MD5 of the body sent: for
+    /// a store that ignores the header but answers with MD5 ETags (moto does), so a body
+    /// damaged in transit still fails its write.
+    Md5Etag,
+}
+
+impl IntegrityHeader {
+    /// The `s3.checksum` value that names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IntegrityHeader::Md5 => "md5",
+            IntegrityHeader::Md5Etag => "md5-etag",
+            IntegrityHeader::Crc32c => "crc32c",
+            IntegrityHeader::Crc64Nvme => "crc64nvme",
+        }
+    }
+
+    /// The header's value for `body`: base64 of the digest (big-endian for the CRCs,
+    /// as S3 defines them).
+    pub fn value(self, body: &[u8]) -> String {
+        use base64::Engine;
+        use md5::Digest;
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        match self {
+            IntegrityHeader::Md5 | IntegrityHeader::Md5Etag => b64.encode(md5::Md5::digest(body)),
+            IntegrityHeader::Crc32c => {
+                let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, body) as u32;
+                b64.encode(crc.to_be_bytes())
+            }
+            IntegrityHeader::Crc64Nvme => {
+                let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, body);
+                b64.encode(crc.to_be_bytes())
+            }
+        }
+    }
+
+    /// Whether `etag` (as the store answered it, quoted or not) is the MD5 whose base64
+    /// is `md5_b64`.
+    pub fn etag_matches(md5_b64: &str, etag: &str) -> bool {
+        use base64::Engine;
+        let Ok(digest) = base64::engine::general_purpose::STANDARD.decode(md5_b64) else {
+            return false;
+        };
+        etag.trim_matches('"')
+            .eq_ignore_ascii_case(&hex::encode(digest))
+    }
 }
 
 /// Where a listing continues: ListObjectsV2's continuation token in `key`, or the key
@@ -227,6 +297,18 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     async fn versioning(&self) -> Result<bool, StoreError>;
     /// Makes sure the bucket exists, creating it when missing; whether it was created.
     async fn ensure_bucket(&self) -> Result<bool, StoreError>;
+    /// Whether the store checks `header` (it refuses a part whose value is wrong and
+    /// takes it when right), and whether the ETag of a part it took is the part's MD5.
+    /// Writes nothing lasting: the parts go to a multipart upload of `key` that is
+    /// aborted whatever happens (an object would be write-once and could never be taken
+    /// back). Stores without integrity headers answer "not checked".
+    async fn probe_integrity(
+        &self,
+        _key: &str,
+        _header: IntegrityHeader,
+    ) -> Result<IntegrityProbe, StoreError> {
+        Ok(IntegrityProbe::default())
+    }
 }
 
 /// Walks a paginated listing to its end.
@@ -402,6 +484,34 @@ pub async fn get_json<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integrity_values_are_base64_of_the_big_endian_digest() {
+        // The CRC catalogue's check values for "123456789".
+        let crc32c = IntegrityHeader::Crc32c.value(b"123456789");
+        assert_eq!(crc32c, "4waSgw==", "0xE3069283");
+        let crc64 = IntegrityHeader::Crc64Nvme.value(b"123456789");
+        assert_eq!(crc64, "rosUhgp5mIg=", "0xAE8B14860A799888");
+        // RFC 1321: MD5("") = d41d8cd98f00b204e9800998ecf8427e.
+        let md5 = IntegrityHeader::Md5.value(b"");
+        assert_eq!(md5, "1B2M2Y8AsgTpgAmY7PhCfg==");
+        assert!(IntegrityHeader::etag_matches(
+            &md5,
+            "\"d41d8cd98f00b204e9800998ecf8427e\""
+        ));
+        assert!(IntegrityHeader::etag_matches(
+            &md5,
+            "D41D8CD98F00B204E9800998ECF8427E"
+        ));
+        assert!(!IntegrityHeader::etag_matches(
+            &md5,
+            "\"d41d8cd98f00b204e9800998ecf8427f\""
+        ));
+        assert!(!IntegrityHeader::etag_matches(
+            &md5,
+            "\"d41d8cd98f00b204e9800998ecf8427e-2\""
+        ));
+    }
 
     fn page(items: &[u32], next: Option<&str>) -> Page<u32> {
         Page {

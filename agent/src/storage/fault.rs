@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::api::{
-    DynStore, GetResult, ObjectMeta, ObjectStore, OpenUpload, Page, PageToken, PartId, PutOptions,
-    StoreError, StoredVersion,
+    DynStore, GetResult, IntegrityHeader, IntegrityProbe, ObjectMeta, ObjectStore, OpenUpload,
+    Page, PageToken, PartId, PutOptions, StoreError, StoredVersion,
 };
 
 /// The operations of [`ObjectStore`], to aim a fault at.
@@ -305,5 +305,13 @@ impl ObjectStore for Faulty {
     async fn ensure_bucket(&self) -> Result<bool, StoreError> {
         self.call(Operation::EnsureBucket, self.inner.ensure_bucket())
             .await
+    }
+
+    async fn probe_integrity(
+        &self,
+        key: &str,
+        header: IntegrityHeader,
+    ) -> Result<IntegrityProbe, StoreError> {
+        self.inner.probe_integrity(key, header).await
     }
 }

@@ -279,6 +279,7 @@ impl ObjectStore for InMemory {
         Ok(PartId {
             number,
             etag: Some(format!("\"{upload_id}-{number}\"")),
+            checksum: None,
         })
     }
 

@@ -3,9 +3,11 @@
 //! The client is configured for the stores people actually run, not just AWS:
 //! path-style addressing by default, SDK checksums only where required (see
 //! [`compat::checksum_policy`]), rustls with the operator's CA chain, connect/read/attempt
-//! timeouts. Every PutObject and UploadPart carries `Content-MD5` (Object Lock buckets
-//! require an integrity header, and it lets the store refuse a part damaged in transit);
-//! [`PutMode::Create`] is `If-None-Match: *`.
+//! timeouts. Every PutObject and UploadPart carries an integrity header (Object Lock
+//! buckets require one, and it lets the store refuse a part damaged in transit):
+//! `Content-MD5`, or `x-amz-checksum-crc32c` / `-crc64nvme` where `configure` found that
+//! the store checks them ([`IntegrityHeader`], `s3.checksum`); [`PutMode::Create`] is
+//! `If-None-Match: *`.
 //!
 //! SDK errors are classified here, once, into [`StoreError`]: messages carry the S3
 //! error code and HTTP status but never the SDK's text.
@@ -18,23 +20,21 @@ use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
-    ObjectLockLegalHoldStatus, StorageClass,
+    BucketLocationConstraint, ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload,
+    CompletedPart, CreateBucketConfiguration, ObjectLockLegalHoldStatus, StorageClass,
 };
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
-use base64::Engine;
 use bytes::Bytes;
-use md5::{Digest, Md5};
 
 use super::api::{
-    GetResult, ObjectLock, ObjectMeta, ObjectStore, OpenUpload, Page, PageToken, PartId, PutMode,
-    PutOptions, StoreError, StoredVersion,
+    GetResult, IntegrityHeader, IntegrityProbe, ObjectLock, ObjectMeta, ObjectStore, OpenUpload,
+    Page, PageToken, PartId, PutMode, PutOptions, StoreError, StoredVersion,
 };
 use super::compat;
-use crate::config::{S3Settings, UriStyle};
+use crate::config::{ChecksumChoice, S3Settings, UriStyle};
 
 /// A bucket on an S3-compatible store.
 #[derive(Clone, Debug)]
@@ -45,12 +45,27 @@ pub struct S3Store {
     /// The endpoint as shown in messages (no credentials: validated by `config`).
     endpoint: String,
     storage_class: Option<String>,
+    /// The integrity header on every body (`s3.checksum`; `auto` unprobed means MD5).
+    integrity: IntegrityHeader,
 }
 
 /// `Content-MD5` header value for a body.
 pub fn content_md5(body: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(Md5::digest(body))
+    IntegrityHeader::Md5.value(body)
 }
+
+/// The integrity header a configured `s3.checksum` stands for.
+pub fn integrity_header(choice: ChecksumChoice) -> IntegrityHeader {
+    match choice {
+        ChecksumChoice::Crc32c => IntegrityHeader::Crc32c,
+        ChecksumChoice::Crc64nvme => IntegrityHeader::Crc64Nvme,
+        ChecksumChoice::Md5Etag => IntegrityHeader::Md5Etag,
+        ChecksumChoice::Auto | ChecksumChoice::Md5 => IntegrityHeader::Md5,
+    }
+}
+
+/// The body of the probe parts; any bytes do.
+const PROBE_BODY: &[u8] = b"valkey-backup: does this store check x-amz-checksum headers?";
 
 impl S3Store {
     /// Builds a client for `settings`. No request is sent.
@@ -109,6 +124,95 @@ impl S3Store {
             region: settings.region().to_owned(),
             endpoint,
             storage_class: settings.storage_class.clone().filter(|s| !s.is_empty()),
+            integrity: integrity_header(settings.checksum),
+        })
+    }
+
+    /// With [`IntegrityHeader::Md5Etag`], the store's ETag must be the MD5 the agent
+    /// sent: anything else means the store got other bytes.
+    fn check_etag(
+        &self,
+        operation: &'static str,
+        md5: &str,
+        etag: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if self.integrity != IntegrityHeader::Md5Etag
+            || etag.is_some_and(|e| IntegrityHeader::etag_matches(md5, e))
+        {
+            return Ok(());
+        }
+        Err(StoreError::Answer {
+            operation,
+            detail: "an ETag that is not the MD5 of the bytes sent (damaged in transit)".into(),
+        })
+    }
+
+    /// The header this store's writes carry.
+    pub fn integrity(&self) -> IntegrityHeader {
+        self.integrity
+    }
+
+    /// One probe part of the upload `upload_id` with the header `value`.
+    async fn probe_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        header: IntegrityHeader,
+        value: String,
+    ) -> Result<
+        Option<String>,
+        SdkError<aws_sdk_s3::operation::upload_part::UploadPartError, HttpResponse>,
+    > {
+        let req = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(1)
+            .body(ByteStream::from_static(PROBE_BODY));
+        let req = match header {
+            IntegrityHeader::Md5 | IntegrityHeader::Md5Etag => req.content_md5(value),
+            IntegrityHeader::Crc32c => req.checksum_crc32_c(value),
+            IntegrityHeader::Crc64Nvme => req.checksum_crc64_nvme(value),
+        };
+        req.customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map(|out| out.e_tag)
+    }
+
+    /// The probe's two parts on an open upload: a wrong value must be refused with a
+    /// 4xx answer (not an access error), then the right one taken.
+    async fn probe_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        header: IntegrityHeader,
+    ) -> Result<IntegrityProbe, StoreError> {
+        // The value of other bytes: well-formed, and wrong for this body.
+        let wrong = header.value(b"not the probe body");
+        let refused = match self.probe_part(key, upload_id, header, wrong).await {
+            Ok(_) => false,
+            Err(e) => match self.classify("UploadPart", key, e) {
+                e @ (StoreError::AccessDenied { .. }
+                | StoreError::NoBucket { .. }
+                | StoreError::Unreachable { .. }) => return Err(e),
+                StoreError::Answer { detail, .. } => detail.contains("HTTP 4"),
+                _ => true,
+            },
+        };
+        let right = header.value(PROBE_BODY);
+        let etag = match self.probe_part(key, upload_id, header, right).await {
+            Ok(etag) => etag,
+            // The right value refused too: the store does not take this header at all.
+            Err(_) => return Ok(IntegrityProbe::default()),
+        };
+        let md5 = IntegrityHeader::Md5.value(PROBE_BODY);
+        Ok(IntegrityProbe {
+            checked: refused,
+            etag_is_md5: etag.is_some_and(|e| IntegrityHeader::etag_matches(&md5, &e)),
         })
     }
 
@@ -314,29 +418,34 @@ impl ObjectStore for S3Store {
     }
 
     async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<(), StoreError> {
-        let md5 = hash_off_runtime(body.clone()).await?;
+        let value = hash_off_runtime(self.integrity, body.clone()).await?;
         let mut req = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(opts.content_type)
-            .content_md5(md5)
             .body(ByteStream::from(body));
+        req = match self.integrity {
+            IntegrityHeader::Md5 | IntegrityHeader::Md5Etag => req.content_md5(value.clone()),
+            IntegrityHeader::Crc32c => req.checksum_crc32_c(value.clone()),
+            IntegrityHeader::Crc64Nvme => req.checksum_crc64_nvme(value.clone()),
+        };
         if opts.mode == PutMode::Create {
             req = req.if_none_match("*");
         }
         if let Some(sc) = self.storage_class.as_ref().filter(|_| opts.bulk) {
             req = req.storage_class(StorageClass::from(sc.as_str()));
         }
-        req.customize()
-            // The signed Content-MD5 header already binds the body to the signature;
+        let out = req
+            .customize()
+            // The signed integrity header already binds the body to the signature;
             // hashing it a second time for SigV4 would only cost CPU.
             .disable_payload_signing()
             .send()
             .await
             .map_err(|e| self.classify("PutObject", key, e))?;
-        Ok(())
+        self.check_etag("PutObject", &value, out.e_tag.as_deref())
     }
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError> {
@@ -349,6 +458,15 @@ impl ObjectStore for S3Store {
         if let Some(sc) = self.storage_class.as_ref().filter(|_| opts.bulk) {
             req = req.storage_class(StorageClass::from(sc.as_str()));
         }
+        // AWS refuses parts whose checksum algorithm the upload was not created with.
+        req = match self.integrity {
+            IntegrityHeader::Md5 | IntegrityHeader::Md5Etag => req,
+            IntegrityHeader::Crc32c => req.checksum_algorithm(ChecksumAlgorithm::Crc32C),
+            // CRC64NVME exists only as a full-object checksum on AWS.
+            IntegrityHeader::Crc64Nvme => req
+                .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+                .checksum_type(ChecksumType::FullObject),
+        };
         let out = req
             .send()
             .await
@@ -366,24 +484,35 @@ impl ObjectStore for S3Store {
         number: u32,
         body: Bytes,
     ) -> Result<PartId, StoreError> {
-        let md5 = hash_off_runtime(body.clone()).await?;
-        let out = self
+        let value = hash_off_runtime(self.integrity, body.clone()).await?;
+        let req = self
             .client
             .upload_part()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
             .part_number(part_number(number))
-            .content_md5(md5)
-            .body(ByteStream::from(body))
+            .body(ByteStream::from(body));
+        let (req, checksum) = match self.integrity {
+            IntegrityHeader::Md5 | IntegrityHeader::Md5Etag => {
+                (req.content_md5(value.clone()), None)
+            }
+            IntegrityHeader::Crc32c => (req.checksum_crc32_c(value.clone()), Some(value.clone())),
+            IntegrityHeader::Crc64Nvme => {
+                (req.checksum_crc64_nvme(value.clone()), Some(value.clone()))
+            }
+        };
+        let out = req
             .customize()
             .disable_payload_signing()
             .send()
             .await
             .map_err(|e| self.classify("UploadPart", key, e))?;
+        self.check_etag("UploadPart", &value, out.e_tag.as_deref())?;
         Ok(PartId {
             number,
             etag: out.e_tag,
+            checksum,
         })
     }
 
@@ -399,10 +528,15 @@ impl ObjectStore for S3Store {
         let parts = parts
             .into_iter()
             .map(|p| {
-                CompletedPart::builder()
+                let part = CompletedPart::builder()
                     .part_number(part_number(p.number))
-                    .set_e_tag(p.etag)
-                    .build()
+                    .set_e_tag(p.etag);
+                match (self.integrity, p.checksum) {
+                    (IntegrityHeader::Crc32c, Some(c)) => part.checksum_crc32_c(c),
+                    (IntegrityHeader::Crc64Nvme, Some(c)) => part.checksum_crc64_nvme(c),
+                    _ => part,
+                }
+                .build()
             })
             .collect();
         let mut req = self
@@ -635,6 +769,49 @@ impl ObjectStore for S3Store {
             }),
         }
     }
+
+    async fn probe_integrity(
+        &self,
+        key: &str,
+        header: IntegrityHeader,
+    ) -> Result<IntegrityProbe, StoreError> {
+        let mut req = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/octet-stream");
+        req = match header {
+            IntegrityHeader::Md5 | IntegrityHeader::Md5Etag => req,
+            IntegrityHeader::Crc32c => req.checksum_algorithm(ChecksumAlgorithm::Crc32C),
+            IntegrityHeader::Crc64Nvme => req
+                .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+                .checksum_type(ChecksumType::FullObject),
+        };
+        let upload_id = match req.send().await {
+            Ok(out) => out.upload_id.ok_or(StoreError::Answer {
+                operation: "CreateMultipartUpload",
+                detail: "no upload id in the answer".into(),
+            })?,
+            Err(e) => {
+                return match self.classify("CreateMultipartUpload", key, e) {
+                    // A store that refuses the algorithm on the upload does not check it.
+                    StoreError::Answer { detail, .. } if detail.contains("HTTP 4") => {
+                        Ok(IntegrityProbe::default())
+                    }
+                    StoreError::Unsupported { .. } => Ok(IntegrityProbe::default()),
+                    other => Err(other),
+                };
+            }
+        };
+        let verdict = self.probe_upload(key, &upload_id, header).await;
+        // Always aborted: the probe leaves nothing behind (and an abort that fails leaves
+        // an open upload that prune's sweep of stale uploads takes).
+        let aborted = self.abort_multipart(key, &upload_id).await;
+        let verdict = verdict?;
+        aborted?;
+        Ok(verdict)
+    }
 }
 
 fn split(token: Option<PageToken>) -> (Option<String>, Option<String>) {
@@ -644,15 +821,16 @@ fn split(token: Option<PageToken>) -> (Option<String>, Option<String>) {
     }
 }
 
-/// MD5 of a multi-megabyte body is CPU work: it runs off the async workers.
-async fn hash_off_runtime(body: Bytes) -> Result<String, StoreError> {
+/// The integrity header of a multi-megabyte body is CPU work (MD5 above all): it runs
+/// off the async workers.
+async fn hash_off_runtime(header: IntegrityHeader, body: Bytes) -> Result<String, StoreError> {
     if body.len() < 64 * 1024 {
-        return Ok(content_md5(&body));
+        return Ok(header.value(&body));
     }
-    tokio::task::spawn_blocking(move || content_md5(&body))
+    tokio::task::spawn_blocking(move || header.value(&body))
         .await
         .map_err(|_| StoreError::TaskFailed {
-            operation: "Content-MD5",
+            operation: "hashing a part",
         })
 }
 

@@ -16,6 +16,9 @@ every request (`request.method`, `.path` (unquoted, no query), `.query` (dict),
   set `gate.reached`, and wait until the test sets `gate.release` before sending the rest.
 - `Action.ignore_condition()`: forward without `If-None-Match`, as a store that ignores
   conditional writes (Garage) effectively does.
+- `Action.damage_body()`: forward with one byte of the request body flipped (the
+  middle one), as a link that corrupts data in transit would; headers, the signature
+  included, are forwarded unchanged, so only an integrity header can catch it.
 
 `proxy.log` lists `(method, path, query, action-name)` of every request seen.
 """
@@ -68,6 +71,10 @@ class Action:
     @staticmethod
     def ignore_condition() -> Action:
         return Action("ignore-condition")
+
+    @staticmethod
+    def damage_body() -> Action:
+        return Action("damage-body")
 
 
 @dataclass
@@ -130,6 +137,10 @@ class S3Proxy:
                 if action.name == "ignore-condition":
                     dropped.add("if-none-match")
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
+                if action.name == "damage-body" and body:
+                    damaged = bytearray(body)
+                    damaged[len(damaged) // 2] ^= 0x01
+                    body = bytes(damaged)
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 if action.name == "lose-answer":
