@@ -167,6 +167,22 @@ impl Connection {
         self.buf.drain(..n);
     }
 
+    /// Reads into `out` without waiting: first from the buffer, then from the stream
+    /// (what [`crate::replication::ReplicationStream`]'s `AsyncRead` is built on).
+    pub fn poll_read_into(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.buf.is_empty() {
+            let n = self.buf.len().min(out.remaining());
+            out.put_slice(&self.buf[..n]);
+            self.buf.drain(..n);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut *self.io).poll_read(cx, out)
+    }
+
     /// Reads into `out`, first from the buffer, then from the stream.
     pub async fn read_into(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         if !self.buf.is_empty() {

@@ -123,7 +123,9 @@ impl RdbValidator {
 
     /// Feeds the next chunk. `release` is called (at most twice) with the bytes that are
     /// now known to precede the trailer, in order; they are the RDB's bytes and may be
-    /// uploaded. Fails as soon as the header is known to be wrong.
+    /// uploaded: first bytes held back from earlier chunks, then a prefix of `chunk`
+    /// itself (a slice of it, so a caller can write it from its own buffer). Fails as
+    /// soon as the header is known to be wrong.
     pub fn push(&mut self, chunk: &[u8], mut release: impl FnMut(&[u8])) -> Result<(), RdbError> {
         if self.format.is_none() {
             let start = self.received as usize;

@@ -27,7 +27,11 @@
 //! The pure parts ([`handshake_commands`], [`parse_preamble`], [`scan_for_mark`]) do no
 //! I/O and are unit-tested; [`ReplicationStream`] drives them over any byte stream.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::connection::{safe_line, Connection, MAX_SMALL_REPLY};
 use crate::resp::{self, Reply};
@@ -157,18 +161,29 @@ pub fn scan_for_mark(mark: &[u8; EOF_MARK_LEN], window: &[u8]) -> MarkScan {
 }
 
 /// A snapshot arriving over a replication connection, read exactly to its end.
+///
+/// It is an [`AsyncRead`] of the payload alone: bytes go from the socket straight into
+/// the reader's buffer (no buffer of its own in between, no allocation per read). With
+/// an end mark, the last 39 bytes of each read may be the start of the mark, so they are
+/// kept back (copied aside, at most 39 bytes) and put in front of the next read.
 pub struct ReplicationStream {
     conn: Connection,
     framing: Framing,
-    buf: Vec<u8>,
-    /// Bytes at the start of `buf` kept back from the previous read (EOF framing).
-    held: usize,
-    /// Payload bytes delivered so far.
+    /// Bytes read and not yet handed out: the held-back tail of the last read (end-mark
+    /// framing), or whole reads when the reader's buffer was too small to read into.
+    carry: Vec<u8>,
+    /// How many leading bytes of `carry` are payload for certain.
+    confirmed: usize,
+    /// Payload bytes confirmed so far.
     delivered: u64,
-    /// Bytes of `buf` handed out by the last call, moved away at the next.
-    released: usize,
     done: bool,
+    /// The buffer of [`ReplicationStream::next_chunk`].
+    chunk: Vec<u8>,
 }
+
+/// Below this much room in the reader's buffer, an end-mark stream reads into `carry`
+/// first (the mark must fit into one window with room to release something).
+const MIN_DIRECT_READ: usize = 4 * 1024;
 
 impl ReplicationStream {
     /// Runs the handshake on a logged-in connection and waits (at most `header_timeout`,
@@ -208,11 +223,11 @@ impl ReplicationStream {
         ReplicationStream {
             conn,
             framing,
-            buf: vec![0u8; READ_BUF],
-            held: 0,
+            carry: Vec::with_capacity(EOF_MARK_LEN),
+            confirmed: 0,
             delivered: 0,
-            released: 0,
             done,
+            chunk: Vec::new(),
         }
     }
 
@@ -224,70 +239,172 @@ impl ReplicationStream {
     /// The next piece of the payload, `None` after its last byte. Never returns bytes
     /// past the end; a connection that ends early is an error naming how far it got.
     pub async fn next_chunk(&mut self) -> Result<Option<&[u8]>, ValkeyError> {
-        if self.done {
-            return Ok(None);
-        }
-        // Move the held-back tail of the last window to the front.
-        if self.released > 0 {
-            self.buf
-                .copy_within(self.released..self.released + self.held, 0);
-            self.released = 0;
-        }
-        loop {
-            let want = match self.framing {
-                Framing::Length(len) => {
-                    (len - self.delivered).min((READ_BUF - self.held) as u64) as usize
-                }
-                Framing::EofMark(_) => READ_BUF - self.held,
-            };
-            let n = {
-                let (held, conn) = (self.held, &mut self.conn);
-                conn.read_into(&mut self.buf[held..held + want]).await
-            }
-            .map_err(|e| self.broken(&format!("reading the snapshot: {}", e.kind())))?;
-            if n == 0 {
-                return Err(self.broken("the server closed the connection"));
-            }
-            let window = self.held + n;
-            match &self.framing {
-                Framing::Length(len) => {
-                    self.delivered += n as u64;
-                    self.done = self.delivered == *len;
-                    return Ok(Some(&self.buf[..n]));
-                }
-                Framing::EofMark(mark) => match scan_for_mark(mark, &self.buf[..window]) {
-                    MarkScan::End(at) => {
-                        self.done = true;
-                        self.delivered += at as u64;
-                        return Ok(Some(&self.buf[..at]));
-                    }
-                    MarkScan::Release(0) => {
-                        self.held = window;
-                        continue;
-                    }
-                    MarkScan::Release(out) => {
-                        self.held = window - out;
-                        self.released = out;
-                        self.delivered += out as u64;
-                        return Ok(Some(&self.buf[..out]));
-                    }
-                },
-            }
+        use tokio::io::AsyncReadExt;
+        let mut chunk = std::mem::take(&mut self.chunk);
+        chunk.resize(READ_BUF, 0);
+        let r = self.read(&mut chunk).await;
+        self.chunk = chunk;
+        match r {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(&self.chunk[..n])),
+            Err(e) => Err(match e.into_inner().map(|i| i.downcast::<ValkeyError>()) {
+                Some(Ok(v)) => *v,
+                _ => self.broken("reading the snapshot"),
+            }),
         }
     }
 
     fn broken(&self, what: &str) -> ValkeyError {
+        let got = self.delivered + (self.carry.len() - self.confirmed) as u64;
         let detail = match self.framing {
-            Framing::Length(len) => format!(
-                "{what} after {} of {len} snapshot bytes",
-                self.delivered + self.held as u64
-            ),
-            Framing::EofMark(_) => format!(
-                "{what} after {} snapshot bytes, before the end mark",
-                self.delivered + self.held as u64
-            ),
+            Framing::Length(len) => format!("{what} after {got} of {len} snapshot bytes"),
+            Framing::EofMark(_) => {
+                format!("{what} after {got} snapshot bytes, before the end mark")
+            }
         };
         ValkeyError::Interrupted { detail }
+    }
+
+    fn broken_io(&self, what: &str) -> std::io::Error {
+        std::io::Error::other(self.broken(what))
+    }
+
+    fn read_failed(&self, e: &std::io::Error) -> std::io::Error {
+        self.broken_io(&format!("reading the snapshot: {}", e.kind()))
+    }
+
+    /// End-mark framing, reading into the reader's own buffer after the held-back bytes.
+    fn poll_direct(
+        &mut self,
+        mark: &[u8; EOF_MARK_LEN],
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<bool>> {
+        let before = buf.filled().len();
+        buf.put_slice(&self.carry);
+        let n = {
+            let mut rest = buf.take(buf.remaining());
+            match self.conn.poll_read_into(cx, &mut rest) {
+                Poll::Ready(Ok(())) => rest.filled().len(),
+                other => {
+                    buf.set_filled(before);
+                    return other.map(|r| r.map(|()| false).map_err(|e| self.read_failed(&e)));
+                }
+            }
+        };
+        if n == 0 {
+            buf.set_filled(before);
+            return Poll::Ready(Err(self.broken_io("the server closed the connection")));
+        }
+        // SAFETY: the connection filled (so initialised) the first `n` unfilled bytes.
+        unsafe { buf.assume_init(n) };
+        buf.advance(n);
+        let window = &buf.filled()[before..];
+        match scan_for_mark(mark, window) {
+            MarkScan::End(at) => {
+                self.carry.clear();
+                self.delivered += at as u64;
+                self.done = true;
+                buf.set_filled(before + at);
+                Poll::Ready(Ok(true))
+            }
+            MarkScan::Release(out) => {
+                self.carry.clear();
+                self.carry.extend_from_slice(&window[out..]);
+                self.delivered += out as u64;
+                buf.set_filled(before + out);
+                Poll::Ready(Ok(out > 0))
+            }
+        }
+    }
+
+    /// End-mark framing into `carry`, for a reader whose buffer is too small.
+    fn poll_carry(
+        &mut self,
+        mark: &[u8; EOF_MARK_LEN],
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let held = self.carry.len();
+        self.carry.resize(held + MIN_DIRECT_READ, 0);
+        let mut rb = ReadBuf::new(&mut self.carry[held..]);
+        let r = self.conn.poll_read_into(cx, &mut rb);
+        let n = rb.filled().len();
+        self.carry.truncate(held + n);
+        match r {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(self.read_failed(&e))),
+            Poll::Ready(Ok(())) if n == 0 => {
+                return Poll::Ready(Err(self.broken_io("the server closed the connection")))
+            }
+            Poll::Ready(Ok(())) => {}
+        }
+        match scan_for_mark(mark, &self.carry) {
+            MarkScan::End(at) => {
+                self.carry.truncate(at);
+                self.done = true;
+                self.confirmed = at;
+            }
+            MarkScan::Release(out) => self.confirmed = out,
+        }
+        self.delivered += self.confirmed as u64;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for ReplicationStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.confirmed > 0 {
+                let n = this.confirmed.min(buf.remaining());
+                buf.put_slice(&this.carry[..n]);
+                this.carry.drain(..n);
+                this.confirmed -= n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.done || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            match this.framing {
+                Framing::Length(len) => {
+                    let want = (len - this.delivered).min(buf.remaining() as u64) as usize;
+                    let mut limited = buf.take(want);
+                    match this.conn.poll_read_into(cx, &mut limited) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(this.read_failed(&e))),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                    let n = limited.filled().len();
+                    if n == 0 {
+                        return Poll::Ready(
+                            Err(this.broken_io("the server closed the connection")),
+                        );
+                    }
+                    // SAFETY: the connection filled the first `n` unfilled bytes.
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    this.delivered += n as u64;
+                    this.done = this.delivered == len;
+                    return Poll::Ready(Ok(()));
+                }
+                Framing::EofMark(mark) if buf.remaining() >= MIN_DIRECT_READ => {
+                    match this.poll_direct(&mark, cx, buf) {
+                        Poll::Ready(Ok(true)) => return Poll::Ready(Ok(())),
+                        // Everything read may still be the mark's start: read on.
+                        Poll::Ready(Ok(false)) => continue,
+                        other => return other.map(|r| r.map(|_| ())),
+                    }
+                }
+                Framing::EofMark(mark) => match this.poll_carry(&mark, cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    other => return other,
+                },
+            }
+        }
     }
 }
 
@@ -468,6 +585,61 @@ mod tests {
         };
         feeder.abort();
         r
+    }
+
+    /// Like [`deliver`], reading through `AsyncRead` into buffers of `read` bytes.
+    async fn read_all(wire: Vec<u8>, chunk: usize, framing: Framing, read: usize) -> Vec<u8> {
+        let (client, mut server) = tokio::io::duplex(chunk.max(64));
+        let feeder = tokio::spawn(async move {
+            for piece in wire.chunks(chunk) {
+                if server.write_all(piece).await.is_err() {
+                    return;
+                }
+            }
+            let mut sink = [0u8; 1];
+            let _ = tokio::time::timeout(Duration::from_millis(200), server.read(&mut sink)).await;
+        });
+        let mut s = ReplicationStream::new(Connection::new(Box::new(client), "mem"), framing);
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; read];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        feeder.abort();
+        out
+    }
+
+    #[tokio::test]
+    async fn reads_of_any_size_get_exactly_the_payload() {
+        for n in [0usize, 39, 40, 5000, 70_000] {
+            let body = payload(n);
+            let mut eof = body.clone();
+            eof.extend_from_slice(MARK);
+            eof.extend_from_slice(b"never delivered");
+            let mut length = body.clone();
+            length.extend_from_slice(b"\n+PING");
+            for read in [
+                1usize,
+                7,
+                39,
+                41,
+                MIN_DIRECT_READ - 1,
+                MIN_DIRECT_READ,
+                1 << 20,
+            ] {
+                for chunk in [33usize, 4096, 65536] {
+                    let got = read_all(eof.clone(), chunk, Framing::EofMark(*MARK), read).await;
+                    assert_eq!(got, body, "eof: n {n} read {read} chunk {chunk}");
+                    let framing = Framing::Length(n as u64);
+                    let got = read_all(length.clone(), chunk, framing, read).await;
+                    assert_eq!(got, body, "length: n {n} read {read} chunk {chunk}");
+                }
+            }
+        }
     }
 
     fn payload(n: usize) -> Vec<u8> {

@@ -280,31 +280,19 @@ impl SnapshotSource for ConfiguredSource {
         info: &ServerInfo,
         stall: Duration,
     ) -> Result<SnapshotReader, OpError> {
-        let snapshot = Snapshot::open(&self.settings, info, stall).await?;
-        *self.snapshot.lock().await = Some(snapshot);
-        // The chunks as a byte stream; the snapshot stays shared so that `finish` and
-        // `kill` reach it after (or while) the pipeline reads.
-        let shared = Arc::clone(&self.snapshot);
-        let chunks = futures::stream::unfold(shared, |shared| async move {
-            let next = {
-                let mut guard = shared.lock().await;
-                match guard.as_mut() {
-                    None => return None,
-                    Some(s) => s
-                        .next_chunk()
-                        .await
-                        .map(|c| c.map(bytes::Bytes::copy_from_slice)),
-                }
-            };
-            match next {
-                Ok(Some(chunk)) => Some((Ok(chunk), shared)),
-                Ok(None) => None,
-                Err(e) => Some((Err(std::io::Error::other(e)), shared)),
+        // The pipeline reads the snapshot's own byte stream, with no copy in between: the
+        // replication stream itself (socket straight into the reader's buffer), or the
+        // cli's stdout. What `finish` and `kill` need (the cli process) stays here.
+        match Snapshot::open(&self.settings, info, stall).await? {
+            Snapshot::Native(stream) => Ok(stream),
+            Snapshot::Cli(mut cli) => {
+                let stdout = cli.stdout.take().ok_or_else(|| {
+                    OpError::Internal("the cli was started without its stdout".into())
+                })?;
+                *self.snapshot.lock().await = Some(Snapshot::Cli(cli));
+                Ok(Box::new(stdout))
             }
-        });
-        Ok(Box::new(tokio_util::io::StreamReader::new(Box::pin(
-            chunks,
-        ))))
+        }
     }
 
     async fn finish(&mut self, stall: Duration) -> Result<(), OpError> {

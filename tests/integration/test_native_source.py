@@ -216,16 +216,18 @@ def test_server_killed_mid_payload_aborts_the_started_upload(
         server, moto, moto_bucket, cluster="kill.valkey", backup={"part-size-bytes": 5 * MiB}
     )
     a.request("configure", params).expect_ok()
-    pending = a.request_async("create-backup", timeout=120)
 
-    def upload_started() -> bool:
-        return any(
+    def uploads_started() -> int:
+        return sum(
             r.method == "POST" and "uploads" in r.query_keys
             for r in moto.requests(moto_bucket)
             if "kill.valkey" in r.path
         )
 
-    wait_until(upload_started, timeout=60, what="the first part of the snapshot")
+    # configure's checksum probe started (and aborted) one upload already.
+    probes = uploads_started()
+    pending = a.request_async("create-backup", timeout=120)
+    wait_until(lambda: uploads_started() > probes, timeout=60, what="the first part")
     server.kill()
     err = pending.result(timeout=120).expect_error("valkey-error")
     assert "broke off" in err.message and "closed the connection" in err.message, err.message

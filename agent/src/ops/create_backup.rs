@@ -186,13 +186,18 @@ impl BackupRun<'_> {
         let data_key = self
             .layout
             .data_key_for(self.id, tuning.compression, encrypted);
-        let writer = self.writer.insert(put_multipart(
-            &self.store,
-            data_key.clone(),
-            "application/octet-stream",
-            plan.part_size as usize,
-            plan.concurrency,
-        ));
+        // The part writer hashes the parts on a thread of its own; for a plain backup
+        // they are the RDB, so the reading task does not hash at all.
+        let writer = self.writer.insert(
+            put_multipart(
+                &self.store,
+                data_key.clone(),
+                "application/octet-stream",
+                plan.part_size as usize,
+                plan.concurrency,
+            )
+            .with_sha256()?,
+        );
         let source = &mut self.source;
         let source_name = source.name();
         let exact = source.exact();
@@ -223,16 +228,12 @@ impl BackupRun<'_> {
             Ok(after) => after.keyspace == info.keyspace,
             Err(_) => false,
         };
-        let checked = streamed.rdb?;
+        let mut checked = streamed.rdb?;
         let writer = self.writer.as_mut().expect("created above");
         let (rest, encoded) = encoder.finish().await?;
         if !rest.is_empty() {
             writer.write(&rest).await?;
         }
-        let stored = encoded.unwrap_or_else(|| StoredStats {
-            bytes: checked.rdb_bytes,
-            sha256: checked.sha256.clone(),
-        });
 
         self.phase = "completing";
         self.reporter
@@ -242,7 +243,24 @@ impl BackupRun<'_> {
         let uploaded = writer.finish().await?;
         self.unrecorded_data = Some(writer.key().to_owned());
         self.writer = None;
-        debug_assert_eq!(uploaded.bytes, stored.bytes);
+        // What the part writer hashed is the stored object; for a plain backup that is
+        // the RDB, which the reading task then left unhashed.
+        let object_sha256 = uploaded
+            .sha256
+            .clone()
+            .ok_or_else(|| OpError::Internal("the part writer did not hash the object".into()))?;
+        if checked.sha256.is_empty() {
+            checked.sha256 = object_sha256.clone();
+        }
+        let stored = encoded.unwrap_or_else(|| StoredStats {
+            bytes: checked.rdb_bytes,
+            sha256: checked.sha256.clone(),
+        });
+        if stored.sha256 != object_sha256 || uploaded.bytes != stored.bytes {
+            return Err(OpError::Internal(
+                "the uploaded object differs from the encoded stream".into(),
+            ));
+        }
 
         self.phase = "manifest";
         let finished_at = OffsetDateTime::now_utc();

@@ -27,15 +27,17 @@ use crate::error::OpError;
 use crate::rdb::{RdbError, RdbFormat, RdbValidator};
 use crate::storage::{PartWriter, StoreError};
 
-/// Read size from the source.
-pub const READ_BUF: usize = 128 * 1024;
+/// Read size from the source: large, so that a fast source costs few reads and wake-ups
+/// (a socket or pipe read returns what is there; the buffer bounds it).
+pub const READ_BUF: usize = 512 * 1024;
 
 /// What a whole, valid RDB stream proved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedRdb {
     /// Size of the RDB itself (what is stored; a stripped EOF marker is not counted).
     pub rdb_bytes: u64,
-    /// Hex SHA-256 of exactly those bytes.
+    /// Hex SHA-256 of exactly those bytes; empty when the sink hashed them itself
+    /// ([`RdbSink::hashes_input`]), whose digest is then the stream's.
     pub sha256: String,
     /// The CRC64 stored in (and matching) the trailer.
     pub crc64: u64,
@@ -48,7 +50,8 @@ pub struct CheckedRdb {
 /// The validator, SHA-256 and the byte count, fed together.
 pub struct RdbChecker {
     validator: RdbValidator,
-    sha: Sha256,
+    /// `None` when the sink hashes the stream (off the reading task).
+    sha: Option<Sha256>,
     received: u64,
 }
 
@@ -72,20 +75,28 @@ impl RdbChecker {
     fn with(validator: RdbValidator) -> Self {
         RdbChecker {
             validator,
-            sha: Sha256::new(),
+            sha: Some(Sha256::new()),
             received: 0,
         }
+    }
+
+    /// Leaves the SHA-256 to the sink (its [`CheckedRdb::sha256`] stays empty).
+    pub fn without_sha256(mut self) -> Self {
+        self.sha = None;
+        self
     }
 
     /// Feeds a chunk; `release` gets the bytes now known to belong to the RDB (already
     /// hashed), in order. Fails as soon as the header is known to be wrong.
     pub fn push(&mut self, chunk: &[u8], mut release: impl FnMut(&[u8])) -> Result<(), RdbError> {
         self.received += chunk.len() as u64;
-        let sha = &mut self.sha;
-        self.validator.push(chunk, |r| {
-            sha.update(r);
-            release(r);
-        })
+        match &mut self.sha {
+            Some(sha) => self.validator.push(chunk, |r| {
+                sha.update(r);
+                release(r);
+            }),
+            None => self.validator.push(chunk, release),
+        }
     }
 
     /// Bytes received so far (EOF marker included).
@@ -97,13 +108,18 @@ impl RdbChecker {
     /// stream proved.
     pub fn finish(self) -> Result<(Vec<u8>, CheckedRdb), RdbError> {
         let v = self.validator.finish()?;
-        let mut sha = self.sha;
-        sha.update(&v.tail);
+        let sha256 = match self.sha {
+            Some(mut sha) => {
+                sha.update(&v.tail);
+                hex::encode(sha.finalize())
+            }
+            None => String::new(),
+        };
         Ok((
             v.tail,
             CheckedRdb {
                 rdb_bytes: v.rdb_bytes,
-                sha256: hex::encode(sha.finalize()),
+                sha256,
                 crc64: v.crc64,
                 format: v.format,
                 eof_mark_stripped: v.eof_mark_stripped,
@@ -120,6 +136,11 @@ pub trait RdbSink: Send {
     /// Parts uploaded so far, for progress (sinks that upload).
     fn parts_done(&self) -> Option<u64> {
         None
+    }
+    /// Whether the sink computes the SHA-256 of exactly the bytes it is given, so the
+    /// reading task need not (a part writer hashes whole parts on a thread of its own).
+    fn hashes_input(&self) -> bool {
+        false
     }
 }
 
@@ -140,6 +161,9 @@ impl RdbSink for PartWriter {
     }
     fn parts_done(&self) -> Option<u64> {
         Some(PartWriter::parts_done(self))
+    }
+    fn hashes_input(&self) -> bool {
+        self.hashes()
     }
 }
 
@@ -172,6 +196,9 @@ impl<S: RdbSink + ?Sized> RdbSink for Encoded<'_, S> {
     }
     fn parts_done(&self) -> Option<u64> {
         self.sink.parts_done()
+    }
+    fn hashes_input(&self) -> bool {
+        self.encoder.is_plain() && self.sink.hashes_input()
     }
 }
 
@@ -220,8 +247,14 @@ where
     } else {
         RdbChecker::new()
     };
+    if sink.hashes_input() {
+        checker = checker.without_sha256();
+    }
     let mut buf = vec![0u8; READ_BUF];
-    let mut released: Vec<u8> = Vec::with_capacity(READ_BUF + crate::rdb::HOLD_BACK);
+    // The validator releases at most two slices per read: some of the bytes it held back
+    // (copied here, at most HOLD_BACK) and a prefix of the read itself (written straight
+    // from the read buffer, not copied).
+    let mut from_held: Vec<u8> = Vec::with_capacity(crate::rdb::HOLD_BACK);
     loop {
         let read = async {
             match limits.stall {
@@ -242,13 +275,24 @@ where
         if n == 0 {
             break;
         }
-        checker.push(&buf[..n], |r| released.extend_from_slice(r))?;
-        if !released.is_empty() {
+        let chunk = &buf[..n];
+        let mut direct = 0;
+        from_held.clear();
+        checker.push(chunk, |r| {
+            if std::ptr::eq(r.as_ptr(), chunk.as_ptr()) {
+                direct = r.len();
+            } else {
+                from_held.extend_from_slice(r);
+            }
+        })?;
+        for released in [&from_held[..], &buf[..direct]] {
+            if released.is_empty() {
+                continue;
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return Err(OpError::Cancelled),
-                r = sink.write(&released) => r?,
+                r = sink.write(released) => r?,
             }
-            released.clear();
         }
         progress(checker.received(), sink.parts_done());
     }

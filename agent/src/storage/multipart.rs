@@ -31,6 +31,60 @@ pub const MAX_PARTS: u64 = 10_000;
 pub struct Uploaded {
     pub parts: u64,
     pub bytes: u64,
+    /// Hex SHA-256 of the object, when the writer hashed it ([`PartWriter::with_sha256`]).
+    pub sha256: Option<String>,
+}
+
+/// The SHA-256 of every part, in order, on a thread of its own: the parts are shared with
+/// it by reference count (no copy), and hashing runs beside reading and uploading instead
+/// of between them. The queue holds at most [`HASH_QUEUE`] parts; when the thread falls
+/// behind, the writer waits, which keeps memory bounded.
+struct PartHasher {
+    parts: tokio::sync::mpsc::Sender<Bytes>,
+    digest: tokio::sync::oneshot::Receiver<[u8; 32]>,
+}
+
+/// Parts waiting for the hashing thread, at most.
+pub const HASH_QUEUE: usize = 1;
+
+impl PartHasher {
+    fn start() -> Result<Self, StoreError> {
+        use sha2::Digest;
+        let (parts, mut rx) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE);
+        let (done, digest) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("part-sha256".into())
+            .spawn(move || {
+                let mut sha = sha2::Sha256::new();
+                while let Some(part) = rx.blocking_recv() {
+                    sha.update(&part);
+                }
+                let _ = done.send(sha.finalize().into());
+            })
+            .map_err(|_| StoreError::TaskFailed {
+                operation: "SHA-256",
+            })?;
+        Ok(PartHasher { parts, digest })
+    }
+
+    async fn feed(&self, part: &Bytes) -> Result<(), StoreError> {
+        self.parts
+            .send(part.clone())
+            .await
+            .map_err(|_| StoreError::TaskFailed {
+                operation: "SHA-256",
+            })
+    }
+
+    async fn finish(self) -> Result<String, StoreError> {
+        drop(self.parts);
+        self.digest
+            .await
+            .map(hex::encode)
+            .map_err(|_| StoreError::TaskFailed {
+                operation: "SHA-256",
+            })
+    }
 }
 
 /// Starts a write-once upload of `key` on `store`: the multipart entry point of the
@@ -63,6 +117,7 @@ pub struct PartWriter {
     bytes: u64,
     /// Pause between abort attempts (tests shorten it).
     abort_backoff: Duration,
+    hasher: Option<PartHasher>,
 }
 
 impl PartWriter {
@@ -93,7 +148,20 @@ impl PartWriter {
             next_part: 1,
             bytes: 0,
             abort_backoff: Duration::from_millis(500),
+            hasher: None,
         }
+    }
+
+    /// Also computes the SHA-256 of the object (see [`Uploaded::sha256`]), on a thread of
+    /// its own.
+    pub fn with_sha256(mut self) -> Result<Self, StoreError> {
+        self.hasher = Some(PartHasher::start()?);
+        Ok(self)
+    }
+
+    /// Whether the writer hashes what it is given.
+    pub fn hashes(&self) -> bool {
+        self.hasher.is_some()
     }
 
     /// Sets the pause between abort attempts.
@@ -154,6 +222,9 @@ impl PartWriter {
         while let Some(done) = self.in_flight.try_join_next() {
             self.completed.push(flatten(done)?);
         }
+        if let Some(hasher) = &self.hasher {
+            hasher.feed(&part).await?;
+        }
         let number = self.next_part;
         self.next_part += 1;
         tracing::debug!(key = %self.key, part = number, bytes = part.len(), in_flight = self.in_flight.len(), "uploading part");
@@ -180,11 +251,19 @@ impl PartWriter {
         if self.upload_id.is_none() {
             // The whole stream fit in one part: a single conditional write.
             let len = last.len() as u64;
+            let sha256 = match self.hasher.take() {
+                Some(hasher) => {
+                    hasher.feed(&last).await?;
+                    Some(hasher.finish().await?)
+                }
+                None => None,
+            };
             put_once(&*self.store, &self.key, last, &self.opts).await?;
             self.bytes = len;
             return Ok(Uploaded {
                 parts: 1,
                 bytes: len,
+                sha256,
             });
         }
         if !last.is_empty() {
@@ -193,6 +272,10 @@ impl PartWriter {
         while !self.in_flight.is_empty() {
             self.join_one().await?;
         }
+        let sha256 = match self.hasher.take() {
+            Some(hasher) => Some(hasher.finish().await?),
+            None => None,
+        };
         let parts = self.completed.clone();
         let count = parts.len() as u64;
         let upload_id = self.upload_id.clone().expect("open upload");
@@ -229,6 +312,7 @@ impl PartWriter {
         Ok(Uploaded {
             parts: count,
             bytes: self.bytes,
+            sha256,
         })
     }
 
