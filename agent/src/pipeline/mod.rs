@@ -345,7 +345,7 @@ pub fn store_reader<'a>(
 }
 
 /// How large the ranges of a parallel download are.
-pub const RANGE_BYTES: u64 = 8 * 1024 * 1024;
+pub const RANGE_BYTES: u64 = 4 * 1024 * 1024;
 /// How many ranges are downloaded at once.
 pub const RANGES_IN_FLIGHT: usize = 4;
 
