@@ -142,6 +142,16 @@ pub trait RdbSink: Send {
     fn hashes_input(&self) -> bool {
         false
     }
+    /// Where the next bytes may be read to in place, and how many fit (at least one):
+    /// the bytes read are then taken with [`RdbSink::direct_commit`] instead of
+    /// [`RdbSink::write`]. `None`: the sink only takes bytes through `write`.
+    fn direct_buffer(&mut self) -> Option<(&mut bytes::BytesMut, usize)> {
+        None
+    }
+    /// Takes the bytes read into [`RdbSink::direct_buffer`] since the last call.
+    async fn direct_commit(&mut self) -> Result<(), OpError> {
+        Ok(())
+    }
 }
 
 /// A sink that keeps nothing (verify without `load`).
@@ -164,6 +174,12 @@ impl RdbSink for PartWriter {
     }
     fn hashes_input(&self) -> bool {
         self.hashes()
+    }
+    fn direct_buffer(&mut self) -> Option<(&mut bytes::BytesMut, usize)> {
+        Some(self.part_buffer())
+    }
+    async fn direct_commit(&mut self) -> Result<(), OpError> {
+        self.commit_part_buffer().await.map_err(OpError::from)
     }
 }
 
@@ -199,6 +215,15 @@ impl<S: RdbSink + ?Sized> RdbSink for Encoded<'_, S> {
     }
     fn hashes_input(&self) -> bool {
         self.encoder.is_plain() && self.sink.hashes_input()
+    }
+    fn direct_buffer(&mut self) -> Option<(&mut bytes::BytesMut, usize)> {
+        if !self.encoder.is_plain() {
+            return None;
+        }
+        self.sink.direct_buffer()
+    }
+    async fn direct_commit(&mut self) -> Result<(), OpError> {
+        self.sink.direct_commit().await
     }
 }
 
@@ -255,7 +280,42 @@ where
     // (copied here, at most HOLD_BACK) and a prefix of the read itself (written straight
     // from the read buffer, not copied).
     let mut from_held: Vec<u8> = Vec::with_capacity(crate::rdb::HOLD_BACK);
-    loop {
+    // An exact stream is the RDB and nothing else: nothing will be stripped, so its bytes
+    // can be read straight into the sink's part buffer (no copy at all), the validator
+    // only looking at them there before the part may leave.
+    let in_place = limits.exact && sink.direct_buffer().is_some();
+    while in_place {
+        let (part, room) = sink.direct_buffer().expect("checked above");
+        let before = part.len();
+        let mut limited = bytes::BufMut::limit(&mut *part, room);
+        let read = async {
+            match limits.stall {
+                Some(stall) => tokio::time::timeout(stall, reader.read_buf(&mut limited))
+                    .await
+                    .map_err(|_| OpError::Stalled {
+                        source_name: limits.source_name,
+                        seconds: stall.as_secs(),
+                    })?,
+                None => reader.read_buf(&mut limited).await,
+            }
+            .map_err(read_error)
+        };
+        let n = tokio::select! {
+            _ = cancel.cancelled() => return Err(OpError::Cancelled),
+            r = read => r?,
+        };
+        if n == 0 {
+            break;
+        }
+        // The header is checked here, before the part can be handed to an upload.
+        checker.push(&part[before..before + n], |_| {})?;
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(OpError::Cancelled),
+            r = sink.direct_commit() => r?,
+        }
+        progress(checker.received(), sink.parts_done());
+    }
+    while !in_place {
         let read = async {
             match limits.stall {
                 Some(stall) => tokio::time::timeout(stall, reader.read(&mut buf))
@@ -304,6 +364,8 @@ where
         r = end_of_stream() => r?,
     }
     let rdb = match finished {
+        // Read in place, the tail is in the sink already.
+        Ok((_, checked)) if in_place => Ok(checked),
         Ok((tail, checked)) => {
             tokio::select! {
                 _ = cancel.cancelled() => return Err(OpError::Cancelled),
@@ -461,6 +523,65 @@ mod tests {
             failed |= r.is_err();
         }
         assert!(failed);
+    }
+
+    #[tokio::test]
+    async fn an_exact_stream_is_read_into_the_parts_in_place_and_hashed_by_the_writer() {
+        use crate::storage::memory::InMemory;
+        const MIB: usize = 1024 * 1024;
+        let data = rdb(11 * MIB); // stores refuse parts under 5 MiB but the last
+        let store = std::sync::Arc::new(InMemory::default());
+        let dyn_store: crate::storage::DynStore = store.clone();
+        let mut writer = PartWriter::new(dyn_store.clone(), "k".into(), "x", 5 * MIB, 2)
+            .with_sha256()
+            .unwrap();
+        assert!(RdbSink::direct_buffer(&mut writer).is_some());
+        let cancel = CancellationToken::new();
+        let limits = StreamLimits {
+            stall: None,
+            source_name: "a test",
+            exact: true,
+            cancel: &cancel,
+        };
+        let out = check_stream(
+            &data[..],
+            &mut writer,
+            || async { Ok(()) },
+            limits,
+            |_, _| {},
+        )
+        .await
+        .unwrap();
+        let checked = out.rdb.unwrap();
+        assert_eq!(
+            checked.sha256, "",
+            "the writer hashed it, not the reading task"
+        );
+        let uploaded = writer.finish().await.unwrap();
+        assert_eq!(uploaded.parts, 3);
+        assert_eq!(uploaded.sha256.unwrap(), hex::encode(Sha256::digest(&data)));
+        assert_eq!(store.object("k").unwrap(), data);
+
+        // Not an RDB: refused before a single part was uploaded.
+        let mut writer = PartWriter::new(dyn_store, "bad".into(), "x", 16, 2);
+        let limits = StreamLimits {
+            stall: None,
+            source_name: "a test",
+            exact: true,
+            cancel: &cancel,
+        };
+        let junk = b"HELLO WORLD, not an rdb at all, long enough for two parts";
+        let err = check_stream(
+            &junk[..],
+            &mut writer,
+            || async { Ok(()) },
+            limits,
+            |_, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, OpError::Stream(RdbError::BadHeader(_))));
+        assert!(store.open_uploads().is_empty() && store.object("bad").is_none());
     }
 
     #[tokio::test]

@@ -207,6 +207,25 @@ impl PartWriter {
         Ok(())
     }
 
+    /// The part being filled and the room left in it (at least one byte), for a caller
+    /// that reads straight into it; [`PartWriter::commit_part_buffer`] takes what it put
+    /// there. The buffer never grows beyond `part_size`.
+    pub fn part_buffer(&mut self) -> (&mut BytesMut, usize) {
+        let room = self.part_size - self.buf.len();
+        (&mut self.buf, room)
+    }
+
+    /// Takes the bytes added to [`PartWriter::part_buffer`]: a full part goes to an
+    /// upload slot (waiting for a free one), as with [`PartWriter::write`].
+    pub async fn commit_part_buffer(&mut self) -> Result<(), StoreError> {
+        debug_assert!(self.buf.len() <= self.part_size);
+        if self.buf.len() >= self.part_size {
+            let part = std::mem::replace(&mut self.buf, BytesMut::with_capacity(self.part_size));
+            self.push_part(part.freeze()).await?;
+        }
+        Ok(())
+    }
+
     async fn push_part(&mut self, part: Bytes) -> Result<(), StoreError> {
         if u64::from(self.next_part) > MAX_PARTS {
             return Err(StoreError::TooManyParts { max: MAX_PARTS });
