@@ -284,77 +284,80 @@ where
     // can be read straight into the sink's part buffer (no copy at all), the validator
     // only looking at them there before the part may leave.
     let in_place = limits.exact && sink.direct_buffer().is_some();
-    while in_place {
-        let (part, room) = sink.direct_buffer().expect("checked above");
-        let before = part.len();
-        let mut limited = bytes::BufMut::limit(&mut *part, room);
-        let read = async {
-            match limits.stall {
-                Some(stall) => tokio::time::timeout(stall, reader.read_buf(&mut limited))
-                    .await
-                    .map_err(|_| OpError::Stalled {
-                        source_name: limits.source_name,
-                        seconds: stall.as_secs(),
-                    })?,
-                None => reader.read_buf(&mut limited).await,
+    if in_place {
+        loop {
+            let (part, room) = sink.direct_buffer().expect("checked above");
+            let before = part.len();
+            let mut limited = bytes::BufMut::limit(&mut *part, room);
+            let read = async {
+                match limits.stall {
+                    Some(stall) => tokio::time::timeout(stall, reader.read_buf(&mut limited))
+                        .await
+                        .map_err(|_| OpError::Stalled {
+                            source_name: limits.source_name,
+                            seconds: stall.as_secs(),
+                        })?,
+                    None => reader.read_buf(&mut limited).await,
+                }
+                .map_err(read_error)
+            };
+            let n = tokio::select! {
+                _ = cancel.cancelled() => return Err(OpError::Cancelled),
+                r = read => r?,
+            };
+            if n == 0 {
+                break;
             }
-            .map_err(read_error)
-        };
-        let n = tokio::select! {
-            _ = cancel.cancelled() => return Err(OpError::Cancelled),
-            r = read => r?,
-        };
-        if n == 0 {
-            break;
-        }
-        // The header is checked here, before the part can be handed to an upload.
-        checker.push(&part[before..before + n], |_| {})?;
-        tokio::select! {
-            _ = cancel.cancelled() => return Err(OpError::Cancelled),
-            r = sink.direct_commit() => r?,
-        }
-        progress(checker.received(), sink.parts_done());
-    }
-    while !in_place {
-        let read = async {
-            match limits.stall {
-                Some(stall) => tokio::time::timeout(stall, reader.read(&mut buf))
-                    .await
-                    .map_err(|_| OpError::Stalled {
-                        source_name: limits.source_name,
-                        seconds: stall.as_secs(),
-                    })?,
-                None => reader.read(&mut buf).await,
-            }
-            .map_err(read_error)
-        };
-        let n = tokio::select! {
-            _ = cancel.cancelled() => return Err(OpError::Cancelled),
-            r = read => r?,
-        };
-        if n == 0 {
-            break;
-        }
-        let chunk = &buf[..n];
-        let mut direct = 0;
-        from_held.clear();
-        checker.push(chunk, |r| {
-            if std::ptr::eq(r.as_ptr(), chunk.as_ptr()) {
-                direct = r.len();
-            } else {
-                from_held.extend_from_slice(r);
-            }
-        })?;
-        for released in [&from_held[..], &buf[..direct]] {
-            if released.is_empty() {
-                continue;
-            }
+            // The header is checked here, before the part can be handed to an upload.
+            checker.push(&part[before..before + n], |_| {})?;
             tokio::select! {
                 _ = cancel.cancelled() => return Err(OpError::Cancelled),
-                r = sink.write(released) => r?,
+                r = sink.direct_commit() => r?,
             }
+            progress(checker.received(), sink.parts_done());
         }
-        progress(checker.received(), sink.parts_done());
+    } else {
+        loop {
+            let read = async {
+                match limits.stall {
+                    Some(stall) => tokio::time::timeout(stall, reader.read(&mut buf))
+                        .await
+                        .map_err(|_| OpError::Stalled {
+                            source_name: limits.source_name,
+                            seconds: stall.as_secs(),
+                        })?,
+                    None => reader.read(&mut buf).await,
+                }
+                .map_err(read_error)
+            };
+            let n = tokio::select! {
+                _ = cancel.cancelled() => return Err(OpError::Cancelled),
+                r = read => r?,
+            };
+            if n == 0 {
+                break;
+            }
+            let chunk = &buf[..n];
+            let mut direct = 0;
+            from_held.clear();
+            checker.push(chunk, |r| {
+                if std::ptr::eq(r.as_ptr(), chunk.as_ptr()) {
+                    direct = r.len();
+                } else {
+                    from_held.extend_from_slice(r);
+                }
+            })?;
+            for released in [&from_held[..], &buf[..direct]] {
+                if released.is_empty() {
+                    continue;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(OpError::Cancelled),
+                    r = sink.write(released) => r?,
+                }
+            }
+            progress(checker.received(), sink.parts_done());
+        }
     }
     drop(reader);
     let received = checker.received();
