@@ -12,7 +12,7 @@ so the RDB is about the dataset size), then measures on that same dataset, in on
   `--store moto`): wall time, throughput, CPU seconds per GiB (utime+stime of the agent
   and, for the cli source, of the cli it ran), and peak RSS (VmHWM of the agent).
 
-Output: a table on stdout and a JSON file (bench/results.json). Figures are ratios to the
+Output: a table on stdout and a JSON file (bench/results-sizes.json). Figures are ratios to the
 anchor where it matters, since machines are noisy.
 
 Usage: bench/run.sh [--sizes 1,4] [--sources native,cli] [--store garage|moto]
@@ -161,7 +161,7 @@ def main() -> None:
     ap.add_argument("--store", choices=["garage", "moto"], default="garage")
     ap.add_argument("--server", choices=["valkey8", "valkey9"], default="valkey8")
     ap.add_argument("--agent-bin", default=str(ROOT / "target" / "release" / "valkey-backup-agent"))
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results-sizes.json"))
     args = ap.parse_args()
     agent_bin = Path(args.agent_bin)
     sizes = [float(s) for s in args.sizes.split(",")]

@@ -63,11 +63,15 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<ConfigureResult,
     Ok(result)
 }
 
+/// The object name of the probe's upload, inside a fresh backup id's directory (never
+/// a data object's name, so nothing mistakes it for a backup's upload).
+pub const PROBE_OBJECT: &str = "checksum-probe";
+
 /// Turns `s3.checksum` into the header the store checks, asking it once.
 ///
-/// The probe is a multipart upload that is always aborted, under a key shaped like a
-/// backup's data object with a fresh backup id: nothing lasting is written, and should
-/// the abort itself fail, prune's sweep of abandoned uploads takes the upload. `auto`
+/// The probe is a multipart upload that is always aborted, under a fresh backup id's
+/// directory ([`PROBE_OBJECT`]): nothing lasting is written, and should the abort itself
+/// fail, prune's sweep of abandoned uploads takes the upload. `auto`
 /// takes CRC32C when the store refuses a wrong one; otherwise MD5, compared with the
 /// ETag when the store does not check `Content-MD5` itself but its ETags are MD5s. An
 /// explicit CRC the store does not check is refused (a damaged part would be stored).
@@ -79,7 +83,7 @@ pub async fn resolve_checksum(
 ) -> Result<ChecksumChoice, OpError> {
     let id = BackupId::generate(time::OffsetDateTime::now_utc(), unit)
         .map_err(|e| OpError::Internal(e.to_string()))?;
-    let key = layout.data_key(&id);
+    let key = format!("{}{PROBE_OBJECT}", layout.backup_prefix(&id));
     let crc = match choice {
         ChecksumChoice::Auto | ChecksumChoice::Crc32c => Some(IntegrityHeader::Crc32c),
         ChecksumChoice::Crc64nvme => Some(IntegrityHeader::Crc64Nvme),
