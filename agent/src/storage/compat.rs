@@ -19,8 +19,9 @@ use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation}
 
 /// **Ceph RGW, MinIO, Garage and older stores reject the SDK's default CRC trailers**
 /// (`x-amz-checksum-*` with aws-chunked bodies). Checksums are sent only where an
-/// operation requires one; integrity comes from Content-MD5 on every PutObject and
-/// UploadPart, which every store (and Object Lock buckets) accept.
+/// operation requires one; integrity comes from the header `s3.checksum` resolved to
+/// (`Content-MD5`, or a CRC as a plain header, never a trailer) on every PutObject and
+/// UploadPart, which Object Lock buckets accept.
 pub fn checksum_policy() -> (RequestChecksumCalculation, ResponseChecksumValidation) {
     (
         RequestChecksumCalculation::WhenRequired,

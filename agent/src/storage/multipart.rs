@@ -4,7 +4,10 @@
 //! `part_size` bytes (all parts but the last the same size: some stores require it) and
 //! keeps at most `concurrency` part uploads in flight. When every slot is busy,
 //! [`PartWriter::write`] waits: that backpressure is what bounds the agent's memory to
-//! `part_size × (concurrency + 1)` whatever the dataset size.
+//! `part_size × (concurrency + 1)` whatever the dataset size. With
+//! [`PartWriter::with_sha256`], a part also waits in the hashing thread's one-part queue;
+//! only when hashing falls behind uploading (SHA-NI hashes faster than the uploads here)
+//! does that keep up to two more parts alive.
 //!
 //! The multipart upload is created lazily with the first full part, so a stream that
 //! fails early costs no request, and a stream that fits in one part is stored with a
