@@ -20,6 +20,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStdout, Command};
 
 use crate::config::ValkeySettings;
+use crate::connection::MAX_INFO_REPLY;
 
 /// How much of the cli's stderr is kept for error messages.
 const STDERR_TAIL: usize = 4096;
@@ -230,27 +231,73 @@ impl ValkeyCli {
     }
 
     /// Runs one command and returns its output; server errors become [`ValkeyError`].
+    /// The cli's stdout is read up to [`MAX_INFO_REPLY`] (the bound the built-in client
+    /// puts on `INFO`) and its stderr up to [`STDERR_TAIL`] (the rest is drained and
+    /// dropped): a cli or server that answers without end never grows the agent's
+    /// memory, and stdout over the bound is an error, not a truncated answer.
     async fn run(&self, args: &[&str]) -> Result<String, ValkeyError> {
         let mut cmd = self.command();
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
-        let out = tokio::time::timeout(INFO_TIMEOUT, child.wait_with_output())
-            .await
-            .map_err(|_| ValkeyError::Unreachable {
-                addr: self.addr(),
-                detail: format!("{} timed out", args[0]),
-            })?
-            .map_err(|e| self.spawn_error(e))?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let mut child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        // stderr in its own task: stdout is read (and the cli killed when it says too
+        // much) without waiting for the cli to close stderr.
+        let err_task = tokio::spawn(read_bounded(stderr, STDERR_TAIL, false));
+        let timed_out = || ValkeyError::Unreachable {
+            addr: self.addr(),
+            detail: format!("{} timed out", args[0]),
+        };
+        // One deadline for the whole exchange.
+        let deadline = tokio::time::Instant::now() + INFO_TIMEOUT;
+        let out =
+            tokio::time::timeout_at(deadline, read_bounded(stdout, MAX_INFO_REPLY, true)).await;
+        let (stdout, stdout_whole) = match out {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(self.spawn_error(e));
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(timed_out());
+            }
+        };
+        if !stdout_whole {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(ValkeyError::Cli {
+                detail: format!(
+                    "the answer to {} exceeds {MAX_INFO_REPLY} bytes; refusing to read more",
+                    args[0]
+                ),
+            });
+        }
+        let status = match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(s) => s.map_err(|e| self.spawn_error(e))?,
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(timed_out());
+            }
+        };
+        // The cli has exited; a grandchild holding stderr open must not hold us.
+        let stderr = match tokio::time::timeout_at(deadline, err_task).await {
+            Ok(Ok(Ok((bytes, _)))) => bytes,
+            _ => Vec::new(),
+        };
+        let stdout = String::from_utf8_lossy(&stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&stderr);
         // Some cli versions print server errors on stdout and still exit 0.
-        let looks_failed = !out.status.success()
+        let looks_failed = !status.success()
             || ["ERR", "NOAUTH", "WRONGPASS", "NOPERM", "LOADING"]
                 .iter()
                 .any(|p| stdout.starts_with(p))
             || (stdout.is_empty() && !stderr.trim().is_empty());
         if looks_failed {
-            return Err(self.classify(&format!("{stderr}\n{stdout}"), out.status));
+            return Err(self.classify(&format!("{stderr}\n{stdout}"), status));
         }
         Ok(stdout)
     }
@@ -383,6 +430,34 @@ fn describe_status(status: std::process::ExitStatus) -> String {
     }
 }
 
+/// Reads `r` keeping at most `max` bytes; returns them and whether everything fitted.
+/// With `stop_over` the read stops at the first byte over the bound (stdout: the caller
+/// kills the cli); without, the excess is read and dropped until the end (stderr: nobody
+/// wants it, but reading on keeps the cli from blocking on a full pipe).
+async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(
+    mut r: R,
+    max: usize,
+    stop_over: bool,
+) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut whole = true;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok((kept, whole));
+        }
+        let room = max - kept.len();
+        kept.extend_from_slice(&buf[..n.min(room)]);
+        if n > room {
+            whole = false;
+            if stop_over {
+                return Ok((kept, false));
+            }
+        }
+    }
+}
+
 /// The last non-empty line of cli output, trimmed to printable ASCII and 200 characters.
 fn last_meaningful_line(output: &str) -> String {
     let line = output
@@ -467,6 +542,52 @@ mod tests {
             (Some("10.0.0.1"), Some(6380))
         );
         assert_eq!((r.kind.as_str(), r.version.as_str()), ("redis", "7.0.15"));
+    }
+
+    /// A cli at `dir/cli` running `body` (a shell script).
+    fn fake_cli(dir: &std::path::Path, body: &str) -> ValkeyCli {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("cli");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut settings = ValkeySettings::local_default();
+        settings.cli = Some(path);
+        ValkeyCli::new(settings)
+    }
+
+    #[tokio::test]
+    async fn info_output_over_the_bound_is_refused_not_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        // 8 MiB of answer (twice the bound), then what looks like a server section.
+        let cli = fake_cli(
+            dir.path(),
+            "head -c 8388608 /dev/zero | tr '\\0' x; printf '\\nredis_version:7.0.0\\n'",
+        );
+        let started = std::time::Instant::now();
+        let err = cli.info().await.unwrap_err();
+        assert!(
+            matches!(&err, ValkeyError::Cli { detail } if detail.contains("exceeds 4194304 bytes")),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < INFO_TIMEOUT, "{:?}", started.elapsed());
+        // The same for CONFIG GET, from a cli that never stops talking.
+        let cli = fake_cli(dir.path(), "exec yes dir");
+        let err = cli.config_get("dir").await.unwrap_err();
+        assert!(matches!(err, ValkeyError::Cli { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_flood_on_stderr_neither_blocks_the_cli_nor_fills_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        // 16 MiB on stderr (more than a pipe holds), then a normal answer.
+        let cli = fake_cli(
+            dir.path(),
+            "head -c 16777216 /dev/zero >&2; printf 'dir\\n/var/lib/valkey\\n'",
+        );
+        assert_eq!(
+            cli.config_get("dir").await.unwrap().as_deref(),
+            Some("/var/lib/valkey")
+        );
     }
 
     #[test]
