@@ -21,19 +21,15 @@ use crate::pipeline::{
     check_stream, ranged_body, store_reader, RdbSink, StreamLimits, RANGES_IN_FLIGHT, RANGE_BYTES,
 };
 use crate::progress::ProgressReporter;
-use crate::storage::{self, get_json, ObjectStore, OpenUpload, StoreError};
+use crate::storage::{self, get_json, ObjectMeta, ObjectStore, OpenUpload, StoreError};
 
-/// Every key (with its size) and every open upload under the layout's prefix: what a
-/// backup's status is derived from.
+/// Every key (with its size and the store's time) and every open upload under the
+/// layout's prefix: what a backup's status and rank are derived from.
 pub async fn list_prefix(
     store: &dyn ObjectStore,
     layout: &Layout,
-) -> Result<(Vec<(String, u64)>, Vec<OpenUpload>), StoreError> {
-    let keys = storage::list(store, layout.prefix())
-        .await?
-        .into_iter()
-        .map(|m| (m.key, m.size))
-        .collect();
+) -> Result<(Vec<ObjectMeta>, Vec<OpenUpload>), StoreError> {
+    let keys = storage::list(store, layout.prefix()).await?;
     let uploads = storage::list_uploads(store, layout.prefix()).await?;
     Ok((keys, uploads))
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backup_id::BackupId;
 use crate::codec::Codec;
+use crate::storage::ObjectMeta;
 
 /// Name of the plain data object (the uncompressed, clear RDB); a compressed or encrypted
 /// one carries the tools' suffixes ([`data_object_name`]).
@@ -308,6 +309,11 @@ pub struct Found {
     pub data_size: Option<u64>,
     pub open_uploads: usize,
     pub verify_records: Vec<String>,
+    /// The store's LastModified (Unix seconds) of the manifest, `failure.json` and the
+    /// data object, when listed with one.
+    pub manifest_at: Option<i64>,
+    pub failure_at: Option<i64>,
+    pub data_at: Option<i64>,
 }
 
 impl Found {
@@ -324,6 +330,19 @@ impl Found {
         } else {
             None
         }
+    }
+
+    /// The store's time of the record that gives the backup its status ([`Found::status`]):
+    /// what retention and listing rank by. `None` for a running backup (nothing written).
+    pub fn stored_at(&self) -> Option<time::OffsetDateTime> {
+        let secs = if self.manifest {
+            self.manifest_at
+        } else if self.failure {
+            self.failure_at
+        } else {
+            self.data_at
+        };
+        secs.and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
     }
 }
 
@@ -354,19 +373,28 @@ pub fn upload_times(
 /// Groups listed keys and open uploads by backup id (ids sorted newest first).
 pub fn group(
     layout: &Layout,
-    keys: &[(String, u64)],
+    keys: &[ObjectMeta],
     uploads: &[UploadSeen],
 ) -> Vec<(BackupId, Found)> {
     let mut by_id: BTreeMap<BackupId, Found> = BTreeMap::new();
-    for (key, size) in keys {
-        let Some((id, object)) = layout.parse_key(key) else {
+    for meta in keys {
+        let Some((id, object)) = layout.parse_key(&meta.key) else {
             continue;
         };
         let found = by_id.entry(id).or_default();
         match object {
-            MANIFEST_OBJECT => found.manifest = true,
-            FAILURE_OBJECT => found.failure = true,
-            o if is_data_object(o) => found.data_size = Some(*size),
+            MANIFEST_OBJECT => {
+                found.manifest = true;
+                found.manifest_at = meta.last_modified;
+            }
+            FAILURE_OBJECT => {
+                found.failure = true;
+                found.failure_at = meta.last_modified;
+            }
+            o if is_data_object(o) => {
+                found.data_size = Some(meta.size);
+                found.data_at = meta.last_modified;
+            }
             o if Layout::is_verify_record(o) => found.verify_records.push(o.to_owned()),
             _ => {}
         }
@@ -395,6 +423,15 @@ mod tests {
     const B: &str = "20261121T193100Z-valkey-1-bbbbbb";
     const C: &str = "20261121T193200Z-valkey-0-cccccc";
     const D: &str = "20261121T193300Z-valkey-0-dddddd";
+
+    fn meta(key: &str, size: u64) -> ObjectMeta {
+        ObjectMeta {
+            key: key.into(),
+            size,
+            last_modified: None,
+            lock: Default::default(),
+        }
+    }
 
     #[test]
     fn only_names_the_agent_writes_count_as_verification_records() {
@@ -436,7 +473,7 @@ mod tests {
     #[test]
     fn status_is_derived_from_existing_objects_newest_first() {
         let l = Layout::new("p", "c");
-        let k = |id: &str, o: &str| (format!("p/c/{id}/{o}"), 10u64);
+        let k = |id: &str, o: &str| meta(&format!("p/c/{id}/{o}"), 10);
         let keys = vec![
             k(A, "data.rdb"),
             k(A, "manifest.json"),
@@ -444,8 +481,8 @@ mod tests {
             k(A, "verify/stray.json"),
             k(B, "failure.json"),
             k(C, "data.rdb"),
-            ("p/c/garbage/data.rdb".into(), 1),
-            ("p/other/x".into(), 1),
+            meta("p/c/garbage/data.rdb", 1),
+            meta("p/other/x", 1),
         ];
         let uploads = vec![UploadSeen {
             key: format!("p/c/{D}/data.rdb"),
@@ -497,7 +534,7 @@ mod tests {
             l.data_key_for(&id, Codec::Lz4, true),
             format!("p/c/{A}/data.rdb.lz4.age")
         );
-        let keys = vec![(format!("p/c/{A}/data.rdb.zst.age"), 5u64)];
+        let keys = vec![meta(&format!("p/c/{A}/data.rdb.zst.age"), 5)];
         let g = group(&l, &keys, &[]);
         assert_eq!(g[0].1.data_size, Some(5));
         assert_eq!(g[0].1.status(), Some(BackupStatus::Incomplete));

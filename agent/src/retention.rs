@@ -1,12 +1,18 @@
 //! Retention: which backups a policy keeps, which it would delete, and why.
 //!
-//! Pure logic, no I/O: `prune-backups` lists the store, hands the backups (id and status)
-//! and the policy to [`select`], then does the deleting itself. Keeping this apart means
-//! every rule (the newest finished backup always stays, running backups are never touched,
-//! failed ones follow the finished ones) is unit-tested without a store.
+//! Pure logic, no I/O: `prune-backups` lists the store, hands the backups (id, status and
+//! the store's write time) and the policy to [`select`], then does the deleting itself.
+//! Keeping this apart means every rule (the newest finished backup always stays, running
+//! backups are never touched, failed ones follow the finished ones) is unit-tested
+//! without a store.
 //!
-//! A backup's age is the start time in its id (ids carry it, and the manifest records the
-//! same instant), so selection needs no record reads.
+//! Backups are ranked and aged by the store's own time: the LastModified of the object
+//! that gives a backup its status (the manifest of a finished backup, `failure.json` of a
+//! failed one), which the store stamps itself. The time in a backup id comes from the
+//! clock of the unit that named it, which can be wrong, and an id can be forged; it only
+//! stands in when the store gives no time (a running backup). An id whose time is far
+//! from the store's is flagged ([`backup_time`]), and one dated after its own manifest
+//! never takes a `keep-last` slot.
 
 use std::collections::HashSet;
 
@@ -20,6 +26,92 @@ pub const DEFAULT_ABANDONED_AFTER_HOURS: f64 = 24.0;
 
 const SECS_PER_DAY: f64 = 86_400.0;
 const SECS_PER_HOUR: f64 = 3_600.0;
+
+/// How far an id's time may be after the store's time of its record before the id is
+/// flagged: a backup is named before anything of it is written, so a later id means a
+/// clock that ran ahead (or a forged id); an hour absorbs ordinary skew between clocks.
+pub const ID_AHEAD_LIMIT_SECS: i64 = 3_600;
+/// How far an id's time may be before the store's time of its record before the id is
+/// flagged: the manifest is written when the backup ends, so a long backup legitimately
+/// has its manifest hours after its id; a day apart is a clock that ran behind.
+pub const ID_BEHIND_LIMIT_SECS: i64 = 86_400;
+
+/// The time `id` is ranked and aged by, and a warning when its id is far from it:
+/// `stored_at` (the store's LastModified of its record) when known, else the id's time.
+/// An id more than [`ID_AHEAD_LIMIT_SECS`] after `stored_at`, or more than
+/// [`ID_BEHIND_LIMIT_SECS`] before it, is flagged; [`Skew::Ahead`] ids take no `keep-last`
+/// slot.
+pub fn backup_time(id: &BackupId, stored_at: Option<OffsetDateTime>) -> (OffsetDateTime, Skew) {
+    let named = id.started_at();
+    let Some(stored) = stored_at else {
+        return (named, Skew::None);
+    };
+    let ahead = (named - stored).whole_seconds();
+    let skew = if ahead > ID_AHEAD_LIMIT_SECS {
+        Skew::Ahead(format!(
+            "its id says {} but the store wrote it at {}: the id is {} ahead of the store (a unit's clock ran ahead, or the id is forged); ranked and aged by the store's time, and it takes no keep-last slot",
+            crate::timefmt::rfc3339(named),
+            crate::timefmt::rfc3339(stored),
+            span(ahead)
+        ))
+    } else if -ahead > ID_BEHIND_LIMIT_SECS {
+        Skew::Behind(format!(
+            "its id says {} but the store wrote it at {}: the id is {} behind the store (a unit's clock ran behind); ranked and aged by the store's time",
+            crate::timefmt::rfc3339(named),
+            crate::timefmt::rfc3339(stored),
+            span(-ahead)
+        ))
+    } else {
+        Skew::None
+    };
+    (stored, skew)
+}
+
+/// Whether a backup's id agrees with the store's time (see [`backup_time`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skew {
+    None,
+    /// The id is dated after its record was written; the text says by how much.
+    Ahead(String),
+    /// The id is dated long before its record was written.
+    Behind(String),
+}
+
+impl Skew {
+    /// The warning to show, if any.
+    pub fn warning(&self) -> Option<&str> {
+        match self {
+            Skew::None => None,
+            Skew::Ahead(w) | Skew::Behind(w) => Some(w),
+        }
+    }
+}
+
+/// `90061` → "1 day 1 hour", `7200` → "2 hours", `59` → "59 seconds".
+fn span(secs: i64) -> String {
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3_600, secs % 3_600 / 60);
+    let unit = |n: i64, u: &str| match n {
+        1 => format!("1 {u}"),
+        n => format!("{n} {u}s"),
+    };
+    match (d, h, m) {
+        (0, 0, 0) => unit(secs, "second"),
+        (0, 0, m) => unit(m, "minute"),
+        (0, h, _) => unit(h, "hour"),
+        (d, 0, _) => unit(d, "day"),
+        (d, h, _) => format!("{} {}", unit(d, "day"), unit(h, "hour")),
+    }
+}
+
+/// One listed backup, as retention sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub id: BackupId,
+    pub status: BackupStatus,
+    /// The store's LastModified of the record that gives the backup its status (manifest,
+    /// `failure.json`, the data object), when there is one.
+    pub stored_at: Option<OffsetDateTime>,
+}
 
 /// A validated retention policy: at least one rule is set.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,51 +165,75 @@ pub struct Decision {
     pub id: BackupId,
     pub status: BackupStatus,
     pub verdict: Verdict,
+    /// The time it was ranked and aged by ([`backup_time`]).
+    pub at: OffsetDateTime,
+    /// Set when its id is far from the store's time ([`backup_time`]).
+    pub warning: Option<String>,
 }
 
 /// Applies `policy` at `now` to `backups` (any order); returns one decision per backup,
-/// newest first.
+/// newest first by the store's time (ties: by id).
 ///
 /// * Finished: kept when among the `keep-last` newest finished backups or younger than
-///   `keep-days`; the newest finished backup is kept whatever the policy.
+///   `keep-days`; the newest finished backup is kept whatever the policy. A backup whose
+///   id is dated after its manifest ([`Skew::Ahead`]) takes no `keep-last` slot.
 /// * Failed, incomplete and damaged (a manifest without a restorable backup behind it):
 ///   deleted when older than `keep-days`; with `keep-last` alone,
 ///   when started before the oldest finished backup that is kept (they hold nothing a
 ///   restore can use, but they are the record of what went wrong recently).
 /// * Running and abandoned: never deleted here (an open upload is aborted by the
 ///   abandoned-upload rule, not by retention).
-pub fn select(
-    backups: &[(BackupId, BackupStatus)],
-    policy: &Policy,
-    now: OffsetDateTime,
-) -> Vec<Decision> {
-    let mut sorted: Vec<&(BackupId, BackupStatus)> = backups.iter().collect();
-    sorted.sort_by(|a, b| b.0.cmp(&a.0));
-    let finished: Vec<&BackupId> = sorted
+pub fn select(backups: &[Listed], policy: &Policy, now: OffsetDateTime) -> Vec<Decision> {
+    struct Ranked<'a> {
+        b: &'a Listed,
+        at: OffsetDateTime,
+        skew: Skew,
+    }
+    let mut sorted: Vec<Ranked> = backups
         .iter()
-        .filter(|(_, s)| *s == BackupStatus::Finished)
-        .map(|(id, _)| id)
+        .map(|b| {
+            let (at, skew) = backup_time(&b.id, b.stored_at);
+            Ranked { b, at, skew }
+        })
         .collect();
-    let newest_finished = finished.first().copied();
+    sorted.sort_by(|x, y| (y.at, &y.b.id).cmp(&(x.at, &x.b.id)));
+    let finished: Vec<&Ranked> = sorted
+        .iter()
+        .filter(|r| r.b.status == BackupStatus::Finished)
+        .collect();
+    let newest_finished = finished.first().map(|r| &r.b.id);
     let by_last: HashSet<&BackupId> = match policy.keep_last {
-        Some(n) => finished.iter().take(n as usize).copied().collect(),
+        Some(n) => finished
+            .iter()
+            .filter(|r| !matches!(r.skew, Skew::Ahead(_)))
+            .take(n as usize)
+            .map(|r| &r.b.id)
+            .collect(),
         None => HashSet::new(),
     };
-    let younger = |id: &BackupId| {
+    let younger = |at: OffsetDateTime| {
         policy
             .keep_days
-            .map(|d| age_secs(id, now) < d * SECS_PER_DAY)
+            .map(|d| (now - at).as_seconds_f64() < d * SECS_PER_DAY)
     };
 
     let mut decisions = Vec::with_capacity(sorted.len());
-    let mut oldest_kept_finished: Option<&BackupId> = None;
-    for (id, status) in sorted.iter().filter(|(_, s)| *s == BackupStatus::Finished) {
+    let mut oldest_kept_finished: Option<(OffsetDateTime, &BackupId)> = None;
+    for r in sorted
+        .iter()
+        .filter(|r| r.b.status == BackupStatus::Finished)
+    {
+        let id = &r.b.id;
         let kept_by_last = policy.keep_last.map(|_| by_last.contains(id));
-        let kept_by_days = younger(id);
+        let kept_by_days = younger(r.at);
         let mut keeps = Vec::new();
         let mut drops = Vec::new();
+        let no_slot = matches!(r.skew, Skew::Ahead(_));
         match (kept_by_last, policy.keep_last) {
             (Some(true), Some(1)) => keeps.push("the newest finished backup".into()),
+            (Some(false), Some(_)) if no_slot => {
+                drops.push("its id is dated after its manifest: it takes no keep-last slot".into())
+            }
             (Some(false), Some(1)) => drops.push("not the newest finished backup".into()),
             (Some(true), Some(n)) => keeps.push(format!("among the {n} newest finished backups")),
             (Some(false), Some(n)) => {
@@ -140,17 +256,23 @@ pub fn select(
             Verdict::Delete(drops.join(" and "))
         };
         if matches!(verdict, Verdict::Keep(_)) {
-            oldest_kept_finished = Some(id);
+            oldest_kept_finished = Some((r.at, id));
         }
         decisions.push(Decision {
             id: id.clone(),
-            status: *status,
+            status: r.b.status,
             verdict,
+            at: r.at,
+            warning: r.skew.warning().map(str::to_owned),
         });
     }
 
-    for (id, status) in sorted.iter().filter(|(_, s)| *s != BackupStatus::Finished) {
-        let what = status_word(*status);
+    for r in sorted
+        .iter()
+        .filter(|r| r.b.status != BackupStatus::Finished)
+    {
+        let status = r.b.status;
+        let what = status_word(status);
         let verdict = match status {
             BackupStatus::Running => Verdict::Keep(
                 "running: its upload is open; only the abandoned-upload rule touches it".into(),
@@ -160,14 +282,14 @@ pub fn select(
             ),
             _ => match (policy.keep_days, oldest_kept_finished) {
                 (Some(d), _) => {
-                    if younger(id) == Some(true) {
+                    if younger(r.at) == Some(true) {
                         Verdict::Keep(format!("{what} backup younger than {}", days(d)))
                     } else {
                         Verdict::Delete(format!("{what} backup older than {}", days(d)))
                     }
                 }
-                (None, Some(oldest)) => {
-                    if id.started_at() < oldest.started_at() {
+                (None, Some((oldest_at, oldest))) => {
+                    if (r.at, &r.b.id) < (oldest_at, oldest) {
                         Verdict::Delete(format!(
                             "{what} backup older than the oldest kept finished backup ({oldest})"
                         ))
@@ -183,12 +305,14 @@ pub fn select(
             },
         };
         decisions.push(Decision {
-            id: id.clone(),
-            status: *status,
+            id: r.b.id.clone(),
+            status,
             verdict,
+            at: r.at,
+            warning: r.skew.warning().map(str::to_owned),
         });
     }
-    decisions.sort_by(|a, b| b.id.cmp(&a.id));
+    decisions.sort_by(|a, b| (b.at, &b.id).cmp(&(a.at, &a.id)));
     decisions
 }
 
@@ -285,10 +409,6 @@ pub fn lock_reason(locks: &[VersionLock], now: OffsetDateTime) -> Option<String>
     }
 }
 
-fn age_secs(id: &BackupId, now: OffsetDateTime) -> f64 {
-    (now - id.started_at()).as_seconds_f64()
-}
-
 fn status_word(s: BackupStatus) -> &'static str {
     match s {
         BackupStatus::Finished => "finished",
@@ -328,13 +448,18 @@ mod tests {
 
     const NOW: OffsetDateTime = datetime!(2026-11-21 12:00:00 UTC);
 
-    /// A backup started `days_ago` days before NOW.
-    fn b(days_ago: f64, status: BackupStatus) -> (BackupId, BackupStatus) {
+    /// A backup started `days_ago` days before NOW, its record written in the same second.
+    fn b(days_ago: f64, status: BackupStatus) -> Listed {
         let t = NOW - Duration::seconds_f64(days_ago * SECS_PER_DAY);
-        (BackupId::generate(t, "valkey/0").unwrap(), status)
+        let id = BackupId::generate(t, "valkey/0").unwrap();
+        Listed {
+            stored_at: Some(id.started_at()),
+            id,
+            status,
+        }
     }
 
-    fn verdicts(backups: &[(BackupId, BackupStatus)], p: &Policy) -> Vec<(f64, bool, String)> {
+    fn verdicts(backups: &[Listed], p: &Policy) -> Vec<(f64, bool, String)> {
         // (age in days, deleted?, reason), newest first
         select(backups, p, NOW)
             .into_iter()
@@ -350,7 +475,7 @@ mod tests {
             .collect()
     }
 
-    fn deleted_ages(backups: &[(BackupId, BackupStatus)], p: &Policy) -> Vec<f64> {
+    fn deleted_ages(backups: &[Listed], p: &Policy) -> Vec<f64> {
         verdicts(backups, p)
             .into_iter()
             .filter(|v| v.1)
@@ -407,7 +532,7 @@ mod tests {
                     1.0,
                     false,
                     "damaged backup not older than the oldest kept finished backup (".to_owned()
-                        + bs[1].0.as_str()
+                        + bs[1].id.as_str()
                         + ")"
                 ),
                 (2.0, false, "the newest finished backup".into()),
@@ -563,6 +688,94 @@ mod tests {
         let bs = [b(-1.0, Finished), b(10.0, Finished), b(11.0, Finished)];
         let p = Policy::new(None, Some(0.0)).unwrap();
         assert_eq!(deleted_ages(&bs, &p), vec![10.0, 11.0]);
+    }
+
+    #[test]
+    fn a_far_future_id_takes_no_keep_last_slot_and_is_flagged() {
+        // A unit whose clock said 2099 wrote a backup 3 days ago; two real backups since.
+        let forged = Listed {
+            id: BackupId::parse("20990101T000000Z-valkey-9-abcdef").unwrap(),
+            status: Finished,
+            stored_at: Some(NOW - Duration::days(3)),
+        };
+        let bs = [forged.clone(), b(1.0, Finished), b(2.0, Finished)];
+        let d = select(&bs, &Policy::new(Some(1), None).unwrap(), NOW);
+        // Ranked by the store's time: the forged one is the oldest, and it is deleted.
+        let order: Vec<&BackupId> = d.iter().map(|d| &d.id).collect();
+        assert_eq!(order, vec![&bs[1].id, &bs[2].id, &forged.id]);
+        assert_eq!(
+            d[0].verdict,
+            Verdict::Keep("the newest finished backup".into())
+        );
+        assert_eq!(
+            d[2].verdict,
+            Verdict::Delete(
+                "its id is dated after its manifest: it takes no keep-last slot".into()
+            )
+        );
+        let w = d[2].warning.as_deref().unwrap();
+        assert!(
+            w.contains("2099-01-01T00:00:00Z") && w.contains("ahead"),
+            "{w}"
+        );
+        assert!(d[0].warning.is_none() && d[1].warning.is_none());
+        assert_eq!(d[2].at, NOW - Duration::days(3));
+
+        // Written most recently, it is still no keep-last slot: the newest honest backup
+        // takes it, and the forged one stays only as the newest finished backup.
+        let forged = Listed {
+            stored_at: Some(NOW - Duration::hours(1)),
+            ..forged
+        };
+        let bs = [forged.clone(), b(1.0, Finished), b(2.0, Finished)];
+        let v = verdicts(&bs, &Policy::new(Some(1), None).unwrap());
+        assert_eq!(v[0].2, "the newest finished backup is always kept");
+        assert_eq!(v[1].2, "the newest finished backup");
+        assert!(v[2].1, "{v:?}");
+        // keep-days ages it by the store's time too: 3 days old is older than 2 days.
+        let aged = Listed {
+            stored_at: Some(NOW - Duration::days(3)),
+            ..forged
+        };
+        let p = Policy::new(None, Some(2.0)).unwrap();
+        let d = select(&[aged, b(1.0, Finished)], &p, NOW);
+        assert!(matches!(d[1].verdict, Verdict::Delete(ref w) if w == "older than 2 days"));
+    }
+
+    #[test]
+    fn ids_behind_the_store_are_flagged_past_a_day_and_ranked_by_the_store() {
+        let id = BackupId::parse("20261101T000000Z-valkey-0-abcdef").unwrap();
+        let named = id.started_at();
+        // A long backup: its manifest 20 hours after its id is no skew.
+        let (at, skew) = backup_time(&id, Some(named + Duration::hours(20)));
+        assert_eq!((at, skew), (named + Duration::hours(20), Skew::None));
+        let (_, skew) = backup_time(&id, Some(named + Duration::hours(25)));
+        assert!(
+            matches!(skew, Skew::Behind(ref w) if w.contains("1 day 1 hour behind")),
+            "{skew:?}"
+        );
+        // Ahead: an hour is tolerated, more is not.
+        assert_eq!(
+            backup_time(&id, Some(named - Duration::minutes(59))).1,
+            Skew::None
+        );
+        let (_, skew) = backup_time(&id, Some(named - Duration::minutes(61)));
+        assert!(
+            matches!(skew, Skew::Ahead(ref w) if w.contains("1 hour ahead")),
+            "{skew:?}"
+        );
+        // No store time (a running backup): the id's.
+        assert_eq!(backup_time(&id, None), (named, Skew::None));
+    }
+
+    #[test]
+    fn spans_read_naturally() {
+        assert_eq!(span(59), "59 seconds");
+        assert_eq!(span(61), "1 minute");
+        assert_eq!(span(7_200), "2 hours");
+        assert_eq!(span(86_400), "1 day");
+        assert_eq!(span(90_061), "1 day 1 hour");
+        assert_eq!(span(2 * 86_400 + 7_200), "2 days 2 hours");
     }
 
     #[test]

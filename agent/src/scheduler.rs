@@ -348,7 +348,8 @@ async fn verify_newest(
     state: &Arc<AgentState>,
     events: crate::progress::EventSink,
 ) -> Result<Option<String>, (Option<String>, OpError)> {
-    let listing = list_backups::run(state, json!({}))
+    // The newest finished backups by the listing; the first whose manifest checks out.
+    let listing = list_backups::run(state, json!({"status": "finished", "limit": 20}))
         .await
         .map_err(|e| (None, e))?;
     let newest = listing

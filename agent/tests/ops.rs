@@ -743,7 +743,7 @@ async fn prune_keeps_the_newest_and_deletes_the_rest_only_when_confirmed() {
 
 #[tokio::test]
 async fn prune_never_deletes_a_locked_version() {
-    let w = World::new(InMemory::new());
+    let w = World::new(InMemory::with_object_lock());
     let ids = three_backups(&w).await;
     w.memory.set_lock(
         &format!("{PREFIX}{}/data.rdb", ids[0]),
@@ -768,11 +768,12 @@ async fn prune_never_deletes_a_locked_version() {
 }
 
 #[tokio::test]
-async fn a_delete_refused_midway_skips_that_backup_and_goes_on() {
+async fn a_delete_refused_midway_skips_those_backups_and_leaves_them_honest() {
     let w = World::new(InMemory::new());
-    let _ = three_backups(&w).await;
+    let ids = three_backups(&w).await;
+    // The first step (manifests) goes through; the data objects' batch is refused.
     w.store.fail_nth(
-        Operation::DeleteVersion,
+        Operation::DeleteBatch,
         2,
         StoreError::AccessDenied {
             detail: "AccessDenied (HTTP 403)".into(),
@@ -781,10 +782,228 @@ async fn a_delete_refused_midway_skips_that_backup_and_goes_on() {
     let r = w
         .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
         .await;
-    assert_eq!(r["skipped"].as_array().unwrap().len(), 1, "{r}");
-    assert_eq!(r["deleted"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["skipped"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(r["deleted"].as_array().unwrap().len(), 0, "{r}");
     let why = r["skipped"][0]["why"].as_str().unwrap();
-    assert!(why.contains("after 1 of"), "{why}");
+    assert!(
+        why.starts_with("deleting data.rdb failed") && why.contains("stays listed"),
+        "{why}"
+    );
+    // Their manifests went first: what is left lists as incomplete, never as finished.
+    let listed = w.ok(Op::ListBackups, json!({})).await;
+    let status: Vec<(&str, &str)> = listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["backup-id"].as_str().unwrap(),
+                b["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        status,
+        vec![
+            (ids[2].as_str(), "finished"),
+            (ids[1].as_str(), "incomplete"),
+            (ids[0].as_str(), "incomplete")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn prune_batches_its_deletes_and_reads_no_lock_state_on_a_bucket_without_object_lock() {
+    let w = World::new(InMemory::versioned());
+    for _ in 0..5 {
+        w.backup().await;
+    }
+    let r = w
+        .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
+        .await;
+    assert_eq!(r["deleted"].as_array().unwrap().len(), 4, "{r}");
+    // One listing of the prefix, one version listing, no HeadObject, one DeleteObjects
+    // per step (manifests, data objects), no single deletes.
+    assert_eq!(w.store.calls(Operation::List), 1);
+    assert_eq!(w.store.calls(Operation::ListVersions), 1);
+    assert_eq!(w.store.calls(Operation::Head), 0);
+    assert_eq!(w.store.calls(Operation::DeleteBatch), 2);
+    assert_eq!(w.store.calls(Operation::DeleteVersion), 0);
+    assert_eq!(w.objects().len(), 2, "{:?}", w.objects());
+}
+
+#[tokio::test]
+async fn prune_falls_back_to_single_deletes_on_a_store_without_delete_objects() {
+    let w = World::new(InMemory::new().without_batch_delete());
+    let ids = three_backups(&w).await;
+    let r = w
+        .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
+        .await;
+    assert_eq!(r["deleted"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(w.store.calls(Operation::DeleteVersion), 4);
+    assert!(w.objects().iter().all(|o| o.starts_with(&ids[2])));
+}
+
+/// Copies backup `from` under the id `to` with a manifest that describes `to` (as a
+/// unit with a wrong clock would have written it), the store's time `at`.
+fn forge_copy(w: &World, from: &str, to: &str, at: i64) {
+    let mut m = w.record(&format!("{from}/manifest.json"));
+    m["backup-id"] = json!(to);
+    m["data-key"] = json!(format!("{PREFIX}{to}/data.rdb"));
+    let data = w
+        .memory
+        .object(&format!("{PREFIX}{from}/data.rdb"))
+        .unwrap();
+    for (object, body) in [
+        ("data.rdb", data.to_vec()),
+        ("manifest.json", serde_json::to_vec(&m).unwrap()),
+    ] {
+        let key = format!("{PREFIX}{to}/{object}");
+        w.memory.insert(&key, body);
+        w.memory.set_modified(&key, at);
+    }
+}
+
+#[tokio::test]
+async fn an_id_dated_after_its_manifest_takes_no_keep_last_slot_and_is_flagged() {
+    let w = World::new(InMemory::new());
+    let ids = three_backups(&w).await;
+    // A unit whose clock said 2099 wrote a backup yesterday (by the store's clock).
+    let forged = "20990101T000000Z-valkey-9-abcdef";
+    let yesterday = time::OffsetDateTime::now_utc().unix_timestamp() - 86_400;
+    forge_copy(&w, &ids[0], forged, yesterday);
+
+    let listed = w.ok(Op::ListBackups, json!({})).await;
+    let order: Vec<&str> = listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backup-id"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, vec![&ids[2], &ids[1], &ids[0], forged]);
+    let entry = &listed["backups"][3];
+    assert_eq!(entry["status"], "finished");
+    let warning = entry["warning"].as_str().unwrap();
+    assert!(
+        warning.contains("2099-01-01T00:00:00Z") && warning.contains("ahead"),
+        "{warning}"
+    );
+    assert!(listed["backups"][0].get("warning").is_none());
+    assert!(listed["backups"][0]["stored-at"].is_string());
+
+    let r = w
+        .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
+        .await;
+    assert_eq!(r["kept"][0]["backup-id"], ids[2].as_str(), "{r}");
+    let deleted: Vec<&str> = r["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["backup-id"].as_str().unwrap())
+        .collect();
+    assert_eq!(deleted, vec![&ids[1], &ids[0], forged]);
+    assert!(r["deleted"][2]["warning"]
+        .as_str()
+        .unwrap()
+        .contains("ahead"));
+    assert!(w.objects().iter().all(|o| o.starts_with(&ids[2])));
+}
+
+#[tokio::test]
+async fn list_backups_answers_one_bounded_page_with_counts() {
+    let w = World::new(InMemory::new());
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(w.backup().await["backup-id"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+    ids.reverse();
+    let gets = w.store.calls(Operation::Get);
+    let page = w.ok(Op::ListBackups, json!({"limit": 2})).await;
+    let got: Vec<&str> = page["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backup-id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, vec![&ids[0], &ids[1]]);
+    assert_eq!(page["total"], 5);
+    assert_eq!(page["offset"], 0);
+    assert_eq!(page["next-offset"], 2);
+    assert_eq!(page["counts"], json!({"finished": 5}));
+    // Only the page's manifests were read.
+    assert_eq!(w.store.calls(Operation::Get) - gets, 2);
+    let last = w
+        .ok(Op::ListBackups, json!({"limit": 2, "offset": 4}))
+        .await;
+    assert_eq!(last["backups"][0]["backup-id"], ids[4].as_str());
+    assert!(last.get("next-offset").is_none(), "{last}");
+    // A data object removed by hand: the counts say so from the listing alone.
+    w.memory
+        .delete_version(&format!("{PREFIX}{}/data.rdb", ids[1]), None)
+        .await
+        .unwrap();
+    let damaged = w.ok(Op::ListBackups, json!({"status": "damaged"})).await;
+    assert_eq!(damaged["counts"], json!({"damaged": 1, "finished": 4}));
+    assert_eq!(damaged["total"], 1);
+    assert_eq!(damaged["backups"][0]["backup-id"], ids[1].as_str());
+    assert!(damaged["backups"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("missing"));
+    for bad in [
+        json!({"limit": 0}),
+        json!({"limit": 1001}),
+        json!({"offset": -1}),
+    ] {
+        let (c, _) = code(w.call(Op::ListBackups, bad.clone()).await);
+        assert_eq!(c, ErrorCode::BadRequest, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn a_confirmed_prune_does_not_hold_the_unit_lock_and_never_deletes_a_backup_being_restored() {
+    let w = World::new(InMemory::new());
+    let ids = three_backups(&w).await;
+    // A restore of the oldest backup holds the unit lock (as between its steps).
+    let guard = w
+        .state
+        .lock_unit("restore-backup", ids[0].clone())
+        .await
+        .unwrap();
+    let r = w
+        .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
+        .await;
+    let deleted: Vec<&str> = r["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["backup-id"].as_str().unwrap())
+        .collect();
+    assert_eq!(deleted, vec![&ids[1]], "{r}");
+    assert_eq!(r["skipped"][0]["backup-id"], ids[0].as_str());
+    assert!(r["skipped"][0]["why"]
+        .as_str()
+        .unwrap()
+        .contains("restoring it right now"));
+    assert!(w.objects().iter().any(|o| o.starts_with(&ids[0])));
+    drop(guard);
+    // While a prune has a backup claimed, a restore of it is refused busy.
+    let (claim, in_use) = w.state.claim_for_deletion(vec![ids[0].clone()]);
+    assert!(in_use.is_none());
+    let refused = w.state.lock_unit("restore-backup", ids[0].clone()).await;
+    assert_eq!(refused.err().map(|e| e.code()), Some(ErrorCode::Busy));
+    assert!(w
+        .state
+        .lock_unit("create-backup", "other".into())
+        .await
+        .is_ok());
+    drop(claim);
+    assert!(w
+        .state
+        .lock_unit("restore-backup", ids[0].clone())
+        .await
+        .is_ok());
 }
 
 #[tokio::test]

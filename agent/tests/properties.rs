@@ -16,7 +16,7 @@ use valkey_backup_agent::backup_id::BackupId;
 use valkey_backup_agent::layout::{FailureRecord, ManifestV1};
 use valkey_backup_agent::protocol::{parse_request, BackupStatus};
 use valkey_backup_agent::rdb::{RdbError, RdbValidator, Validated, EOF_MARK_LEN};
-use valkey_backup_agent::retention::{select, Policy, Verdict};
+use valkey_backup_agent::retention::{backup_time, select, Listed, Policy, Skew, Verdict};
 use valkey_backup_agent::timefmt;
 
 // ---------------------------------------------------------------------------------------
@@ -458,23 +458,43 @@ const BASE: i64 = 1_767_225_600;
 /// The window: 60 days.
 const SPAN: i64 = 60 * 86_400;
 
-/// Up to 40 backups with distinct ids, statuses weighted towards finished.
-fn backups() -> impl Strategy<Value = Vec<(BackupId, BackupStatus)>> {
+/// Up to 40 backups with distinct ids, statuses weighted towards finished, each with a
+/// store time: mostly within the hour after its id, sometimes none (running), and
+/// sometimes far from it either way (a unit's clock off by up to two years).
+fn backups() -> impl Strategy<Value = Vec<Listed>> {
     let status = prop_oneof![
         3 => Just(BackupStatus::Finished),
         2 => prop::sample::select(STATUSES),
     ];
-    prop::collection::vec((0..SPAN, 0u8..3, 0u32..0x0100_0000, status), 0..40).prop_map(|raw| {
-        let mut by_id = BTreeMap::new();
-        for (offset, unit, suffix, status) in raw {
-            let id = format!(
-                "{}-valkey-{unit}-{suffix:06x}",
-                timefmt::compact(at(BASE + offset))
-            );
-            by_id.insert(BackupId::parse(&id).expect("well-formed id"), status);
-        }
-        by_id.into_iter().collect()
-    })
+    let stored = prop_oneof![
+        6 => (0i64..3_600).prop_map(Some),
+        1 => Just(None),
+        2 => (-730 * 86_400i64..730 * 86_400).prop_map(Some),
+    ];
+    prop::collection::vec((0..SPAN, 0u8..3, 0u32..0x0100_0000, status, stored), 0..40).prop_map(
+        |raw| {
+            let mut by_id = BTreeMap::new();
+            for (offset, unit, suffix, status, stored) in raw {
+                let id = format!(
+                    "{}-valkey-{unit}-{suffix:06x}",
+                    timefmt::compact(at(BASE + offset))
+                );
+                let stored_at = stored.map(|d| at(BASE + offset + d));
+                by_id.insert(
+                    BackupId::parse(&id).expect("well-formed id"),
+                    (status, stored_at),
+                );
+            }
+            by_id
+                .into_iter()
+                .map(|(id, (status, stored_at))| Listed {
+                    id,
+                    status,
+                    stored_at,
+                })
+                .collect()
+        },
+    )
 }
 
 fn policy() -> impl Strategy<Value = Policy> {
@@ -500,9 +520,11 @@ proptest! {
         }
     }
 
-    /// For any backups, policy and clock: one decision per backup, newest first; the newest
-    /// finished backup is kept; `keep-last N` keeps at least min(N, finished) finished
-    /// backups; running and abandoned backups are never deleted.
+    /// For any backups, policy and clock: one decision per backup, newest first by the
+    /// store's time; the newest finished backup is kept; `keep-last N` keeps at least
+    /// min(N, finished backups whose id is not ahead of the store) finished backups; an id
+    /// ahead of the store never holds a keep-last slot; running and abandoned backups are
+    /// never deleted.
     #[test]
     fn retention_select_keeps_its_promises(
         backups in backups(),
@@ -518,16 +540,23 @@ proptest! {
         }
         let decisions = select(&input, &policy, now);
 
-        let mut expected: Vec<&BackupId> = backups.iter().map(|(id, _)| id).collect();
+        let rank = |b: &Listed| (backup_time(&b.id, b.stored_at).0, b.id.clone());
+        let mut expected: Vec<(OffsetDateTime, BackupId)> = backups.iter().map(rank).collect();
         expected.sort_by(|a, b| b.cmp(a));
-        let got: Vec<&BackupId> = decisions.iter().map(|d| &d.id).collect();
+        let got: Vec<(OffsetDateTime, BackupId)> =
+            decisions.iter().map(|d| (d.at, d.id.clone())).collect();
         prop_assert_eq!(got, expected);
 
+        let ahead = |id: &BackupId| {
+            let b = backups.iter().find(|b| &b.id == id).unwrap();
+            matches!(backup_time(&b.id, b.stored_at).1, Skew::Ahead(_))
+        };
         let finished: Vec<&BackupId> = decisions
             .iter()
             .filter(|d| d.status == BackupStatus::Finished)
             .map(|d| &d.id)
             .collect();
+        let slots = finished.iter().filter(|id| !ahead(id)).count();
         let kept_finished = decisions
             .iter()
             .filter(|d| d.status == BackupStatus::Finished && matches!(d.verdict, Verdict::Keep(_)))
@@ -537,13 +566,22 @@ proptest! {
             prop_assert!(matches!(d.verdict, Verdict::Keep(_)), "newest finished deleted: {:?}", d);
         }
         if let Some(n) = policy.keep_last() {
-            prop_assert!(kept_finished >= (n as usize).min(finished.len()));
+            prop_assert!(kept_finished >= (n as usize).min(slots));
         }
         for d in &decisions {
-            let status = backups.iter().find(|(id, _)| id == &d.id).unwrap().1;
-            prop_assert_eq!(d.status, status);
+            let b = backups.iter().find(|b| b.id == d.id).unwrap();
+            prop_assert_eq!(d.status, b.status);
+            prop_assert_eq!(d.warning.is_some(), backup_time(&b.id, b.stored_at).1 != Skew::None);
             if matches!(d.status, BackupStatus::Running | BackupStatus::Abandoned) {
                 prop_assert!(matches!(d.verdict, Verdict::Keep(_)), "deleted: {:?}", d);
+            }
+            if d.status == BackupStatus::Finished && ahead(&d.id) {
+                if let Verdict::Keep(why) = &d.verdict {
+                    prop_assert!(
+                        !why.contains("among the") && why != "the newest finished backup",
+                        "an id ahead of the store holds a keep-last slot: {:?}", d
+                    );
+                }
             }
         }
     }

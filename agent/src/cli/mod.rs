@@ -19,7 +19,8 @@ use output::{client_call, print_json, report_error, to_params};
 use render::{backups_table, prune_summary};
 
 use crate::protocol::{
-    ListBackupsParams, ListBackupsResult, NoParams, PruneBackupsParams, PruneResult, StatusParams,
+    BackupStatus, ListBackupsParams, ListBackupsResult, NoParams, PruneBackupsParams, PruneResult,
+    StatusParams,
     VerifyBackupParams,
 };
 
@@ -73,6 +74,16 @@ pub enum Command {
         /// An open upload older than this is shown as `abandoned` (default 24).
         #[arg(long)]
         abandoned_after_hours: Option<f64>,
+        /// Show at most this many backups (default 100, at most 1000).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Skip this many of the newest backups first (the next page).
+        #[arg(long)]
+        offset: Option<u32>,
+        /// Only backups with this status (finished, failed, damaged, incomplete,
+        /// running, abandoned).
+        #[arg(long, value_parser = parse_status)]
+        status: Option<BackupStatus>,
     },
     /// Delete the backups the retention policy no longer keeps and abort the uploads of
     /// agents that are gone. A dry run (what would go, and why) unless --confirm.
@@ -200,10 +211,16 @@ pub async fn run(cli: Cli) -> i32 {
             json: as_json,
             cluster,
             abandoned_after_hours,
+            limit,
+            offset,
+            status,
         } => {
             let params = to_params(&ListBackupsParams {
                 cluster,
                 abandoned_after_hours,
+                limit,
+                offset,
+                status,
             });
             let result = client_call(&cli.socket, "list-backups", params).await;
             if as_json {
@@ -219,6 +236,12 @@ pub async fn run(cli: Cli) -> i32 {
             }
         }
     }
+}
+
+/// `--status` by its wire name.
+fn parse_status(s: &str) -> Result<BackupStatus, String> {
+    serde_json::from_value(Value::String(s.to_owned()))
+        .map_err(|_| "one of finished, failed, damaged, incomplete, running, abandoned".to_owned())
 }
 
 /// A result this CLI cannot read (an agent of another version).

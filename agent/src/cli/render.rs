@@ -149,6 +149,10 @@ pub fn backups_table(result: &ListBackupsResult) -> String {
         } else {
             or_dash(b.source_version.as_deref())
         };
+        let detail = match &b.warning {
+            Some(w) => format!("{detail} (warning: {w})"),
+            None => detail,
+        };
         table.push([
             b.backup_id.clone(),
             status,
@@ -186,6 +190,14 @@ pub fn backups_table(result: &ListBackupsResult) -> String {
     if result.backups.is_empty() {
         out.push_str("(no backups)\n");
     }
+    if let Some(next) = result.next_offset {
+        out.push_str(&format!(
+            "shown: {} to {} of {}; --offset {next} for the next page\n",
+            result.offset + 1,
+            result.offset + result.backups.len(),
+            result.total
+        ));
+    }
     out
 }
 
@@ -212,6 +224,18 @@ mod tests {
         let t = backups_table(&v);
         assert!(t.contains("valkey-auth: bad password"), "{t}");
         assert!(t.starts_with("cluster: m.v\nBACKUP-ID"), "{t}");
+        assert!(!t.contains("next page"), "{t}");
+        let paged = ListBackupsResult {
+            total: 250,
+            offset: 100,
+            next_offset: Some(101),
+            ..v
+        };
+        let t = backups_table(&paged);
+        assert!(
+            t.ends_with("shown: 101 to 101 of 250; --offset 101 for the next page\n"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! (default 24) is shown as `abandoned`: its agent is gone, and `prune-backups` aborts
 //! the upload.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
@@ -31,25 +32,47 @@ const VERIFY_RECORDS_TRIED: usize = 3;
 /// Records fetched at once while listing.
 const FETCH_CONCURRENCY: usize = 8;
 
-/// Lists the backups of the configured (or the named) cluster, newest first.
+/// Backups described when the request names no `limit`.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// The most backups one answer describes (a Juju action result is bounded in size).
+pub const MAX_LIMIT: u32 = 1000;
+
+/// Lists the backups of the configured (or the named) cluster, newest first by the
+/// store's time, one page at a time.
+///
+/// One listing of the prefix (keys, sizes, LastModified) and one of the open uploads
+/// give every backup's status, rank and the counts; only the backups on the page asked
+/// for are described further (their manifest, failure or verification records read),
+/// so the cost and the size of the answer follow `limit`, not the length of the history.
 pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<ListBackupsResult, OpError> {
     let p: ListBackupsParams = params(raw)?;
     let abandoned_after =
         retention::abandoned_after_hours(p.abandoned_after_hours).map_err(OpError::BadRequest)?;
+    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(OpError::BadRequest(format!(
+            "limit must be from 1 to {MAX_LIMIT}"
+        )));
+    }
+    let offset = p.offset.unwrap_or(0) as usize;
     let (config, s3) = state.storage()?;
     let cluster = config.cluster_or(p.cluster.as_deref())?;
     let store = state.open_store(&s3)?;
     let layout = Layout::new(s3.clean_path(), &cluster);
     let (keys, uploads) = list_prefix(&*store, &layout).await?;
     let uploads = seen(&uploads);
-    let grouped = group(&layout, &keys, &uploads);
     let initiated = upload_times(&layout, &uploads);
     let now = time::OffsetDateTime::now_utc();
-    let entries: Vec<Result<BackupEntry, StoreError>> = stream::iter(grouped)
+    let mut listed: Vec<Listing> = group(&layout, &keys, &uploads)
+        .into_iter()
         .map(|(id, found)| {
             let times = initiated.get(&id).map(Vec::as_slice).unwrap_or_default();
             let status = found.status().expect("grouped entries have a status");
-            let status = retention::shown_status(status, &id, times, now, abandoned_after);
+            let mut status = retention::shown_status(status, &id, times, now, abandoned_after);
+            // What the listing alone tells: a manifest without its data object.
+            if status == BackupStatus::Finished && found.data_size.is_none() {
+                status = BackupStatus::Damaged;
+            }
             let abandoned = (status == BackupStatus::Abandoned).then(|| {
                 let newest = times
                     .iter()
@@ -57,8 +80,35 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<ListBackupsResul
                     .max();
                 abandoned_reason(newest, abandoned_after)
             });
-            describe(&*store, &layout, id, found, status, abandoned)
+            let (at, skew) = retention::backup_time(&id, found.stored_at());
+            Listing {
+                id,
+                found,
+                status,
+                abandoned,
+                at,
+                warning: skew.warning().map(str::to_owned),
+            }
         })
+        .collect();
+    listed.sort_by(|a, b| (b.at, &b.id).cmp(&(a.at, &a.id)));
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for l in &listed {
+        *counts.entry(status_name(l.status)).or_default() += 1;
+    }
+    let matching: Vec<Listing> = listed
+        .into_iter()
+        .filter(|l| p.status.is_none_or(|s| s == l.status))
+        .collect();
+    let total = matching.len();
+    let page: Vec<Listing> = matching
+        .into_iter()
+        .skip(offset)
+        .take(limit as usize)
+        .collect();
+    let next_offset = (offset + page.len() < total).then_some(offset + page.len());
+    let entries: Vec<Result<BackupEntry, StoreError>> = stream::iter(page)
+        .map(|l| describe(&*store, &layout, l))
         .buffered(FETCH_CONCURRENCY)
         .collect()
         .await;
@@ -71,8 +121,31 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<ListBackupsResul
     Ok(ListBackupsResult {
         cluster,
         backups,
+        total,
+        offset,
+        next_offset,
+        counts,
         schedule: (!schedule.is_null()).then_some(schedule),
     })
+}
+
+/// One backup as the listing found it, before it is described.
+struct Listing {
+    id: BackupId,
+    found: Found,
+    status: BackupStatus,
+    abandoned: Option<String>,
+    /// The store's time of its record (or its id's time): what it ranks by.
+    at: time::OffsetDateTime,
+    warning: Option<String>,
+}
+
+/// The wire name of a status (`finished`, `damaged`…).
+fn status_name(status: BackupStatus) -> String {
+    match serde_json::to_value(status) {
+        Ok(Value::String(s)) => s,
+        _ => format!("{status:?}"),
+    }
 }
 
 fn abandoned_reason(newest_upload: Option<time::OffsetDateTime>, after_hours: f64) -> String {
@@ -97,11 +170,17 @@ fn unit_from_id(id: &BackupId) -> Option<String> {
 async fn describe(
     store: &dyn ObjectStore,
     layout: &Layout,
-    id: BackupId,
-    found: Found,
-    status: BackupStatus,
-    abandoned_reason: Option<String>,
+    listing: Listing,
 ) -> Result<BackupEntry, StoreError> {
+    let Listing {
+        id,
+        found,
+        status,
+        abandoned: abandoned_reason,
+        at,
+        warning,
+    } = listing;
+    let stored_at = found.stored_at().map(|_| rfc3339(at));
     let mut entry = BackupEntry {
         backup_id: id.to_string(),
         status,
@@ -118,9 +197,12 @@ async fn describe(
         sha256: None,
         compression: None,
         encrypted: None,
+        stored_at,
+        warning,
     };
     match status {
-        BackupStatus::Finished => {
+        // A manifest without data (the listing told): what the manifest says is shown.
+        BackupStatus::Finished | BackupStatus::Damaged => {
             let m = match check_manifest(store, layout, &id, found.data_size).await? {
                 ManifestCheck::Restorable(m) => Some(m),
                 ManifestCheck::Damaged(why) => {
@@ -129,6 +211,7 @@ async fn describe(
                     None
                 }
             };
+
             if let Some(m) = m {
                 entry.unit = Some(m.unit);
                 entry.size_bytes = Some(m.stored_size_bytes);
@@ -172,10 +255,7 @@ async fn describe(
                 entry.reason = Some(f.reason);
             }
         }
-        BackupStatus::Running
-        | BackupStatus::Abandoned
-        | BackupStatus::Incomplete
-        | BackupStatus::Damaged => {}
+        BackupStatus::Running | BackupStatus::Abandoned | BackupStatus::Incomplete => {}
     }
     Ok(entry)
 }

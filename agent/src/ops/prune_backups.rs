@@ -36,18 +36,16 @@ use crate::layout::{
     group, upload_times, BackupStatus, Found, Layout, ManifestCheck, FAILURE_OBJECT,
     MANIFEST_OBJECT,
 };
+use crate::lock::{LockError, LockHolder};
 use crate::protocol::{
     AbortedUpload, PruneBackupsParams, PrunePolicy, PruneResult, PrunedBackup, SparedBackup,
 };
-use crate::retention::{self, Policy, Verdict, VersionLock};
-use crate::storage::{self, compat, ObjectStore, StoreError, StoredVersion};
+use crate::retention::{self, Listed, Policy, Verdict, VersionLock};
+use crate::storage::{self, compat, ObjectMeta, ObjectStore, StoreError, StoredVersion};
 use crate::timefmt::rfc3339;
 
 /// What to prune: the op's params, and what the scheduler asks for after a backup.
 pub type PruneParams = PruneBackupsParams;
-
-/// Lock-state reads (HeadObject) in flight at once.
-const HEAD_CONCURRENCY: usize = 8;
 
 /// Applies the retention policy: reports what goes and why, and deletes only with
 /// `confirm`.
@@ -82,12 +80,17 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneBackupsParams) -> Result<Pru
         }
     })?;
 
-    let _held = if p.confirm {
-        Some(
-            state
-                .lock_unit("prune-backups", format!("prune of {}", config.cluster))
-                .await?,
-        )
+    // A confirmed prune keeps other prunes of this unit out for its whole run. It does
+    // not hold the unit lock (see the module docs): backups and restores go on meanwhile.
+    let _pruning = if p.confirm {
+        Some(state.pruning.try_lock().map_err(|_| {
+            OpError::Lock(LockError::Busy(Some(LockHolder {
+                op: "prune-backups".into(),
+                backup_id: format!("prune of {}", config.cluster),
+                started_at: "earlier".into(),
+                pid: std::process::id(),
+            })))
+        })?)
     } else {
         None
     };
@@ -99,23 +102,28 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneBackupsParams) -> Result<Pru
     let uploads = seen(&open_uploads);
     let grouped: HashMap<BackupId, Found> = group(&layout, &keys, &uploads).into_iter().collect();
     let initiated = upload_times(&layout, &uploads);
-    let listed: Vec<(BackupId, BackupStatus)> = grouped
+    let listed: Vec<Listed> = grouped
         .iter()
         .map(|(id, found)| {
             let status = found.status().expect("grouped entries have a status");
             let times = initiated.get(id).map(Vec::as_slice).unwrap_or_default();
-            let status = retention::shown_status(status, id, times, now, abandoned_after);
-            (id.clone(), status)
+            Listed {
+                id: id.clone(),
+                status: retention::shown_status(status, id, times, now, abandoned_after),
+                stored_at: found.stored_at(),
+            }
         })
         .collect();
     // "Finished" must mean restorable before any rule counts it: a manifest whose data is
     // gone, or that does not parse, must not take the place of the newest backup.
     let damaged = damaged_backups(&*store, &layout, &grouped, &listed).await?;
-    let backups: Vec<(BackupId, BackupStatus)> = listed
+    let backups: Vec<Listed> = listed
         .into_iter()
-        .map(|(id, status)| match damaged.contains_key(&id) {
-            true => (id, BackupStatus::Damaged),
-            false => (id, status),
+        .map(|mut b| {
+            if damaged.contains_key(&b.id) {
+                b.status = BackupStatus::Damaged;
+            }
+            b
         })
         .collect();
     let mut decisions = retention::select(&backups, &policy, now);
@@ -131,7 +139,7 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneBackupsParams) -> Result<Pru
     // Data without a manifest is also what another unit's backup looks like in the moment
     // between completing its upload and writing its manifest: young ones are left alone.
     for d in &mut decisions {
-        let age_hours = (now - d.id.started_at()).as_seconds_f64() / 3600.0;
+        let age_hours = (now - d.at).as_seconds_f64() / 3600.0;
         if d.status == BackupStatus::Incomplete
             && matches!(d.verdict, Verdict::Delete(_))
             && age_hours < abandoned_after.max(1.0)
@@ -142,63 +150,96 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneBackupsParams) -> Result<Pru
             ));
         }
     }
+    for d in decisions.iter().filter(|d| d.warning.is_some()) {
+        warn!(backup_id = %d.id, warning = d.warning.as_deref().unwrap_or_default(), "a backup id disagrees with the store's time");
+    }
     let status_of: HashMap<&BackupId, BackupStatus> =
-        backups.iter().map(|(i, s)| (i, *s)).collect();
-    let any_candidate = decisions
+        backups.iter().map(|b| (&b.id, b.status)).collect();
+    let candidates: BTreeSet<BackupId> = decisions
         .iter()
-        .any(|d| matches!(d.verdict, Verdict::Delete(_)));
-    // Only decides how a `null` version id is named (see `inspect`).
-    let versioned = any_candidate && store.versioning().await?;
+        .filter(|d| matches!(d.verdict, Verdict::Delete(_)))
+        .map(|d| d.id.clone())
+        .collect();
+    let mut inspections = if candidates.is_empty() {
+        HashMap::new()
+    } else {
+        inspect_all(&*store, &layout, &candidates, &keys, now).await?
+    };
 
     let mut out = Outcome::default();
+    let mut plans: Vec<Planned> = Vec::new();
     for d in decisions {
+        let warning = d.warning;
         let why = match d.verdict {
             Verdict::Keep(why) => {
                 // An abandoned backup has nothing but its upload: it is reported under
                 // aborted-uploads, not as "kept".
                 if d.status != BackupStatus::Abandoned {
-                    out.kept.push(spared(&d.id, d.status, why));
+                    out.kept.push(spared(&d.id, d.status, why, warning));
                 }
                 continue;
             }
             Verdict::Delete(why) => why,
         };
-        if state.shutdown.is_cancelled() {
-            return Err(OpError::Cancelled);
+        match inspections.remove(&d.id) {
+            Some(Inspection::Delete(plan)) => plans.push(Planned {
+                id: d.id,
+                status: d.status,
+                why,
+                warning,
+                plan,
+            }),
+            Some(Inspection::Locked(reason)) => out.kept.push(spared(
+                &d.id,
+                d.status,
+                format!("{reason}; the policy alone would delete it ({why})"),
+                warning,
+            )),
+            Some(Inspection::Unreadable(reason)) => {
+                out.skipped.push(spared(&d.id, d.status, reason, warning))
+            }
+            None => out.skipped.push(spared(
+                &d.id,
+                d.status,
+                "not inspected; nothing deleted".into(),
+                warning,
+            )),
         }
-        let plan = match inspect(&*store, &layout, versioned, &d.id, &keys, now).await {
-            Inspection::Delete(plan) => plan,
-            Inspection::Locked(reason) => {
-                out.kept.push(spared(
-                    &d.id,
-                    d.status,
-                    format!("{reason}; the policy alone would delete it ({why})"),
-                ));
-                continue;
-            }
-            Inspection::Unreadable(reason) => {
-                out.skipped.push(spared(&d.id, d.status, reason));
-                continue;
-            }
-        };
+    }
+
+    let failed = if p.confirm && !plans.is_empty() {
+        delete_plans(state, &*store, &layout, &plans).await?
+    } else {
+        HashMap::new()
+    };
+    for Planned {
+        id,
+        status,
+        why,
+        warning,
+        plan,
+    } in plans
+    {
+        if let Some(reason) = failed.get(&id) {
+            out.skipped
+                .push(spared(&id, status, reason.clone(), warning));
+            continue;
+        }
         let objects = plan
             .iter()
             .map(|v| v.key.as_str())
             .collect::<BTreeSet<_>>()
             .len();
         if p.confirm {
-            if let Err(reason) = delete(&*store, &layout, &d.id, &plan).await {
-                out.skipped.push(spared(&d.id, d.status, reason));
-                continue;
-            }
-            info!(backup_id = %d.id, objects, versions = plan.len(), why = %why, "backup pruned");
+            info!(backup_id = %id, objects, versions = plan.len(), why = %why, "backup pruned");
         }
         out.deleted.push(PrunedBackup {
-            backup_id: d.id.to_string(),
-            status: d.status,
+            backup_id: id.to_string(),
+            status,
             objects,
             versions: plan.len(),
             why,
+            warning,
         });
     }
 
@@ -225,6 +266,7 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneBackupsParams) -> Result<Pru
                         .copied()
                         .unwrap_or(BackupStatus::Abandoned),
                     format!("could not abort its open upload: {e}"),
+                    None,
                 ));
                 continue;
             }
@@ -258,16 +300,22 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneBackupsParams) -> Result<Pru
     })
 }
 
-fn spared(id: &BackupId, status: BackupStatus, why: String) -> SparedBackup {
+fn spared(
+    id: &BackupId,
+    status: BackupStatus,
+    why: String,
+    warning: Option<String>,
+) -> SparedBackup {
     SparedBackup {
         backup_id: id.to_string(),
         status,
         why,
+        warning,
     }
 }
 
 /// Manifest reads in flight at once while checking finished backups.
-const MANIFEST_CONCURRENCY: usize = 16;
+const MANIFEST_CONCURRENCY: usize = 32;
 
 /// The backups listed as finished whose manifest does not make them restorable, with
 /// the reason (see [`crate::layout::ManifestV1::unrestorable_reason`]).
@@ -275,12 +323,12 @@ async fn damaged_backups(
     store: &dyn ObjectStore,
     layout: &Layout,
     grouped: &HashMap<BackupId, Found>,
-    listed: &[(BackupId, BackupStatus)],
+    listed: &[Listed],
 ) -> Result<HashMap<BackupId, String>, OpError> {
     let finished: Vec<(BackupId, Option<u64>)> = listed
         .iter()
-        .filter(|(_, s)| *s == BackupStatus::Finished)
-        .map(|(id, _)| (id.clone(), grouped.get(id).and_then(|f| f.data_size)))
+        .filter(|b| b.status == BackupStatus::Finished)
+        .map(|b| (b.id.clone(), grouped.get(&b.id).and_then(|f| f.data_size)))
         .collect();
     let checks: Vec<(BackupId, Result<ManifestCheck, StoreError>)> = stream::iter(finished)
         .map(|(id, size)| async move {
@@ -308,6 +356,15 @@ struct Outcome {
     aborted_uploads: Vec<AbortedUpload>,
 }
 
+/// A backup the policy deletes, with its versions in deletion order.
+struct Planned {
+    id: BackupId,
+    status: BackupStatus,
+    why: String,
+    warning: Option<String>,
+    plan: Vec<StoredVersion>,
+}
+
 /// What the store says about deleting one candidate.
 enum Inspection {
     /// Every version, in deletion order.
@@ -318,72 +375,153 @@ enum Inspection {
     Unreadable(String),
 }
 
-/// Lists every version of the backup's objects and reads each one's lock state.
+/// Lock-state reads (HeadObject) in flight at once.
+const HEAD_CONCURRENCY: usize = 16;
+
+/// Plans the deletion of every candidate from one version listing of the cluster's
+/// prefix, and reads lock states only where the bucket can hold locks.
 ///
 /// Versions come from ListObjectVersions; a store that does not implement it (Garage)
-/// has one version per listed key. A key of the backup's current listing that the
-/// version listing misses is added as such on stores not known to keep versions (so a
-/// backup is never reported deleted while objects remain), and makes the backup skipped
-/// on those that do. A version id `null` (an object written while versioning was off) is
-/// named only on buckets that have versioning: elsewhere some stores refuse a version id
-/// altogether.
-async fn inspect(
+/// has one version per listed key. A `null` version id (an object written while
+/// versioning was off) is named only on buckets that have versioning: elsewhere some
+/// stores refuse a version id altogether. Lock state (HeadObject per version) is read
+/// only when the bucket has Object Lock enabled, or when that cannot be told: without
+/// it no version can be retained or held, and skipping 10,000 HEADs is what makes a
+/// large prune take seconds.
+async fn inspect_all(
     store: &dyn ObjectStore,
     layout: &Layout,
-    versioned: bool,
-    id: &BackupId,
-    keys: &[(String, u64)],
+    candidates: &BTreeSet<BackupId>,
+    keys: &[ObjectMeta],
     now: OffsetDateTime,
-) -> Inspection {
-    let prefix = layout.backup_prefix(id);
-    let mine = |key: &str| layout.parse_key(key).is_some_and(|(k, _)| &k == id);
-    let mut versions: Vec<StoredVersion> = match storage::list_versions(store, &prefix).await {
-        Ok(v) => v
-            .into_iter()
-            .filter(|v| mine(&v.key))
-            .map(|mut v| {
-                v.version_id = compat::version_id_to_send(v.version_id, versioned);
-                v
-            })
-            .collect(),
-        // No version listing (Garage): one version per key. Not on a bucket known to keep
-        // versions, where deleting by key alone would leave them behind a delete marker.
-        Err(StoreError::Unsupported { .. }) if !versioned => Vec::new(),
+) -> Result<HashMap<BackupId, Inspection>, OpError> {
+    let versioned = store.versioning().await?;
+    let locks_possible = match store.object_lock_enabled().await {
+        Ok(enabled) => enabled,
         Err(e) => {
-            return Inspection::Unreadable(format!(
-                "cannot list its object versions ({e}); nothing deleted"
-            ))
+            warn!(error = %e, "cannot tell whether the bucket has Object Lock; reading every version's lock state");
+            true
         }
     };
-    let listed: BTreeSet<String> = versions
-        .iter()
-        .filter(|v| !v.delete_marker)
-        .map(|v| v.key.clone())
-        .collect();
-    for (key, _) in keys.iter().filter(|(k, _)| mine(k)) {
-        if !listed.contains(key) {
-            if versioned {
-                let object = key.strip_prefix(&prefix).unwrap_or(key);
-                return Inspection::Unreadable(format!(
-                    "the store's version listing misses {object}; skipped, nothing deleted"
-                ));
+    let all: Option<Vec<StoredVersion>> = match storage::list_versions(store, layout.prefix()).await
+    {
+        Ok(v) => Some(v),
+        // No version listing (Garage): one version per key. Not on a bucket known to
+        // keep versions, where deleting by key alone would leave them behind a marker.
+        Err(StoreError::Unsupported { .. }) if !versioned => None,
+        Err(e) => {
+            let why = format!("cannot list its object versions ({e}); nothing deleted");
+            return Ok(candidates
+                .iter()
+                .map(|id| (id.clone(), Inspection::Unreadable(why.clone())))
+                .collect());
+        }
+    };
+    let mut versions_of: HashMap<BackupId, Vec<StoredVersion>> = HashMap::new();
+    for v in all.iter().flatten() {
+        if let Some((id, _)) = layout.parse_key(&v.key) {
+            if candidates.contains(&id) {
+                let mut v = v.clone();
+                v.version_id = compat::version_id_to_send(v.version_id, versioned);
+                versions_of.entry(id).or_default().push(v);
             }
-            versions.push(StoredVersion {
-                key: key.clone(),
-                version_id: None,
-                delete_marker: false,
-            });
         }
     }
-    // Owned items: borrowing futures in a buffered stream trip the `Send` check of the
-    // server's spawned connection task.
-    let objects: Vec<(String, Option<String>)> = versions
+    let mut keys_of: HashMap<BackupId, Vec<&str>> = HashMap::new();
+    for k in keys {
+        if let Some((id, _)) = layout.parse_key(&k.key) {
+            if candidates.contains(&id) {
+                keys_of.entry(id).or_default().push(&k.key);
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    for id in candidates {
+        let listed = keys_of.remove(id).unwrap_or_default();
+        let versions = versions_of.remove(id).unwrap_or_default();
+        let inspection = match plan_versions(
+            &layout.backup_prefix(id),
+            versions,
+            &listed,
+            all.is_some(),
+            versioned,
+        ) {
+            Ok(plan) => Inspection::Delete(plan),
+            Err(why) => Inspection::Unreadable(why),
+        };
+        out.insert(id.clone(), inspection);
+    }
+    if locks_possible {
+        read_locks(store, layout, &mut out, now).await;
+    }
+    Ok(out)
+}
+
+/// One backup's versions in deletion order, or why it cannot be planned. A key of the
+/// backup's current listing that the version listing misses is added as such on stores
+/// not known to keep versions (so a backup is never reported deleted while objects
+/// remain), and makes the backup skipped on those that do.
+fn plan_versions(
+    prefix: &str,
+    mut versions: Vec<StoredVersion>,
+    listed: &[&str],
+    had_version_listing: bool,
+    versioned: bool,
+) -> Result<Vec<StoredVersion>, String> {
+    let present: BTreeSet<&str> = versions
         .iter()
         .filter(|v| !v.delete_marker)
-        .map(|v| (v.key.clone(), v.version_id.clone()))
+        .map(|v| v.key.as_str())
         .collect();
-    let heads: Vec<(String, Result<VersionLock, StoreError>)> = stream::iter(objects)
-        .map(|(key, version_id)| async move {
+    let mut missing = Vec::new();
+    for key in listed.iter().filter(|k| !present.contains(**k)) {
+        if versioned && had_version_listing {
+            let object = key.strip_prefix(prefix).unwrap_or(key);
+            return Err(format!(
+                "the store's version listing misses {object}; skipped, nothing deleted"
+            ));
+        }
+        missing.push(StoredVersion {
+            key: (*key).to_owned(),
+            version_id: None,
+            delete_marker: false,
+        });
+    }
+    versions.extend(missing);
+    versions.sort_by_key(|v| {
+        let object = v.key.strip_prefix(prefix).unwrap_or(&v.key).to_owned();
+        // Real versions before delete markers: removing a marker first would bring an
+        // older version of, say, the manifest back into view if the prune stopped there.
+        (delete_rank(&object), v.delete_marker, object)
+    });
+    Ok(versions)
+}
+
+/// Reads the lock state of every version of every planned backup (HeadObject, a few at
+/// a time); a backup with a version in force becomes `Locked`, one whose lock state
+/// cannot be read `Unreadable`.
+async fn read_locks(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    inspections: &mut HashMap<BackupId, Inspection>,
+    now: OffsetDateTime,
+) {
+    // Owned items: borrowing futures in a buffered stream trip the `Send` check of the
+    // server's spawned connection task.
+    let objects: Vec<(BackupId, String, Option<String>)> = inspections
+        .iter()
+        .filter_map(|(id, i)| match i {
+            Inspection::Delete(plan) => Some((id, plan)),
+            _ => None,
+        })
+        .flat_map(|(id, plan)| {
+            plan.iter()
+                .filter(|v| !v.delete_marker)
+                .map(move |v| (id.clone(), v.key.clone(), v.version_id.clone()))
+        })
+        .collect();
+    let heads: Vec<(BackupId, String, Result<VersionLock, StoreError>)> = stream::iter(objects)
+        .map(|(id, key, version_id)| async move {
             let lock = store
                 .head(&key, version_id.as_deref())
                 .await
@@ -392,34 +530,37 @@ async fn inspect(
                     retain_until: m.lock.retain_until,
                     legal_hold: m.lock.legal_hold,
                 });
-            (key, lock)
+            (id, key, lock)
         })
-        .buffered(HEAD_CONCURRENCY)
+        .buffer_unordered(HEAD_CONCURRENCY)
         .collect()
         .await;
-    let mut locks = Vec::with_capacity(heads.len());
-    for (key, lock) in heads {
+    let mut locks: HashMap<BackupId, Vec<VersionLock>> = HashMap::new();
+    let mut unreadable: HashMap<BackupId, String> = HashMap::new();
+    for (id, key, lock) in heads {
         match lock {
-            Ok(l) => locks.push(l),
+            Ok(l) => locks.entry(id).or_default().push(l),
             Err(e) => {
-                let object = key.strip_prefix(&prefix).unwrap_or(&key);
-                return Inspection::Unreadable(format!(
-                    "the lock state of {object} cannot be read ({e}); skipped, nothing deleted"
-                ));
+                let prefix = layout.backup_prefix(&id);
+                let object = key.strip_prefix(&prefix).unwrap_or(&key).to_owned();
+                unreadable.entry(id).or_insert_with(|| {
+                    format!(
+                        "the lock state of {object} cannot be read ({e}); skipped, nothing deleted"
+                    )
+                });
             }
         }
     }
-    if let Some(reason) = retention::lock_reason(&locks, now) {
-        return Inspection::Locked(reason);
+    for (id, inspection) in inspections.iter_mut() {
+        if !matches!(inspection, Inspection::Delete(_)) {
+            continue;
+        }
+        if let Some(why) = unreadable.remove(id) {
+            *inspection = Inspection::Unreadable(why);
+        } else if let Some(reason) = locks.get(id).and_then(|l| retention::lock_reason(l, now)) {
+            *inspection = Inspection::Locked(reason);
+        }
     }
-    let mut plan = versions;
-    plan.sort_by_key(|v| {
-        let object = v.key.strip_prefix(&prefix).unwrap_or(&v.key).to_owned();
-        // Real versions before delete markers: removing a marker first would bring an
-        // older version of, say, the manifest back into view if the prune stopped there.
-        (delete_rank(&object), object, v.delete_marker)
-    });
-    Inspection::Delete(plan)
 }
 
 /// Deletion order; see the module docs for why.
@@ -432,25 +573,64 @@ fn delete_rank(object: &str) -> u8 {
     }
 }
 
-/// Deletes `plan` in order; on the first failure stops and says what is left.
-async fn delete(
+/// Deletes the planned backups step by step (see the module docs: all manifests first,
+/// then the other records, the data objects, the failure records; real versions of each
+/// step before its delete markers), every step in DeleteObjects batches. A backup with a
+/// version the store refused leaves the later steps; the result maps it to what is left.
+///
+/// Before the first delete the backups are claimed ([`AgentState::claim_for_deletion`]):
+/// one this unit is restoring right now is left out, and no restore of a claimed one can
+/// start until the deletes are done.
+async fn delete_plans(
+    state: &Arc<AgentState>,
     store: &dyn ObjectStore,
     layout: &Layout,
-    id: &BackupId,
-    plan: &[StoredVersion],
-) -> Result<(), String> {
-    let prefix = layout.backup_prefix(id);
-    for (done, v) in plan.iter().enumerate() {
-        if let Err(e) = store.delete_version(&v.key, v.version_id.as_deref()).await {
-            let object = v.key.strip_prefix(&prefix).unwrap_or(&v.key);
-            warn!(backup_id = %id, object, error = %e, "prune stopped");
-            return Err(format!(
-                "deleting {object} failed ({e}) after {done} of {} versions; what is left stays listed",
-                plan.len()
-            ));
+    plans: &[Planned],
+) -> Result<HashMap<BackupId, String>, OpError> {
+    let mut failed: HashMap<BackupId, String> = HashMap::new();
+    let ids: Vec<String> = plans.iter().map(|p| p.id.to_string()).collect();
+    let (claim, in_use) = state.claim_for_deletion(ids);
+    if let Some(id) = in_use.and_then(|i| BackupId::parse(&i).ok()) {
+        failed.insert(
+            id,
+            "this unit is restoring it right now; left for a later prune, nothing deleted".into(),
+        );
+    }
+    for rank in 0..=3u8 {
+        for markers in [false, true] {
+            if state.shutdown.is_cancelled() {
+                return Err(OpError::Cancelled);
+            }
+            let step: Vec<StoredVersion> = plans
+                .iter()
+                .filter(|p| claim.holds(p.id.as_str()) && !failed.contains_key(&p.id))
+                .flat_map(|p| {
+                    let prefix = layout.backup_prefix(&p.id);
+                    p.plan
+                        .iter()
+                        .filter(move |v| {
+                            let object = v.key.strip_prefix(&prefix).unwrap_or(&v.key);
+                            delete_rank(object) == rank && v.delete_marker == markers
+                        })
+                        .cloned()
+                })
+                .collect();
+            if step.is_empty() {
+                continue;
+            }
+            for (v, e) in storage::delete_versions(store, &step).await {
+                let Some((id, object)) = layout.parse_key(&v.key) else {
+                    continue;
+                };
+                warn!(backup_id = %id, object, error = %e, "prune could not delete a version");
+                failed.entry(id).or_insert_with(|| {
+                    format!("deleting {object} failed ({e}); what is left stays listed")
+                });
+            }
         }
     }
-    Ok(())
+    drop(claim);
+    Ok(failed)
 }
 
 #[cfg(test)]

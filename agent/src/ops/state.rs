@@ -28,6 +28,12 @@ pub struct AgentState {
     sources: SourceFactory,
     config: RwLock<Option<AgentConfig>>,
     running: Mutex<Option<LockHolder>>,
+    /// Backups a confirmed prune of this unit is deleting right now (see
+    /// [`AgentState::claim_for_deletion`]). Taken before `running` whenever both are.
+    deleting: Mutex<std::collections::HashSet<String>>,
+    /// Held by a confirmed prune from start to end: two prunes of one unit never
+    /// interleave their deletes.
+    pub pruning: tokio::sync::Mutex<()>,
     last_backup: Mutex<Option<LastBackup>>,
     /// What the last `configure` found when it checked the server.
     valkey_check: Mutex<Option<ValkeyCheck>>,
@@ -83,6 +89,8 @@ impl AgentState {
             sources,
             config: RwLock::new(config),
             running: Mutex::new(None),
+            deleting: Mutex::new(Default::default()),
+            pruning: tokio::sync::Mutex::new(()),
             last_backup: Mutex::new(None),
             valkey_check: Mutex::new(None),
             restore: SessionSlot::default(),
@@ -180,11 +188,50 @@ impl AgentState {
         let lock = tokio::task::spawn_blocking(move || UnitLock::try_acquire(&dir, &for_lock))
             .await
             .map_err(|e| OpError::Internal(e.to_string()))??;
-        self.set_running(Some(holder));
+        {
+            // A backup a prune is deleting cannot be restored (or be the subject of any
+            // other locked operation) until the prune is done with it.
+            let deleting = self.deleting.lock().expect("deleting lock");
+            if deleting.contains(&holder.backup_id) {
+                return Err(OpError::Lock(crate::lock::LockError::Busy(Some(
+                    LockHolder {
+                        op: "prune-backups".into(),
+                        backup_id: format!("deleting {}", holder.backup_id),
+                        started_at: holder.started_at,
+                        pid: holder.pid,
+                    },
+                ))));
+            }
+            self.set_running(Some(holder));
+        }
         Ok(UnitGuard {
             _lock: lock,
             state: Arc::clone(self),
         })
+    }
+
+    /// Marks `ids` as being deleted by this unit's prune, all but the one the unit lock's
+    /// holder names (a restore reading it: that backup is returned as `in_use`). Until
+    /// the claim is dropped, [`AgentState::lock_unit`] refuses an operation on a claimed
+    /// backup with `busy`. Checking the holder and marking happen under one lock, so a
+    /// restore either started first (and its backup is not deleted) or waits its turn.
+    pub fn claim_for_deletion(
+        self: &Arc<Self>,
+        ids: Vec<String>,
+    ) -> (DeletionClaim, Option<String>) {
+        let mut deleting = self.deleting.lock().expect("deleting lock");
+        let in_use = self.running().map(|h| h.backup_id);
+        let (hit, claimed): (Vec<String>, Vec<String>) =
+            ids.into_iter().partition(|id| Some(id) == in_use.as_ref());
+        deleting.extend(claimed.iter().cloned());
+        let hit = hit.into_iter().next();
+        (
+            DeletionClaim {
+                ids: claimed,
+                state: Arc::clone(self),
+            },
+            hit,
+        )
     }
 
     pub fn running(&self) -> Option<LockHolder> {
@@ -223,6 +270,29 @@ pub struct UnitGuard {
 impl Drop for UnitGuard {
     fn drop(&mut self) {
         self.state.set_running(None);
+    }
+}
+
+/// Backups a prune is deleting; dropping the claim frees them (see
+/// [`AgentState::claim_for_deletion`]).
+pub struct DeletionClaim {
+    ids: Vec<String>,
+    state: Arc<AgentState>,
+}
+
+impl DeletionClaim {
+    /// Whether `id` is among the claimed backups.
+    pub fn holds(&self, id: &str) -> bool {
+        self.ids.iter().any(|i| i == id)
+    }
+}
+
+impl Drop for DeletionClaim {
+    fn drop(&mut self) {
+        let mut deleting = self.state.deleting.lock().expect("deleting lock");
+        for id in &self.ids {
+            deleting.remove(id);
+        }
     }
 }
 

@@ -62,6 +62,16 @@ pub struct ListBackupsParams {
     pub cluster: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abandoned_after_hours: Option<f64>,
+    /// How many backups to describe, newest first (default 100, at most 1000): an
+    /// answer stays bounded however long the history is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// How many of the newest (matching) backups to pass over first (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u32>,
+    /// Only backups with this status, as the listing shows it (see `counts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<BackupStatus>,
 }
 
 /// `prune-backups` params.
@@ -329,6 +339,14 @@ pub struct BackupEntry {
     /// Whether the stored object is encrypted (finished backups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypted: Option<bool>,
+    /// When the store wrote the record that gives the backup its status (manifest,
+    /// `failure.json`, data object): what the listing and retention rank by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_at: Option<String>,
+    /// Set when the backup's id is far from the store's time (a unit's clock was wrong,
+    /// or the id is forged); see the README's retention section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// `list-backups` result.
@@ -336,8 +354,22 @@ pub struct BackupEntry {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ListBackupsResult {
     pub cluster: String,
-    /// Newest first.
+    /// The page asked for, newest first (by the store's time of each backup's record).
     pub backups: Vec<BackupEntry>,
+    /// How many backups match (all pages together).
+    #[serde(default)]
+    pub total: usize,
+    /// Where this page starts among them.
+    #[serde(default)]
+    pub offset: usize,
+    /// Where the next page starts; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<usize>,
+    /// Every backup of the cluster by status, from the listing alone: a manifest whose
+    /// data object is missing counts as `damaged`; one that does not parse or does not
+    /// match its data is found only when its entry is described (then `damaged` there).
+    #[serde(default)]
+    pub counts: BTreeMap<String, usize>,
     /// The schedule, as in `status` (absent without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<serde_json::Value>,
@@ -363,6 +395,9 @@ pub struct PrunedBackup {
     pub objects: usize,
     pub versions: usize,
     pub why: String,
+    /// As in [`SparedBackup::warning`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// A backup a prune kept or skipped, and why.
@@ -372,6 +407,10 @@ pub struct SparedBackup {
     pub backup_id: String,
     pub status: BackupStatus,
     pub why: String,
+    /// Set when the backup's id disagrees with the store's time of its record
+    /// (`retention::backup_time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// An abandoned upload a prune aborted (or would abort).

@@ -103,6 +103,11 @@ pub struct ObjectLock {
 pub struct ObjectMeta {
     pub key: String,
     pub size: u64,
+    /// When the store wrote this version (Unix seconds, the store's own clock), when it
+    /// says. This, not the time in a backup id, is what retention ranks and ages by: an id
+    /// carries the writing unit's clock, which may be wrong (or forged), while the store
+    /// stamps every object itself.
+    pub last_modified: Option<i64>,
     /// Only filled by [`ObjectStore::head`]; listings leave it empty.
     pub lock: ObjectLock,
 }
@@ -293,6 +298,18 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes exactly one version (no delete marker), or the object on an unversioned
     /// store.
     async fn delete_version(&self, key: &str, version_id: Option<&str>) -> Result<(), StoreError>;
+    /// Deletes up to [`DELETE_BATCH`] versions in one request (S3 DeleteObjects), each
+    /// exactly as [`ObjectStore::delete_version`] would; returns the ones the store
+    /// refused, with why. [`StoreError::Unsupported`] where the store has no batch delete
+    /// (callers fall back to one request per version: [`delete_versions`]).
+    async fn delete_batch(
+        &self,
+        versions: &[StoredVersion],
+    ) -> Result<Vec<(StoredVersion, StoreError)>, StoreError>;
+    /// Whether the bucket has Object Lock enabled. Only then can a version carry a
+    /// retention date or a legal hold, so only then must a delete look at each one
+    /// (HeadObject) first. A store without Object Lock answers `false`.
+    async fn object_lock_enabled(&self) -> Result<bool, StoreError>;
     /// Whether the bucket keeps versions (versioning enabled or suspended).
     async fn versioning(&self) -> Result<bool, StoreError>;
     /// Makes sure the bucket exists, creating it when missing; whether it was created.
@@ -364,6 +381,57 @@ pub async fn list_versions(
         store.list_versions_page(prefix, t)
     })
     .await
+}
+
+/// The most keys S3's DeleteObjects takes in one request.
+pub const DELETE_BATCH: usize = 1000;
+
+/// Single deletes in flight at once on a store without DeleteObjects.
+const DELETE_CONCURRENCY: usize = 16;
+
+/// Deletes `versions`, in batches of [`DELETE_BATCH`] through DeleteObjects, falling back
+/// to one DeleteObject per version (a few at a time) on a store that does not implement
+/// it. Returns every version that was not deleted, with why; a request that fails as a
+/// whole counts against each version it carried (some may be gone: the caller re-lists
+/// rather than trusts either answer). Order inside a batch is the store's: callers that
+/// need an order issue one call per step.
+pub async fn delete_versions(
+    store: &dyn ObjectStore,
+    versions: &[StoredVersion],
+) -> Vec<(StoredVersion, StoreError)> {
+    let mut failed = Vec::new();
+    let mut batches = versions.chunks(DELETE_BATCH);
+    for batch in batches.by_ref() {
+        match store.delete_batch(batch).await {
+            Ok(refused) => failed.extend(refused),
+            Err(StoreError::Unsupported { .. }) => {
+                failed.extend(delete_one_by_one(store, batch).await);
+                break;
+            }
+            Err(e) => failed.extend(batch.iter().map(|v| (v.clone(), e.clone()))),
+        }
+    }
+    for batch in batches {
+        failed.extend(delete_one_by_one(store, batch).await);
+    }
+    failed
+}
+
+async fn delete_one_by_one(
+    store: &dyn ObjectStore,
+    versions: &[StoredVersion],
+) -> Vec<(StoredVersion, StoreError)> {
+    futures::stream::iter(versions.iter().cloned())
+        .map(|v| async move {
+            match store.delete_version(&v.key, v.version_id.as_deref()).await {
+                Ok(()) => None,
+                Err(e) => Some((v, e)),
+            }
+        })
+        .buffer_unordered(DELETE_CONCURRENCY)
+        .filter_map(|r| async move { r })
+        .collect()
+        .await
 }
 
 /// The largest JSON record the agent will read.

@@ -32,6 +32,8 @@ pub enum Operation {
     ListUploads,
     ListVersions,
     DeleteVersion,
+    DeleteBatch,
+    ObjectLockEnabled,
     Versioning,
     EnsureBucket,
 }
@@ -293,6 +295,22 @@ impl ObjectStore for Faulty {
         self.call(
             Operation::DeleteVersion,
             self.inner.delete_version(key, version_id),
+        )
+        .await
+    }
+
+    async fn delete_batch(
+        &self,
+        versions: &[StoredVersion],
+    ) -> Result<Vec<(StoredVersion, StoreError)>, StoreError> {
+        self.call(Operation::DeleteBatch, self.inner.delete_batch(versions))
+            .await
+    }
+
+    async fn object_lock_enabled(&self) -> Result<bool, StoreError> {
+        self.call(
+            Operation::ObjectLockEnabled,
+            self.inner.object_lock_enabled(),
         )
         .await
     }

@@ -27,6 +27,8 @@ struct Version {
     /// `None`: a delete marker.
     data: Option<Bytes>,
     lock: ObjectLock,
+    /// The store's write time (Unix seconds), as S3's LastModified.
+    modified: i64,
 }
 
 #[derive(Debug)]
@@ -49,6 +51,8 @@ struct State {
 pub struct InMemory {
     state: Mutex<State>,
     versioned: bool,
+    object_lock: bool,
+    batch_delete: bool,
     page_size: usize,
 }
 
@@ -64,8 +68,25 @@ impl InMemory {
         InMemory {
             state: Mutex::new(State::default()),
             versioned: false,
+            object_lock: false,
+            batch_delete: true,
             page_size: 1000,
         }
+    }
+
+    /// A versioned bucket with Object Lock enabled (as S3 requires for locks).
+    pub fn with_object_lock() -> Self {
+        InMemory {
+            object_lock: true,
+            ..Self::versioned()
+        }
+    }
+
+    /// A store without DeleteObjects (answers [`StoreError::Unsupported`]), as some
+    /// S3-compatible stores are.
+    pub fn without_batch_delete(mut self) -> Self {
+        self.batch_delete = false;
+        self
     }
 
     /// A bucket with versioning enabled.
@@ -122,11 +143,25 @@ impl InMemory {
         store_version(&mut s, versioned, key, body.into());
     }
 
-    /// Puts `lock` on the current version of `key` (test helper).
+    /// Puts `lock` on the current version of `key` (test helper). Only a bucket made
+    /// [`InMemory::with_object_lock`] can hold locks, as on S3.
     pub fn set_lock(&self, key: &str, lock: ObjectLock) {
+        assert!(
+            self.object_lock,
+            "Object Lock is not enabled on this bucket"
+        );
         let mut s = self.lock();
         if let Some(v) = s.objects.get_mut(key).and_then(|vs| vs.last_mut()) {
             v.lock = lock;
+        }
+    }
+
+    /// Sets the store's write time of the current version of `key` (test helper: an
+    /// object written long ago, or a unit whose clock was wrong when it named it).
+    pub fn set_modified(&self, key: &str, modified: i64) {
+        let mut s = self.lock();
+        if let Some(v) = s.objects.get_mut(key).and_then(|vs| vs.last_mut()) {
+            v.modified = modified;
         }
     }
 
@@ -173,6 +208,7 @@ fn store_version(s: &mut State, versioned: bool, key: &str, data: Bytes) {
         id,
         data: Some(data),
         lock: ObjectLock::default(),
+        modified: now(),
     });
 }
 
@@ -240,6 +276,7 @@ impl ObjectStore for InMemory {
         Ok(ObjectMeta {
             key: key.to_owned(),
             size: v.data.as_ref().map_or(0, |d| d.len() as u64),
+            last_modified: Some(v.modified),
             lock: v.lock.clone(),
         })
     }
@@ -346,6 +383,7 @@ impl ObjectStore for InMemory {
                 current(&s, k).map(|v| ObjectMeta {
                     key: k.clone(),
                     size: v.data.as_ref().map_or(0, |d| d.len() as u64),
+                    last_modified: Some(v.modified),
                     lock: ObjectLock::default(),
                 })
             })
@@ -421,6 +459,7 @@ impl ObjectStore for InMemory {
                 id,
                 data: None,
                 lock: ObjectLock::default(),
+                modified: now,
             }),
             (None, None) => {
                 if versions.iter().any(locked) {
@@ -433,6 +472,34 @@ impl ObjectStore for InMemory {
             s.objects.remove(key);
         }
         Ok(())
+    }
+
+    async fn delete_batch(
+        &self,
+        versions: &[StoredVersion],
+    ) -> Result<Vec<(StoredVersion, StoreError)>, StoreError> {
+        if !self.batch_delete {
+            return Err(StoreError::Unsupported {
+                operation: "DeleteObjects",
+            });
+        }
+        if versions.len() > super::api::DELETE_BATCH {
+            return Err(StoreError::Answer {
+                operation: "DeleteObjects",
+                detail: "MalformedXML (HTTP 400)".into(),
+            });
+        }
+        let mut refused = Vec::new();
+        for v in versions {
+            if let Err(e) = self.delete_version(&v.key, v.version_id.as_deref()).await {
+                refused.push((v.clone(), e));
+            }
+        }
+        Ok(refused)
+    }
+
+    async fn object_lock_enabled(&self) -> Result<bool, StoreError> {
+        Ok(self.object_lock)
     }
 
     async fn versioning(&self) -> Result<bool, StoreError> {
@@ -519,7 +586,7 @@ mod tests {
 
     #[tokio::test]
     async fn locked_versions_cannot_be_deleted() {
-        let m = InMemory::new();
+        let m = InMemory::with_object_lock();
         m.insert("k", &b"x"[..]);
         m.set_lock(
             "k",
@@ -528,8 +595,12 @@ mod tests {
                 ..Default::default()
             },
         );
-        let e = m.delete_version("k", Some("null")).await;
+        let v = list_versions(&m, "k").await.unwrap().remove(0);
+        let e = m.delete_version("k", v.version_id.as_deref()).await;
         assert!(matches!(e, Err(StoreError::AccessDenied { .. })));
+        let refused = m.delete_batch(std::slice::from_ref(&v)).await.unwrap();
+        assert_eq!(refused.len(), 1);
+        assert!(matches!(refused[0].1, StoreError::AccessDenied { .. }));
         assert!(m.object("k").is_some());
     }
 }

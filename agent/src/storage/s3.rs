@@ -21,7 +21,8 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketLocationConstraint, ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload,
-    CompletedPart, CreateBucketConfiguration, ObjectLockLegalHoldStatus, StorageClass,
+    CompletedPart, CreateBucketConfiguration, Delete, ObjectIdentifier, ObjectLockEnabled,
+    ObjectLockLegalHoldStatus, StorageClass,
 };
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
 use aws_smithy_runtime_api::http::Response as HttpResponse;
@@ -408,6 +409,7 @@ impl ObjectStore for S3Store {
         Ok(ObjectMeta {
             key: key.to_owned(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
+            last_modified: out.last_modified().map(|t| t.secs()),
             lock: ObjectLock {
                 mode: out.object_lock_mode().map(|m| m.as_str().to_owned()),
                 retain_until: out.object_lock_retain_until_date().map(|t| t.secs()),
@@ -604,6 +606,7 @@ impl ObjectStore for S3Store {
                 Some(ObjectMeta {
                     key: o.key()?.to_owned(),
                     size: o.size().unwrap_or(0).max(0) as u64,
+                    last_modified: o.last_modified().map(|t| t.secs()),
                     lock: ObjectLock::default(),
                 })
             })
@@ -704,6 +707,85 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| self.classify("DeleteObject", key, e))?;
         Ok(())
+    }
+
+    async fn delete_batch(
+        &self,
+        versions: &[StoredVersion],
+    ) -> Result<Vec<(StoredVersion, StoreError)>, StoreError> {
+        if versions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let objects = versions
+            .iter()
+            .map(|v| {
+                ObjectIdentifier::builder()
+                    .key(&v.key)
+                    .set_version_id(v.version_id.clone())
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| StoreError::Setup("a DeleteObjects entry could not be built".into()))?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|_| StoreError::Setup("a DeleteObjects request could not be built".into()))?;
+        let out = self
+            .client
+            .delete_objects()
+            .bucket(&self.bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| self.classify("DeleteObjects", "", e))?;
+        // Quiet mode: only the refused keys come back, each with its own S3 error code.
+        let refused = out
+            .errors()
+            .iter()
+            .map(|e| {
+                let key = e.key().unwrap_or_default();
+                let version = versions
+                    .iter()
+                    .find(|v| v.key == key && v.version_id.as_deref() == e.version_id())
+                    .or_else(|| versions.iter().find(|v| v.key == key))
+                    .cloned()
+                    .unwrap_or(StoredVersion {
+                        key: key.to_owned(),
+                        version_id: e.version_id().map(str::to_owned),
+                        delete_marker: false,
+                    });
+                let err = classify_answer("DeleteObjects", key, &self.bucket, e.code(), None);
+                (version, err)
+            })
+            .collect();
+        Ok(refused)
+    }
+
+    async fn object_lock_enabled(&self) -> Result<bool, StoreError> {
+        match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .object_lock_configuration()
+                .and_then(|c| c.object_lock_enabled())
+                == Some(&ObjectLockEnabled::Enabled)),
+            Err(e) => match self.classify("GetObjectLockConfiguration", "", e) {
+                // No configuration at all: AWS and moto answer this code (404).
+                StoreError::Answer { detail, .. }
+                    if detail.starts_with("ObjectLockConfigurationNotFoundError") =>
+                {
+                    Ok(false)
+                }
+                // Garage: no Object Lock at all.
+                StoreError::Unsupported { .. } => Ok(false),
+                other => Err(other),
+            },
+        }
     }
 
     async fn versioning(&self) -> Result<bool, StoreError> {
