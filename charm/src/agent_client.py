@@ -198,10 +198,26 @@ class AgentClient:
         return self.call("create-backup", {}, on_progress=on_progress)
 
     def list_backups(
-        self, cluster: str | None = None, *, timeout: float | None = 300.0
+        self,
+        cluster: str | None = None,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        status: str | None = None,
+        timeout: float | None = 300.0,
     ) -> dict[str, Any]:
-        """Backups of the configured cluster, or of ``cluster``, newest first."""
-        params = {"cluster": cluster} if cluster else {}
+        """One page of the backups of the configured cluster, or of ``cluster``.
+
+        Newest first: at most ``limit`` (the agent's default: 100) after skipping
+        ``offset``, of those with ``status`` if given; ``total`` and ``counts`` cover all.
+        """
+        params: dict[str, Any] = {"cluster": cluster} if cluster else {}
+        if limit is not None:
+            params["limit"] = limit
+        if offset:
+            params["offset"] = offset
+        if status:
+            params["status"] = status
         return self.call("list-backups", params, timeout=timeout)
 
     def restore_step(

@@ -652,21 +652,38 @@ class ValkeyBackupCharm(ops.CharmBase):
         params = run.event.params
         output = str(params.get("output", "table"))
         limit = int(params.get("limit", 100))
-        data = self._client().list_backups(params.get("cluster") or None)
+        offset = int(params.get("offset", 0))
+        # The agent describes one page only: its answer (and its cost) follow `limit`.
+        data = self._client().list_backups(
+            params.get("cluster") or None,
+            limit=limit,
+            offset=offset,
+            status=params.get("status") or None,
+        )
         backups = [b for b in data.get("backups") or [] if isinstance(b, Mapping)]
-        shown = backups[:limit]
+        total = data.get("total")
+        total = total if isinstance(total, int) else offset + len(backups)
+        shown = backups
         rendered = self._render_listing(shown, output)
         while len(rendered) > MAX_LISTING_CHARS and len(shown) > 1:
             shown = shown[: len(shown) // 2]
             rendered = self._render_listing(shown, output)
-        if len(shown) < len(backups):
-            run.event.log(f"showing the newest {len(shown)} of {len(backups)} backups")
+        if offset or len(shown) < total - offset:
+            run.event.log(
+                f"showing backups {offset + 1} to {offset + len(shown)} of {total}"
+                f" (newest first); offset={offset + len(shown)} for the next page"
+                if shown
+                else f"no backups past offset {offset} (of {total})"
+            )
         results = {
             "cluster": run.redact(str(data.get("cluster") or "")),
-            "count": str(len(backups)),
+            "count": str(total),
             "shown": str(len(shown)),
             "backups": run.redact(rendered),
         }
+        counts = data.get("counts")
+        if isinstance(counts, Mapping) and counts:
+            results["counts"] = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         schedule = schedule_summary(data.get("schedule"))
         if schedule:
             results["schedule"] = run.redact(schedule)

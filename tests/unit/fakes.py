@@ -68,6 +68,9 @@ LIST_RESULT = {
             "reason": "connection refused",
         },
     ],
+    "total": 2,
+    "offset": 0,
+    "counts": {"failed": 1, "finished": 1},
 }
 
 

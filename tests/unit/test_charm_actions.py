@@ -12,6 +12,7 @@ from agent_client import AgentError
 from fakes import (
     BACKUP_ID,
     CREATE_RESULT,
+    LIST_RESULT,
     S3_ACCESS_KEY,
     S3_SECRET_KEY,
     VALKEY_PASSWORD,
@@ -163,7 +164,8 @@ def test_list_backups_as_a_table(ctx, agent):
     assert lines[1].startswith(BACKUP_ID)
     assert "2026-11-22T01:00:00Z ok" in lines[1]
     assert "failed (s3-unreachable)" in lines[2]
-    assert agent.params_of("list-backups") == [{}]
+    assert results["counts"] == "failed 1, finished 1"
+    assert agent.params_of("list-backups") == [{"limit": 100}]
 
 
 def test_list_backups_as_json(ctx, agent):
@@ -172,13 +174,24 @@ def test_list_backups_as_json(ctx, agent):
     assert [b["backup-id"] for b in backups] == [BACKUP_ID, "20261120T193000Z-valkey-0-0f0f0f"]
 
 
-def test_list_backups_of_another_cluster_and_with_a_limit(ctx, agent):
+def test_list_backups_of_another_cluster_a_page_at_a_time(ctx, agent):
+    # The agent answers one page (here: the newest of two); the action passes the page on.
+    page = dict(LIST_RESULT, backups=LIST_RESULT["backups"][:1], total=2, **{"next-offset": 1})
+    agent.responses["list-backups"] = page
     run_action(ctx, "list-backups", {"cluster": "other.valkey", "limit": 1})
-    assert agent.params_of("list-backups") == [{"cluster": "other.valkey"}]
+    assert agent.params_of("list-backups") == [{"cluster": "other.valkey", "limit": 1}]
     assert ctx.action_results["count"] == "2"
     assert ctx.action_results["shown"] == "1"
     assert len(ctx.action_results["backups"].splitlines()) == 2
-    assert "showing the newest 1 of 2 backups" in ctx.action_logs
+    assert "showing backups 1 to 1 of 2 (newest first); offset=1 for the next page" in (
+        ctx.action_logs
+    )
+    agent.responses["list-backups"] = dict(
+        LIST_RESULT, backups=LIST_RESULT["backups"][1:], total=2, offset=1
+    )
+    run_action(ctx, "list-backups", {"offset": 1, "status": "failed"})
+    assert agent.params_of("list-backups")[-1] == {"limit": 100, "offset": 1, "status": "failed"}
+    assert ctx.action_results["shown"] == "1"
 
 
 def test_list_backups_keeps_results_within_jujus_size_limit(ctx, agent):
