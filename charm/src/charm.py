@@ -90,6 +90,8 @@ ACTION_HINTS = {
 
 # Juju caps an action's results at about 100 KB; list-backups stays well under it.
 MAX_LISTING_CHARS = 60_000
+# Entries of each prune-backups list shown in the action's results (counts are whole).
+PRUNE_LIST_ENTRIES = 100
 
 
 class UnusableConfigError(Exception):
@@ -740,9 +742,21 @@ class ValkeyBackupCharm(ops.CharmBase):
             )
         else:
             event.log(f"deleted {len(deleted)} backup(s)")
-        results = action_results(result, run.redact)
+        # A prune of a long history lists thousands of backups; Juju caps an action's
+        # results, so each list is cut to what fits (the counts stay whole).
+        shown = dict(result)
+        for key in ("deleted", "kept", "skipped", "aborted-uploads"):
+            entries = list(result.get(key) or [])
+            cut = entries[:PRUNE_LIST_ENTRIES]
+            while len(json.dumps(cut)) > MAX_LISTING_CHARS // 4 and len(cut) > 1:
+                cut = cut[: len(cut) // 2]
+            shown[key] = cut
+            if len(cut) < len(entries):
+                event.log(f"{key}: showing {len(cut)} of {len(entries)}")
+        results = action_results(shown, run.redact)
         results["deleted-count"] = str(len(deleted))
         results["kept-count"] = str(len(result.get("kept") or []))
+        results["skipped-count"] = str(len(result.get("skipped") or []))
         return results
 
     def _restore_backup(self, run: ActionRun) -> Mapping[str, Any]:

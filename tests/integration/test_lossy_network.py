@@ -44,6 +44,8 @@ def classify(r: Request) -> str:
         return "UploadPart"
     if r.method == "POST" and "uploadId" in q:
         return "CompleteMultipartUpload"
+    if r.method == "POST" and "delete" in q:
+        return "DeleteObjects"
     if r.method == "DELETE" and "uploadId" in q:
         return "AbortMultipartUpload"
     if r.method == "PUT":
@@ -262,7 +264,7 @@ def test_prune_through_a_lossy_network_loses_no_kept_backup(
         made = [a.request("create-backup").expect_ok()["backup-id"] for _ in range(3)]
         newest = max(made)
         faults = {
-            Fault(rng.choice(["DeleteObject", "GetObject", "List"]), rng.choice((0, 1, 2)), k)
+            Fault(rng.choice(["DeleteObjects", "GetObject", "List"]), rng.choice((0, 1, 2)), k)
             for k in rng.sample(KINDS, 2)
         }
         plan.arm(sorted(faults, key=repr))

@@ -365,8 +365,12 @@ def test_upload_left_by_a_killed_agent_is_abandoned_then_aborted(
 
     [key] = wait_until(upload_open, timeout=30, what="an open multipart upload")
     backup_id = key.split("/")[2]
-    # While the backup runs, a confirmed prune is refused; a dry run still reports.
-    slow.request("prune-backups", {"keep-last": 1, "confirm": True}).expect_error("busy")
+    # While the backup runs, a confirmed prune goes on (it does not take the unit lock)
+    # and leaves the running backup and its upload alone; a dry run reports too.
+    during = slow.request("prune-backups", {"keep-last": 1, "confirm": True}).expect_ok()
+    assert _by_id(during["kept"])[backup_id]["why"].startswith("running"), during
+    assert during["deleted"] == [] and during["aborted-uploads"] == []
+    assert bucket_state(s3, moto_bucket, prefix_of(params)).uploads == [key]
     dry = slow.request("prune-backups", {"keep-last": 1, "abandoned-after-hours": 0})
     assert [e["backup-id"] for e in dry.expect_ok()["aborted-uploads"]] == [backup_id]
 

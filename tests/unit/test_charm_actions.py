@@ -431,6 +431,24 @@ def test_prune_confirmed_deletes(ctx, agent):
     assert ctx.action_results["deleted-count"] == "2"
 
 
+def test_prune_of_a_long_history_stays_within_jujus_size_limit(ctx, agent):
+    entry = {"backup-id": BACKUP_ID, "status": "finished", "objects": 2, "versions": 2}
+    agent.responses["prune-backups"] = {
+        "dry-run": False,
+        "deleted": [{**entry, "why": "x" * 200} for _ in range(10_000)],
+        "kept": [{**entry, "why": "kept"} for _ in range(7)],
+        "skipped": [],
+        "aborted-uploads": [],
+    }
+    run_action(ctx, "prune-backups", {"keep-last": 7, "confirm": True})
+    results = ctx.action_results
+    assert results["deleted-count"] == "10000" and results["kept-count"] == "7"
+    assert 0 < len(json.loads(results["deleted"])) <= 100
+    assert len(json.loads(results["kept"])) == 7
+    assert sum(len(str(v)) for v in results.values()) < 60_000
+    assert any("deleted: showing" in line for line in ctx.action_logs)
+
+
 def test_prune_without_rules_leaves_the_default_to_the_agent(ctx, agent):
     run_action(ctx, "prune-backups")
     assert agent.params_of("prune-backups") == [{"confirm": False}]

@@ -4,20 +4,43 @@
 //! What it never deletes: the newest restorable backup (a manifest counts only when it
 //! parses, describes its backup and the data object has the recorded size; otherwise
 //! the backup is `damaged` and ranks with failed ones); running backups; any backup with
-//! an object version under retention or legal hold (checked per version with HeadObject;
-//! when a version's lock state cannot be read the whole backup is skipped and the result
-//! says so); anything outside `<path>/<cluster>/` or outside a valid backup directory.
-//! The selection itself is [`crate::retention`]; this module does the I/O.
+//! an object version under retention or legal hold (on a bucket with Object Lock, every
+//! version's lock state is read with HeadObject; when one cannot be read the whole backup
+//! is skipped and the result says so); a backup this unit is restoring right now;
+//! anything outside `<path>/<cluster>/` or outside a valid backup directory. The
+//! selection itself, ranked by the store's times, is [`crate::retention`]; this module
+//! does the I/O.
 //!
-//! A backup is deleted version by version (DeleteObject with VersionId on versioned
-//! buckets, so no delete marker is left; plain DeleteObject elsewhere), in an order that
-//! keeps every intermediate state honest if the prune is interrupted: `manifest.json`
-//! first (so a manifest never points to a deleted snapshot: the backup shows as
-//! `incomplete`), then verification records and any other object, then `data.rdb`, and
-//! `failure.json` last (a failed backup stays `failed` until its last object is gone).
+//! Cost, for a history of N backups: one listing of the prefix (keys, sizes and
+//! LastModified, 1,000 per page), one of the open uploads, one manifest read per finished
+//! backup (the restorable check, 32 at a time), one GetBucketVersioning and one
+//! GetObjectLockConfiguration, one ListObjectVersions walk of the prefix, HeadObject per
+//! candidate version only on Object Lock buckets, and DeleteObjects in batches of 1,000.
 //!
-//! Deleting takes the unit lock, so a prune never races a backup or restore of this unit;
-//! a dry run reads only and takes no lock.
+//! Backups are deleted version by version (with VersionId on versioned buckets, so no
+//! delete marker is left; by key elsewhere), all candidates together, one step at a time
+//! in an order that keeps every intermediate state honest if the prune is interrupted:
+//! `manifest.json` first (so a manifest never points to a deleted snapshot: the backup
+//! shows as `incomplete`), then verification records and any other object, then the data
+//! object, and `failure.json` last (a failed backup stays `failed` until its last object
+//! is gone); real versions of each step before its delete markers. A store without
+//! DeleteObjects gets one DeleteObject per version. A backup with a version the store
+//! refuses leaves the later steps and is reported skipped.
+//!
+//! Locking, by phase. The unit lock (`flock`) is what keeps a backup and a restore of one
+//! unit apart; a prune needs none of what it protects for most of its run:
+//! * listing, checking and selecting only read: no lock (a dry run is nothing more);
+//! * a confirmed prune holds the unit's prune lock from start to end, so two prunes of
+//!   one unit never interleave (prunes of other units can: every delete is idempotent and
+//!   only touches backups every prune agrees are outside the policy);
+//! * deleting touches only backups that exist and were selected: never a running backup
+//!   (its upload is open) nor one still finishing (incomplete for less than the abandoned
+//!   age), so a backup running meanwhile on this unit is never in the way. What must not
+//!   happen is deleting the backup a restore of this unit is reading: the candidates are
+//!   claimed, under the same mutex that records the unit lock's holder, before the first
+//!   delete ([`AgentState::claim_for_deletion`]); one being restored is left out, and a
+//!   restore asked for a claimed backup meanwhile gets `busy`.
+//! So a long prune never makes a scheduled backup miss its slot.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
