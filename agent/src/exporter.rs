@@ -133,13 +133,18 @@ fn answer(state: &AgentState, req: &Request<hyper::body::Incoming>) -> Response<
     let mut snapshot = state.metrics.snapshot();
     // The schedule's numbers come from the configuration itself: right from the moment
     // `configure` returned, whatever the scheduler task is doing.
-    let schedule = config
-        .and_then(|c| c.schedule)
+    let settings = config.and_then(|c| c.schedule);
+    let schedule = settings
+        .as_ref()
         .and_then(|s| crate::schedule::Schedule::parse(&s.cron).ok());
-    if let Some(schedule) = schedule {
+    if let (Some(schedule), Some(settings)) = (schedule, settings) {
         let now = time::OffsetDateTime::now_utc();
         snapshot.next_slot = schedule.next_after(now).map(|t| t.unix_timestamp());
         snapshot.period_seconds = schedule.period(now).map(|p| p.as_secs());
+        // Only the scheduler's state of this very expression says since when it runs.
+        let followed = state.schedule_report().persisted;
+        snapshot.schedule_since =
+            (followed.cron == settings.cron && followed.since > 0).then_some(followed.since);
     }
     reply(
         StatusCode::OK,

@@ -71,6 +71,7 @@ pub mod secret;
 pub mod sentinel;
 pub mod server;
 pub mod source;
+pub mod statefile;
 pub mod storage;
 pub mod timefmt;
 pub mod valkey;

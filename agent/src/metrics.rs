@@ -69,6 +69,10 @@ pub struct Snapshot {
     /// From the configuration at the time of the scrape.
     #[serde(skip)]
     pub period_seconds: Option<u64>,
+    /// Since when this unit follows the configured schedule (the scheduler's state), so
+    /// that a cluster that never succeeded also counts as late.
+    #[serde(skip)]
+    pub schedule_since: Option<i64>,
 }
 
 /// The live metrics of this agent.
@@ -154,12 +158,8 @@ impl Metrics {
             Ok(b) => b,
             Err(_) => return,
         };
-        let tmp = file.with_extension("json.tmp");
-        let write = async {
-            tokio::fs::write(&tmp, &body).await?;
-            tokio::fs::rename(&tmp, &file).await
-        };
-        if let Err(e) = write.await {
+        // A temp name of its own: saves from concurrent tasks must not share one.
+        if let Err(e) = crate::statefile::replace(&file, &body).await {
             warn!(error = %e, "could not store metrics.json");
         }
     }
@@ -235,6 +235,12 @@ pub fn render(s: &Snapshot, cluster: &str, unit: &str) -> String {
         "valkey_backup_schedule_period_seconds",
         "The schedule's longest gap between two slots (absent without a schedule)",
         s.period_seconds.map(|p| p as f64),
+    );
+    gauge(
+        &mut r,
+        "valkey_backup_schedule_since_timestamp_seconds",
+        "Since when this unit follows the configured schedule (absent without one)",
+        f(s.schedule_since),
     );
     gauge(
         &mut r,

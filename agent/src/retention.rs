@@ -6,13 +6,16 @@
 //! backups are never touched, failed ones follow the finished ones) is unit-tested
 //! without a store.
 //!
-//! Backups are ranked and aged by the store's own time: the LastModified of the object
-//! that gives a backup its status (the manifest of a finished backup, `failure.json` of a
-//! failed one), which the store stamps itself. The time in a backup id comes from the
-//! clock of the unit that named it, which can be wrong, and an id can be forged; it only
-//! stands in when the store gives no time (a running backup). An id whose time is far
-//! from the store's is flagged ([`backup_time`]), and one dated after its own manifest
-//! never takes a `keep-last` slot.
+//! Backups are ranked and aged by times the store vouches for. The time in a backup id is
+//! when its snapshot started, by the clock of the unit that named it, which can be wrong,
+//! and an id can be forged; the LastModified of the object that gives a backup its
+//! status (the manifest of a finished backup, `failure.json` of a failed one) is stamped
+//! by the store itself. An id's time is used when the store confirms it — no more than an
+//! hour after that LastModified, no more than a day before it — so honest backups keep
+//! their exact order (by snapshot start, to the second, even two in one second); an id
+//! outside that window is flagged and ranked and aged by the store's time instead
+//! ([`backup_time`]), and one dated after its own manifest never takes a `keep-last`
+//! slot. Without a store time (a running backup) the id's time stands.
 
 use std::collections::HashSet;
 
@@ -36,11 +39,11 @@ pub const ID_AHEAD_LIMIT_SECS: i64 = 3_600;
 /// has its manifest hours after its id; a day apart is a clock that ran behind.
 pub const ID_BEHIND_LIMIT_SECS: i64 = 86_400;
 
-/// The time `id` is ranked and aged by, and a warning when its id is far from it:
-/// `stored_at` (the store's LastModified of its record) when known, else the id's time.
-/// An id more than [`ID_AHEAD_LIMIT_SECS`] after `stored_at`, or more than
-/// [`ID_BEHIND_LIMIT_SECS`] before it, is flagged; [`Skew::Ahead`] ids take no `keep-last`
-/// slot.
+/// The time `id` is ranked and aged by, and a warning when its id is far from the store's
+/// time `stored_at` (the LastModified of its record): the id's own time when the store
+/// confirms it, i.e. it is at most [`ID_AHEAD_LIMIT_SECS`] after `stored_at` and at most
+/// [`ID_BEHIND_LIMIT_SECS`] before it (or there is no `stored_at`); otherwise the id is
+/// flagged and `stored_at` is the time. [`Skew::Ahead`] ids take no `keep-last` slot.
 pub fn backup_time(id: &BackupId, stored_at: Option<OffsetDateTime>) -> (OffsetDateTime, Skew) {
     let named = id.started_at();
     let Some(stored) = stored_at else {
@@ -62,7 +65,7 @@ pub fn backup_time(id: &BackupId, stored_at: Option<OffsetDateTime>) -> (OffsetD
             span(-ahead)
         ))
     } else {
-        Skew::None
+        return (named, Skew::None);
     };
     (stored, skew)
 }
@@ -746,20 +749,23 @@ mod tests {
     fn ids_behind_the_store_are_flagged_past_a_day_and_ranked_by_the_store() {
         let id = BackupId::parse("20261101T000000Z-valkey-0-abcdef").unwrap();
         let named = id.started_at();
-        // A long backup: its manifest 20 hours after its id is no skew.
+        // A long backup: its manifest 20 hours after its id is no skew; the id's own
+        // time (the snapshot's start) ranks it.
         let (at, skew) = backup_time(&id, Some(named + Duration::hours(20)));
-        assert_eq!((at, skew), (named + Duration::hours(20), Skew::None));
-        let (_, skew) = backup_time(&id, Some(named + Duration::hours(25)));
+        assert_eq!((at, skew), (named, Skew::None));
+        let (at, skew) = backup_time(&id, Some(named + Duration::hours(25)));
+        assert_eq!(at, named + Duration::hours(25));
         assert!(
             matches!(skew, Skew::Behind(ref w) if w.contains("1 day 1 hour behind")),
             "{skew:?}"
         );
         // Ahead: an hour is tolerated, more is not.
         assert_eq!(
-            backup_time(&id, Some(named - Duration::minutes(59))).1,
-            Skew::None
+            backup_time(&id, Some(named - Duration::minutes(59))),
+            (named, Skew::None)
         );
-        let (_, skew) = backup_time(&id, Some(named - Duration::minutes(61)));
+        let (at, skew) = backup_time(&id, Some(named - Duration::minutes(61)));
+        assert_eq!(at, named - Duration::minutes(61));
         assert!(
             matches!(skew, Skew::Ahead(ref w) if w.contains("1 hour ahead")),
             "{skew:?}"

@@ -288,6 +288,12 @@ async fn look_back(
                     persisted.cluster_last_success = persisted.cluster_last_success.max(Some(f));
                 }
             }
+            // Something is there but it is not a claim (damaged, or not written by an
+            // agent): the slot was taken by someone, which backup is unknown. Waiting for
+            // it to become readable would freeze the look-back at this slot for good.
+            Err(StoreError::BadRecord { .. }) => {
+                warn!(slot = %slot_name(p), "a slot's claim is not a readable claim record; counted as taken, its backup unknown");
+            }
             Err(e) => {
                 warn!(error = %e, "cannot look at earlier slots' claims; will look again");
                 return;
@@ -615,12 +621,8 @@ async fn save(state_dir: &Path, job: Job, persisted: &Persisted) {
         return;
     };
     let file = state_dir.join(job.state_file());
-    let tmp = file.with_extension("json.tmp");
-    let write = async {
-        tokio::fs::write(&tmp, &body).await?;
-        tokio::fs::rename(&tmp, &file).await
-    };
-    if let Err(e) = write.await {
+    // A temp name of its own: saves from concurrent tasks must not share one.
+    if let Err(e) = crate::statefile::replace(&file, &body).await {
         warn!(error = %e, file = job.state_file(), "could not store the scheduler state");
     }
 }
@@ -696,6 +698,63 @@ mod tests {
         let v = on_time.to_json(Some(&weekly), None, now);
         assert_eq!(v["verify"]["cron"], "0 4 * * 0");
         assert_eq!(v["verify"]["next-slot"], "2026-12-06T04:00:00Z");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_claim_does_not_freeze_the_look_back() {
+        use crate::storage::memory::InMemory;
+        let dir = tempfile::tempdir().unwrap();
+        let config = AgentConfig::from_params(json!({
+            "cluster": "m.valkey", "unit": "valkey/0",
+            "s3": {"endpoint": "http://127.0.0.1:9", "bucket": "bkt", "path": "p",
+                   "access-key": "a", "secret-key": "s"},
+            "valkey": {},
+            "schedule": {"cron": "* * * * *", "from": "any"}
+        }))
+        .unwrap();
+        let memory = Arc::new(InMemory::new());
+        let store: DynStore = memory.clone();
+        let state = AgentState::with_backends(
+            dir.path().to_owned(),
+            Some(config.clone()),
+            CancellationToken::new(),
+            Box::new(move |_| Ok(Arc::clone(&store))),
+            crate::source::configured_sources(),
+        );
+        let schedule = Schedule::parse("* * * * *").unwrap();
+        let t0 = datetime!(2026-11-30 10:00:00 UTC);
+        let minute: time::Duration = time::Duration::minutes(1);
+        let layout = Layout::new("p", "m.valkey");
+        // The 10:01 slot has something under its claim's key that is not a claim.
+        memory.insert(
+            &claim_key(layout.prefix(), t0 + minute),
+            &b"not a claim"[..],
+        );
+        let mut persisted = Persisted {
+            checked_through: t0.unix_timestamp(),
+            ..Persisted::default()
+        };
+        look_back(
+            &state,
+            &config,
+            &schedule,
+            t0 + time::Duration::minutes(5),
+            &mut persisted,
+        )
+        .await;
+        // 10:01 counts as taken; 10:02 to 10:04 had no claim: missed. The look goes on.
+        assert_eq!(
+            persisted.checked_through,
+            (t0 + time::Duration::minutes(4)).unix_timestamp()
+        );
+        assert_eq!(
+            persisted.recent_missed,
+            vec![
+                "2026-11-30T10:02:00Z",
+                "2026-11-30T10:03:00Z",
+                "2026-11-30T10:04:00Z"
+            ]
+        );
     }
 
     #[test]

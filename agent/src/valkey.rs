@@ -20,10 +20,13 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStdout, Command};
 
 use crate::config::ValkeySettings;
-use crate::connection::MAX_INFO_REPLY;
 
 /// How much of the cli's stderr is kept for error messages.
 const STDERR_TAIL: usize = 4096;
+/// The largest answer read from the cli (`INFO everything` is tens of KiB): the bound the
+/// built-in client puts on `INFO` (`connection::MAX_INFO_REPLY`, not imported: that
+/// module builds on this one).
+pub const MAX_INFO_REPLY: usize = 4 << 20;
 /// How long `INFO` may take.
 const INFO_TIMEOUT: Duration = Duration::from_secs(30);
 

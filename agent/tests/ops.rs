@@ -716,7 +716,22 @@ async fn three_backups(w: &World) -> Vec<String> {
         ids.push(w.backup().await["backup-id"].as_str().unwrap().to_owned());
     }
     ids.sort();
+    stamp_in_id_order(w, &ids);
     ids
+}
+
+/// Gives the objects of `ids` (sorted) store times a minute apart in the same order, an
+/// hour ago: backups taken within a second of each other would otherwise rank by
+/// whichever manifest the store happened to stamp a second later.
+fn stamp_in_id_order(w: &World, ids: &[String]) {
+    let base = time::OffsetDateTime::now_utc().unix_timestamp() - 3600;
+    for (i, id) in ids.iter().enumerate() {
+        for key in w.memory.keys() {
+            if key.starts_with(&format!("{PREFIX}{id}/")) {
+                w.memory.set_modified(&key, base + 60 * i as i64);
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -917,6 +932,7 @@ async fn list_backups_answers_one_bounded_page_with_counts() {
         ids.push(w.backup().await["backup-id"].as_str().unwrap().to_owned());
     }
     ids.sort();
+    stamp_in_id_order(&w, &ids);
     ids.reverse();
     let gets = w.store.calls(Operation::Get);
     let page = w.ok(Op::ListBackups, json!({"limit": 2})).await;

@@ -257,6 +257,37 @@ def test_metrics_move_with_a_success_and_a_failure_and_the_alert_rules_fire_on_t
     assert _series(before, "valkey_backup_schedule_next_timestamp_seconds") > time.time()
     assert _series(before, "valkey_backup_failures_total", code="valkey-unreachable") is None
 
+    # No success yet: too old once the period and its margin have passed since the unit
+    # began following the schedule (a cluster that never succeeded must alert too).
+    since_at = time.time()
+    fresh = wait_until(
+        lambda: (
+            (s := _scrape(port))
+            and _series(s, "valkey_backup_schedule_since_timestamp_seconds") is not None
+            and s
+        ),
+        timeout=10,
+        what="the schedule-since gauge",
+    )
+    since = _series(fresh, "valkey_backup_schedule_since_timestamp_seconds")
+    assert abs(since - since_at) < 10, (since, since_at)
+    lag = since_at - since
+    _promtool_test(
+        promtool,
+        tmp_path,
+        fresh,
+        since_at,
+        [
+            (60, "ValkeyBackupTooOld", []),
+            (int(86400 + 3600 - lag) - 60, "ValkeyBackupTooOld", []),
+            (
+                int(86400 + 3600 - lag) + 60,
+                "ValkeyBackupTooOld",
+                [{"cluster": CLUSTER, "severity": "critical"}],
+            ),
+        ],
+    )
+
     done = a.request("create-backup").expect_ok()
     scraped_at = time.time()
     ok = _scrape(port)

@@ -37,8 +37,8 @@ pub const DEFAULT_LIMIT: u32 = 100;
 /// The most backups one answer describes (a Juju action result is bounded in size).
 pub const MAX_LIMIT: u32 = 1000;
 
-/// Lists the backups of the configured (or the named) cluster, newest first by the
-/// store's time, one page at a time.
+/// Lists the backups of the configured (or the named) cluster, newest first (by the time
+/// retention ranks them: [`retention::backup_time`]), one page at a time.
 ///
 /// One listing of the prefix (keys, sizes, LastModified) and one of the open uploads
 /// give every backup's status, rank and the counts; only the backups on the page asked
@@ -135,7 +135,7 @@ struct Listing {
     found: Found,
     status: BackupStatus,
     abandoned: Option<String>,
-    /// The store's time of its record (or its id's time): what it ranks by.
+    /// What it ranks by ([`retention::backup_time`]).
     at: time::OffsetDateTime,
     warning: Option<String>,
 }
@@ -177,10 +177,10 @@ async fn describe(
         found,
         status,
         abandoned: abandoned_reason,
-        at,
+        at: _,
         warning,
     } = listing;
-    let stored_at = found.stored_at().map(|_| rfc3339(at));
+    let stored_at = found.stored_at().map(rfc3339);
     let mut entry = BackupEntry {
         backup_id: id.to_string(),
         status,

@@ -40,6 +40,7 @@
 //!   claimed, under the same mutex that records the unit lock's holder, before the first
 //!   delete ([`AgentState::claim_for_deletion`]); one being restored is left out, and a
 //!   restore asked for a claimed backup meanwhile gets `busy`.
+//!
 //! So a long prune never makes a scheduled backup miss its slot.
 
 use std::collections::{BTreeSet, HashMap};

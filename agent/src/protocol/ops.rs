@@ -354,7 +354,8 @@ pub struct BackupEntry {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ListBackupsResult {
     pub cluster: String,
-    /// The page asked for, newest first (by the store's time of each backup's record).
+    /// The page asked for, newest first (by the id's time where the store confirms it,
+    /// else by the store's time: see `warning`).
     pub backups: Vec<BackupEntry>,
     /// How many backups match (all pages together).
     #[serde(default)]
