@@ -10,12 +10,14 @@
 //! when its snapshot started, by the clock of the unit that named it, which can be wrong,
 //! and an id can be forged; the LastModified of the object that gives a backup its
 //! status (the manifest of a finished backup, `failure.json` of a failed one) is stamped
-//! by the store itself. An id's time is used when the store confirms it — no more than an
-//! hour after that LastModified, no more than a day before it — so honest backups keep
-//! their exact order (by snapshot start, to the second, even two in one second); an id
-//! outside that window is flagged and ranked and aged by the store's time instead
-//! ([`backup_time`]), and one dated after its own manifest never takes a `keep-last`
-//! slot. Without a store time (a running backup) the id's time stands.
+//! by the store itself. An id's time is never trusted to be later than the store allows:
+//! more than an hour after that LastModified (an honest unit names a backup before
+//! writing anything of it), the id is flagged, ranked and aged by the store's time, and
+//! takes no `keep-last` slot ([`backup_time`]). Otherwise the id's time is used, so honest
+//! backups keep their exact order (by snapshot start, even two in one second); an id more
+//! than a day before its record is flagged too, but keeps its own, older time: it can
+//! only make a backup look older, never take a newer one's place. Without a store time
+//! (a running backup) the id's time stands.
 
 use std::collections::HashSet;
 
@@ -40,10 +42,10 @@ pub const ID_AHEAD_LIMIT_SECS: i64 = 3_600;
 pub const ID_BEHIND_LIMIT_SECS: i64 = 86_400;
 
 /// The time `id` is ranked and aged by, and a warning when its id is far from the store's
-/// time `stored_at` (the LastModified of its record): the id's own time when the store
-/// confirms it, i.e. it is at most [`ID_AHEAD_LIMIT_SECS`] after `stored_at` and at most
-/// [`ID_BEHIND_LIMIT_SECS`] before it (or there is no `stored_at`); otherwise the id is
-/// flagged and `stored_at` is the time. [`Skew::Ahead`] ids take no `keep-last` slot.
+/// time `stored_at` (the LastModified of its record): `stored_at` when the id is more than
+/// [`ID_AHEAD_LIMIT_SECS`] after it ([`Skew::Ahead`]: such ids take no `keep-last` slot),
+/// else the id's own time, flagged [`Skew::Behind`] when more than
+/// [`ID_BEHIND_LIMIT_SECS`] before `stored_at`.
 pub fn backup_time(id: &BackupId, stored_at: Option<OffsetDateTime>) -> (OffsetDateTime, Skew) {
     let named = id.started_at();
     let Some(stored) = stored_at else {
@@ -58,12 +60,17 @@ pub fn backup_time(id: &BackupId, stored_at: Option<OffsetDateTime>) -> (OffsetD
             span(ahead)
         ))
     } else if -ahead > ID_BEHIND_LIMIT_SECS {
-        Skew::Behind(format!(
-            "its id says {} but the store wrote it at {}: the id is {} behind the store (a unit's clock ran behind); ranked and aged by the store's time",
-            crate::timefmt::rfc3339(named),
-            crate::timefmt::rfc3339(stored),
-            span(-ahead)
-        ))
+        // Older than the store says: it can only make the backup look older (never take
+        // a newer backup's place), so its time stands, with the warning.
+        return (
+            named,
+            Skew::Behind(format!(
+                "its id says {} but the store wrote it at {}: the id is {} behind the store (a unit's clock ran behind, or the backup was copied); ranked and aged by its id's time, the older",
+                crate::timefmt::rfc3339(named),
+                crate::timefmt::rfc3339(stored),
+                span(-ahead)
+            )),
+        );
     } else {
         return (named, Skew::None);
     };
@@ -754,7 +761,7 @@ mod tests {
         let (at, skew) = backup_time(&id, Some(named + Duration::hours(20)));
         assert_eq!((at, skew), (named, Skew::None));
         let (at, skew) = backup_time(&id, Some(named + Duration::hours(25)));
-        assert_eq!(at, named + Duration::hours(25));
+        assert_eq!(at, named);
         assert!(
             matches!(skew, Skew::Behind(ref w) if w.contains("1 day 1 hour behind")),
             "{skew:?}"

@@ -13,7 +13,8 @@
 //!
 //! Cost, for a history of N backups: one listing of the prefix (keys, sizes and
 //! LastModified, 1,000 per page), one of the open uploads, one manifest read per finished
-//! backup (the restorable check, 32 at a time), one GetBucketVersioning and one
+//! backup the policy keeps (the restorable check, 32 at a time; a backup it deletes is
+//! deleted whatever its manifest says), one GetBucketVersioning and one
 //! GetObjectLockConfiguration, one ListObjectVersions walk of the prefix, HeadObject per
 //! candidate version only on Object Lock buckets, and DeleteObjects in batches of 1,000.
 //!
@@ -139,8 +140,42 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneBackupsParams) -> Result<Pru
         })
         .collect();
     // "Finished" must mean restorable before any rule counts it: a manifest whose data is
-    // gone, or that does not parse, must not take the place of the newest backup.
-    let damaged = damaged_backups(&*store, &layout, &grouped, &listed).await?;
+    // gone, or that does not parse, must not take the place of the newest backup. Only
+    // the backups the policy keeps as finished need their manifest read: one it deletes
+    // as finished it would delete as damaged too (a damaged backup goes once older than
+    // `keep-days`, or than the oldest kept finished one, which every finished backup
+    // outside the kept ones is). So: select, read the manifests of the finished backups
+    // kept and not yet read, mark the damaged ones, select again, until every kept
+    // finished backup is known to be restorable. Usually one round of keep-last reads.
+    let mut damaged: HashMap<BackupId, String> = HashMap::new();
+    let mut checked: BTreeSet<BackupId> = BTreeSet::new();
+    let mut decisions = loop {
+        let backups: Vec<Listed> = listed
+            .iter()
+            .cloned()
+            .map(|mut b| {
+                if damaged.contains_key(&b.id) {
+                    b.status = BackupStatus::Damaged;
+                }
+                b
+            })
+            .collect();
+        let decisions = retention::select(&backups, &policy, now);
+        let unread: Vec<BackupId> = decisions
+            .iter()
+            .filter(|d| {
+                d.status == BackupStatus::Finished
+                    && matches!(d.verdict, Verdict::Keep(_))
+                    && !checked.contains(&d.id)
+            })
+            .map(|d| d.id.clone())
+            .collect();
+        if unread.is_empty() {
+            break decisions;
+        }
+        damaged.extend(damaged_backups(&*store, &layout, &grouped, &unread).await?);
+        checked.extend(unread);
+    };
     let backups: Vec<Listed> = listed
         .into_iter()
         .map(|mut b| {
@@ -150,7 +185,6 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneBackupsParams) -> Result<Pru
             b
         })
         .collect();
-    let mut decisions = retention::select(&backups, &policy, now);
     for d in &mut decisions {
         if let Some(why) = damaged.get(&d.id) {
             match &mut d.verdict {
@@ -341,18 +375,17 @@ fn spared(
 /// Manifest reads in flight at once while checking finished backups.
 const MANIFEST_CONCURRENCY: usize = 32;
 
-/// The backups listed as finished whose manifest does not make them restorable, with
-/// the reason (see [`crate::layout::ManifestV1::unrestorable_reason`]).
+/// Those of `ids` (listed as finished) whose manifest does not make them restorable,
+/// with the reason (see [`crate::layout::ManifestV1::unrestorable_reason`]).
 async fn damaged_backups(
     store: &dyn ObjectStore,
     layout: &Layout,
     grouped: &HashMap<BackupId, Found>,
-    listed: &[Listed],
+    ids: &[BackupId],
 ) -> Result<HashMap<BackupId, String>, OpError> {
-    let finished: Vec<(BackupId, Option<u64>)> = listed
+    let finished: Vec<(BackupId, Option<u64>)> = ids
         .iter()
-        .filter(|b| b.status == BackupStatus::Finished)
-        .map(|b| (b.id.clone(), grouped.get(&b.id).and_then(|f| f.data_size)))
+        .map(|id| (id.clone(), grouped.get(id).and_then(|f| f.data_size)))
         .collect();
     let checks: Vec<(BackupId, Result<ManifestCheck, StoreError>)> = stream::iter(finished)
         .map(|(id, size)| async move {

@@ -82,14 +82,16 @@ def seed_backups(
     count: int,
     *,
     newest: dt.datetime | None = None,
-    spacing: dt.timedelta = dt.timedelta(hours=1),
+    spacing: dt.timedelta = dt.timedelta(minutes=1),
     unit: str = "valkey/0",
     failed_every: int = 0,
     threads: int = 32,
 ) -> list[str]:
     """Writes `count` backups under `prefix` (`<path>/<cluster>/`), ids `spacing` apart
     ending at `newest` (default: now); returns their ids, oldest first. The store stamps
-    every object with its own time (now), whatever the ids say."""
+    every object with its own time (now), whatever the ids say: keep `count * spacing`
+    under a day, or the older ids are more than a day before their manifests and the
+    agent flags them and ranks them by the store's time (README, "Object layout")."""
     newest = newest or dt.datetime.now(dt.UTC).replace(microsecond=0)
     ids = []
     puts: list[tuple[str, bytes]] = []
