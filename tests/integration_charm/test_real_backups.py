@@ -75,7 +75,15 @@ def test_list_backups_shows_what_is_in_the_bucket(charm_unit):
     (entry,) = json.loads(listed["backups"])
     assert entry["backup-id"] == lines[1].split()[0] and entry["status"] == "finished"
     assert unit.server.version() in entry["source-version"]
-    assert "showing the newest 1 of 2 backups" in unit.ctx.action_logs
+    # The agent answered one page; the action names the next one.
+    assert (
+        "showing backups 1 to 1 of 2 (newest first); offset=1 for the next page"
+        in unit.ctx.action_logs
+    )
+    rest = unit.action("list-backups", output="json", offset=1)
+    assert rest["count"] == "2" and rest["shown"] == "1"
+    (older,) = json.loads(rest["backups"])
+    assert older["backup-id"] != entry["backup-id"]
 
     other = unit.action("list-backups", cluster="another-model.valkey")
     assert other["cluster"] == "another-model.valkey" and other["count"] == "0"
