@@ -286,7 +286,7 @@ def test_bad_parameters_name_the_field(agent, valkey_server, moto, moto_bucket):
     bad("list-backups", {"clusters": "a.b"}, "clusters")
     # The good configuration survived the bad requests.
     listed = a.request("list-backups", timeout=60).expect_ok()
-    assert listed == {"cluster": CLUSTER, "backups": []}
+    assert listed == {"cluster": CLUSTER, "backups": [], "total": 0, "offset": 0, "counts": {}}
     status = assert_serving(a)
     assert status["configured"] is True and status["cluster"] == CLUSTER
 
