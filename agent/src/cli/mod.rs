@@ -20,8 +20,7 @@ use render::{backups_table, prune_summary};
 
 use crate::protocol::{
     BackupStatus, ListBackupsParams, ListBackupsResult, NoParams, PruneBackupsParams, PruneResult,
-    StatusParams,
-    VerifyBackupParams,
+    StatusParams, VerifyBackupParams,
 };
 
 /// valkey-backup agent: validated, write-once backups of Valkey/Redis to S3.
