@@ -101,6 +101,10 @@ pub enum OpError {
     /// The restored server did not finish loading within `timeout-seconds`.
     #[error("the server did not finish loading the restored data in time ({last})")]
     RestoreNotLoaded { last: String },
+    /// The restored server is no longer the primary after the restart: Sentinel failed over
+    /// while it was stopped, so it follows another server and discards the restore.
+    #[error("the restore was overridden: {0}")]
+    RestoreOverridden(String),
     /// A restore onto a server whose AOF layout cannot take the restored RDB.
     #[error("the server runs with appendonly yes but has no multi-part AOF (Redis < 7.0): set appendonly no for the restore")]
     AofNotRestorable,
@@ -141,6 +145,7 @@ impl OpError {
             OpError::ValkeyReplica(_) => ErrorCode::ValkeyReplica,
             OpError::ValkeyRunning(_) => ErrorCode::ValkeyRunning,
             OpError::NoSpace(_) => ErrorCode::NoSpace,
+            OpError::RestoreOverridden(_) => ErrorCode::RestoreOverridden,
             OpError::Integrity { .. } => ErrorCode::StreamInvalid,
             OpError::DecryptFailed(_) => ErrorCode::DecryptFailed,
             OpError::Config(ConfigError::Invalid { .. } | ConfigError::Shape { .. }) => {

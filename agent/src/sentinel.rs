@@ -57,6 +57,11 @@ pub enum SentinelError {
         server: String,
         watched: String,
     },
+    /// A Sentinel is already at (or above) the suppressed value: another restore (this
+    /// agent's lost record, or Canonical's own restore) is suppressing failover, and its
+    /// value must not be recorded as the one to put back.
+    #[error("Sentinel {addr} has down-after-milliseconds {ms} already: another restore is suppressing Sentinel; wait for it to end (or set the value back by hand), then restore again")]
+    AlreadySuppressed { addr: String, ms: u64 },
     /// The previous values could not be recorded, so they could not be put back safely.
     #[error("cannot record the Sentinel settings to put back: {0}")]
     Record(String),
@@ -179,6 +184,10 @@ pub fn find_master<'a>(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
     pub master_name: String,
+    /// The master's address as Sentinel knows it (`ip`, `port`): a later answer naming
+    /// another address means Sentinel failed over.
+    pub master_ip: String,
+    pub master_port: u16,
     /// The configured Sentinel first, then its peers.
     pub sentinels: Vec<SentinelAddr>,
 }
@@ -278,6 +287,8 @@ impl Sentinels {
         }
         Ok(Group {
             master_name: master.name.clone(),
+            master_ip: master.ip.clone(),
+            master_port: master.port,
             sentinels,
         })
     }
@@ -303,6 +314,33 @@ impl Sentinels {
             })
     }
 
+    /// Which address the Sentinel at `at` holds as `master`'s primary
+    /// (`SENTINEL GET-MASTER-ADDR-BY-NAME`); `None` when it names none.
+    pub async fn master_addr(
+        &self,
+        at: &SentinelAddr,
+        master: &str,
+    ) -> Result<Option<(String, u16)>, SentinelError> {
+        let mut conn = self.connect(at).await?;
+        let reply = self
+            .call(
+                &mut conn,
+                at,
+                &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", master],
+                MAX_SMALL_REPLY,
+            )
+            .await?;
+        Ok(match reply {
+            Reply::Array(Some(items)) if items.len() == 2 => {
+                match (items[0].as_text(), items[1].as_text()) {
+                    (Some(ip), Some(port)) => port.parse().ok().map(|p| (ip, p)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+    }
+
     /// Sets one Sentinel's `down-after-milliseconds` for `master`.
     pub async fn set_down_after(
         &self,
@@ -324,7 +362,10 @@ impl Sentinels {
 
     /// Raises `down-after-milliseconds` on every Sentinel of `group`: reads every previous
     /// value, records them under `state_dir`, then sets each. When one cannot be set, the
-    /// ones already set are put back and the record removed: all or nothing.
+    /// ones already set (and the one that failed: its reply may have been lost after it
+    /// applied the change) are put back and the record removed: all or nothing. A
+    /// Sentinel already at the suppressed value is refused
+    /// ([`SentinelError::AlreadySuppressed`]): its value is not the one to put back.
     pub async fn suppress(
         &self,
         state_dir: &Path,
@@ -334,6 +375,12 @@ impl Sentinels {
         let mut previous = Vec::with_capacity(group.sentinels.len());
         for at in &group.sentinels {
             let ms = self.down_after(at, &group.master_name).await?;
+            if ms >= SUPPRESSED_DOWN_AFTER_MS {
+                return Err(SentinelError::AlreadySuppressed {
+                    addr: at.to_string(),
+                    ms,
+                });
+            }
             previous.push(RecordedSetting {
                 host: at.host.clone(),
                 port: at.port,
@@ -352,8 +399,15 @@ impl Sentinels {
                 .set_down_after(&s.addr(), &record.master_name, SUPPRESSED_DOWN_AFTER_MS)
                 .await
             {
+                // A refusal (an error reply) changed nothing there; any other failure may
+                // have lost the reply of a SET that applied, so that Sentinel goes back too.
+                let upto = if matches!(e, SentinelError::Command { .. }) {
+                    n
+                } else {
+                    n + 1
+                };
                 let partial = SuppressionRecord {
-                    sentinels: record.sentinels[..n].to_vec(),
+                    sentinels: record.sentinels[..upto].to_vec(),
                     ..record.clone()
                 };
                 // On success this also removes the record; otherwise the record (of every
@@ -398,28 +452,54 @@ impl Sentinels {
     /// unanswered, and putting a short `down-after-milliseconds` back before a fresh reply
     /// makes it count the server as down at once — the failover the suppression was for.
     /// After `wait` the value is put back anyway (a server that stays down must fail over).
+    ///
+    /// The record file is removed only while it still names `record`'s restore: a later
+    /// restore's record is never deleted by this one's put-back.
     pub async fn put_back(
         &self,
         state_dir: &Path,
         record: &SuppressionRecord,
         wait: std::time::Duration,
     ) -> Result<Vec<RecordedSetting>, (Vec<RecordedSetting>, SentinelError)> {
-        let mut now = Vec::new();
-        let mut first_error = None;
-        let until = tokio::time::Instant::now() + wait;
+        self.wait_heard(record, tokio::time::Instant::now() + wait)
+            .await;
+        self.set_back(state_dir, record).await
+    }
+
+    /// Waits until every recorded Sentinel has heard the master answer lately
+    /// ([`Sentinels::sees_master_up`]) or `until` passes; returns whether all did.
+    pub async fn wait_heard(
+        &self,
+        record: &SuppressionRecord,
+        until: tokio::time::Instant,
+    ) -> bool {
         for s in &record.sentinels {
             let at = s.addr();
-            while tokio::time::Instant::now() < until {
+            loop {
                 match self
                     .sees_master_up(&at, &record.master_name, s.down_after_milliseconds)
                     .await
                 {
                     Ok(true) => break,
-                    Ok(false) | Err(_) => {
+                    Ok(false) | Err(_) if tokio::time::Instant::now() < until => {
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await
                     }
+                    Ok(false) | Err(_) => return false,
                 }
             }
+        }
+        true
+    }
+
+    /// [`Sentinels::put_back`] without the wait: every recorded Sentinel set back now.
+    pub async fn set_back(
+        &self,
+        state_dir: &Path,
+        record: &SuppressionRecord,
+    ) -> Result<Vec<RecordedSetting>, (Vec<RecordedSetting>, SentinelError)> {
+        let mut now = Vec::new();
+        let mut first_error = None;
+        for s in &record.sentinels {
             match self
                 .set_down_after(&s.addr(), &record.master_name, s.down_after_milliseconds)
                 .await
@@ -435,7 +515,7 @@ impl Sentinels {
             }
         }
         match first_error {
-            None => match SuppressionRecord::forget(state_dir).await {
+            None => match SuppressionRecord::forget(state_dir, &record.restore_id).await {
                 Ok(()) => Ok(now),
                 Err(e) => Err((now, SentinelError::Record(e.to_string()))),
             },
@@ -510,12 +590,18 @@ impl SuppressionRecord {
             .map_err(std::io::Error::other)?
     }
 
-    /// [`SuppressionRecord::remove`] off the async workers.
-    pub async fn forget(state_dir: &Path) -> std::io::Result<()> {
-        let dir = state_dir.to_owned();
-        tokio::task::spawn_blocking(move || Self::remove(&dir))
-            .await
-            .map_err(std::io::Error::other)?
+    /// Removes the record if it is `restore_id`'s (another restore's stays), off the
+    /// async workers.
+    pub async fn forget(state_dir: &Path, restore_id: &str) -> std::io::Result<()> {
+        let (dir, id) = (state_dir.to_owned(), restore_id.to_owned());
+        tokio::task::spawn_blocking(move || match Self::load(&dir) {
+            Ok(Some(r)) if r.restore_id == id => Self::remove(&dir),
+            Ok(_) => Ok(()),
+            // Unreadable: not ours to judge; it is replaced by the next record.
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// The record an earlier restore left, if any.

@@ -110,7 +110,9 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
     });
     let state = AgentState::new(opts.state_dir.clone(), config, shutdown.clone());
     // Sentinel settings a restore raised and an agent killed mid-restore never put back.
-    ops::restore_backup::spawn_put_back(Arc::clone(&state));
+    // The server may still be stopped (the agent was killed mid-restore): each Sentinel
+    // gets its value back once it hears the server, or after the bound.
+    ops::restore_backup::spawn_put_back(Arc::clone(&state), Duration::from_secs(600));
     let tracker = TaskTracker::new();
     for job in [crate::scheduler::Job::Backup, crate::scheduler::Job::Verify] {
         tracker.spawn(crate::scheduler::run(
@@ -146,6 +148,9 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
     drop(listener);
     let _ = std::fs::remove_file(&opts.socket);
     info!("shutting down: waiting for running operations to stop");
+    // A prepared restore is aborted and its Sentinels put back before the process exits
+    // (the charm's remove hook deletes the state directory, and the record with it).
+    ops::restore_backup::abort_current(&state).await;
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
@@ -153,6 +158,10 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
     {
         warn!("operations did not stop within the grace period");
     }
+    // A step that was running when the shutdown came put its session back: abort it now,
+    // then put back whatever record is left.
+    ops::restore_backup::abort_current(&state).await;
+    ops::restore_backup::put_back_at_shutdown(&state).await;
     info!("agent stopped");
     Ok(())
 }

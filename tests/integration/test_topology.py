@@ -240,9 +240,13 @@ def test_without_suppression_sentinel_fails_over_and_undoes_the_restore(
     rid = prepared["restore-id"]
     a.request("restore-backup", {"step": "commit", "restore-id": rid}).expect_ok()
     primary.server.start_again()
-    a.request(
+    # `finish` tells the restore was discarded: Sentinel names another master (the
+    # restarted server may still report itself master for a few seconds).
+    err = a.request(
         "restore-backup", {"step": "finish", "restore-id": rid, "timeout-seconds": 10}
-    ).expect_ok()
+    ).expect_error("restore-overridden")
+    assert promoted in err.message and MASTER_NAME in err.message, err
+    assert a.request("status").expect_ok()["busy"] is False
     # Sentinel turns the restored server into a replica of the new primary, and the
     # resync replaces the restored data with the new primary's.
     wait_until(lambda: topo.role(primary) == "slave", timeout=60, what="the old primary to follow")
@@ -313,3 +317,110 @@ def test_one_sentinel_refusing_the_change_sets_the_others_back(topology, agent, 
     assert topology.down_afters() == [topology.down_after_ms] * 3
     assert not (a.state_dir / "sentinel-suppression.json").exists()
     assert a.request("status").expect_ok()["busy"] is False
+
+
+def test_a_sentinel_already_suppressed_refuses_the_restore(topology, agent, moto):
+    # Another restore (Canonical's own, or a lost record) has one Sentinel at a day: that
+    # value must not be recorded as the one to put back.
+    primary, _, last = topology.units
+    a, _ = _configure(agent, topology, primary, moto, moto.create_bucket())
+    backup_id = a.request("create-backup").expect_ok()["backup-id"]
+
+    def set_last(ms: int) -> None:
+        topology.sentinel_call(
+            last, "SENTINEL", "SET", MASTER_NAME, "down-after-milliseconds", str(ms)
+        )
+
+    set_last(SUPPRESSED)
+    try:
+        err = a.request("restore-backup", {"step": "prepare", "backup-id": backup_id}).expect_error(
+            "sentinel-error"
+        )
+        assert "another restore is suppressing Sentinel" in err.message, err
+        assert topology.down_afters() == [topology.down_after_ms] * 2 + [SUPPRESSED]
+    finally:
+        set_last(topology.down_after_ms)
+    assert not (a.state_dir / "sentinel-suppression.json").exists()
+    assert a.request("status").expect_ok()["busy"] is False
+
+
+def test_a_stopped_agent_puts_sentinel_back_before_it_exits(topology, agent, moto):
+    primary = topology.units[0]
+    a, _ = _configure(agent, topology, primary, moto, moto.create_bucket())
+    backup_id = a.request("create-backup").expect_ok()["backup-id"]
+    a.request("restore-backup", {"step": "prepare", "backup-id": backup_id}).expect_ok()
+    assert topology.down_afters() == [SUPPRESSED] * 3
+    # SIGTERM (the charm's remove hook stops the agent, then deletes its state directory):
+    # every Sentinel is back by the time the process has exited.
+    assert a.stop(timeout=60) == 0
+    assert topology.down_afters() == [topology.down_after_ms] * 3
+    assert not (a.state_dir / "sentinel-suppression.json").exists()
+
+
+def test_an_abort_with_the_server_stopped_waits_for_sentinel_to_hear_it(
+    fresh_topology, agent, moto
+):
+    topology = fresh_topology
+    primary = topology.units[0]
+    a, _ = _configure(agent, topology, primary, moto, moto.create_bucket())
+    backup_id = a.request("create-backup").expect_ok()["backup-id"]
+    prepared = a.request("restore-backup", {"step": "prepare", "backup-id": backup_id}).expect_ok()
+    primary.server.stop()
+    stopped_at = time.monotonic()
+    _hold_stopped_past_down_after(topology, stopped_at)
+    aborted = a.request(
+        "restore-backup", {"step": "abort", "restore-id": prepared["restore-id"]}
+    ).expect_ok()
+    # Putting the short value back now would fail the stopped primary over at once.
+    assert aborted["sentinel"]["restored"] is False, aborted
+    assert topology.down_afters() == [SUPPRESSED] * 3
+    primary.server.start_again()
+    wait_until(
+        lambda: topology.down_afters() == [topology.down_after_ms] * 3,
+        timeout=60,
+        what="Sentinel put back once it hears the server",
+    )
+    wait_until(
+        lambda: not (a.state_dir / "sentinel-suppression.json").exists(),
+        timeout=10,
+        what="the record to go",
+    )
+    assert topology.master_addr(topology.units[1]) == primary.addr
+    assert topology.primary() is primary
+
+
+def test_a_failed_put_back_then_a_second_restore(topology, agent, moto):
+    primary, _, last = topology.units
+    a, _ = _configure(agent, topology, primary, moto, moto.create_bucket())
+    backup_id = a.request("create-backup").expect_ok()["backup-id"]
+    first = a.request("restore-backup", {"step": "prepare", "backup-id": backup_id}).expect_ok()
+    topology.sentinel_call(last, "ACL", "SETUSER", "charmed-sentinel-operator", "-sentinel|set")
+    try:
+        aborted = a.request(
+            "restore-backup", {"step": "abort", "restore-id": first["restore-id"]}
+        ).expect_ok()
+    finally:
+        topology.sentinel_call(last, "ACL", "SETUSER", "charmed-sentinel-operator", "+sentinel|set")
+    assert aborted["sentinel"]["restored"] is False, aborted
+    # The background put-back is retrying the first restore's record; a second restore
+    # puts it back itself and owns its own suppression, which nobody undoes under it.
+    second = a.request("restore-backup", {"step": "prepare", "backup-id": backup_id}).expect_ok()
+    assert topology.down_afters() == [SUPPRESSED] * 3
+    assert {s["down-after-milliseconds"] for s in second["sentinel"]["sentinels"]} == {
+        topology.down_after_ms
+    }
+    record = a.state_dir / "sentinel-suppression.json"
+    assert second["restore-id"] in record.read_text()
+    # Past the background loop's first retries (3 s, then 6 s): still suppressed, and the
+    # record is still the second restore's.
+    watched_from = time.monotonic()
+
+    def still_suppressed_past_the_retries() -> bool:
+        assert topology.down_afters() == [SUPPRESSED] * 3
+        assert second["restore-id"] in record.read_text()
+        return time.monotonic() - watched_from > 10
+
+    wait_until(still_suppressed_past_the_retries, timeout=30, what="the retries to pass")
+    a.request("restore-backup", {"step": "abort", "restore-id": second["restore-id"]}).expect_ok()
+    assert topology.down_afters() == [topology.down_after_ms] * 3
+    assert not record.exists()

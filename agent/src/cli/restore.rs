@@ -156,5 +156,57 @@ pub async fn run(socket: &Path, args: RestoreArgs) -> i32 {
         timeout_seconds: Some(args.load_timeout),
         ..with_id(RestoreStep::Finish, &id)
     };
-    print_json(step(socket, finish).await)
+    let finished = step(socket, finish).await;
+    let incomplete = finished.as_ref().ok().and_then(finish_incomplete);
+    let code = print_json(finished);
+    match incomplete {
+        Some(why) if code == 0 => {
+            eprintln!("error: the restore is loaded but {why}");
+            1
+        }
+        _ => code,
+    }
+}
+
+/// Why a finished restore is not complete: the server does not take writes, or a replica
+/// is not in sync with it. The CLI then exits non-zero.
+fn finish_incomplete(finished: &serde_json::Value) -> Option<String> {
+    if finished.get("writable") == Some(&serde_json::Value::Bool(false)) {
+        return Some(format!(
+            "the server does not take writes ({})",
+            finished
+                .get("write-error")
+                .and_then(|v| v.as_str())
+                .unwrap_or("no reason given")
+        ));
+    }
+    let behind: Vec<&str> = finished
+        .get("replicas")
+        .and_then(|r| r.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|r| r.get("in-sync") != Some(&serde_json::Value::Bool(true)))
+        .filter_map(|r| r.get("addr").and_then(|a| a.as_str()))
+        .collect();
+    (!behind.is_empty()).then(|| format!("replicas not in sync: {}", behind.join(", ")))
+}
+
+#[cfg(test)]
+mod finish_tests {
+    use super::finish_incomplete;
+    use serde_json::json;
+
+    #[test]
+    fn a_finish_without_writes_or_with_a_replica_behind_is_incomplete() {
+        let ok = json!({"writable": true, "replicas": [{"addr": "a:1", "in-sync": true}]});
+        assert_eq!(finish_incomplete(&ok), None);
+        let ro = json!({"writable": false, "write-error": "READONLY", "replicas": []});
+        assert!(finish_incomplete(&ro).unwrap().contains("READONLY"));
+        let behind = json!({"writable": true, "replicas": [
+            {"addr": "a:1", "in-sync": true}, {"addr": "b:2", "in-sync": false}]});
+        assert_eq!(
+            finish_incomplete(&behind).as_deref(),
+            Some("replicas not in sync: b:2")
+        );
+    }
 }

@@ -46,7 +46,7 @@ use crate::protocol::{
     SentinelRestored, SentinelSetting, SentinelSuppression,
 };
 use crate::rdb_compat::{self, ServerVersion};
-use crate::sentinel::{Sentinels, SuppressionRecord, SUPPRESSED_DOWN_AFTER_MS};
+use crate::sentinel::{Group, Sentinels, SuppressionRecord, SUPPRESSED_DOWN_AFTER_MS};
 use crate::source::ValkeyAdmin;
 use crate::storage::ObjectStore;
 
@@ -92,6 +92,9 @@ pub struct RestoreSession {
     valkey: ValkeySettings,
     /// The Sentinels suppressed at `prepare`, and what to put back.
     suppressed: Option<(Sentinels, SuppressionRecord)>,
+    /// The Sentinel group watching the server at `prepare` (either mode): `finish` asks
+    /// it whether the server is still the master.
+    watched: Option<(Sentinels, Group)>,
     /// The replicas the primary had at `prepare` (`ip:port`): `finish` expects them back.
     replicas_at_prepare: Vec<String>,
     /// Cancels the session's watchdog when the session ends (finish, abort, timeout).
@@ -114,7 +117,7 @@ pub async fn run(
             let timeout = load_timeout(p.timeout_seconds)?;
             RestoreResult::Finished(finish(state, session_id(&p)?, timeout).await?)
         }
-        Step::Abort => RestoreResult::Aborted(abort(state, session_id(&p)?).await?),
+        Step::Abort => RestoreResult::Aborted(abort(state, session_id(&p)?, PUT_BACK_WAIT).await?),
     })
 }
 
@@ -230,7 +233,7 @@ async fn prepare(
     };
     // Last, just before the caller stops the server: keep Sentinel from failing over.
     let mode = p.sentinel.unwrap_or_default();
-    let (sentinel, suppressed) =
+    let (sentinel, suppressed, watched) =
         match handle_sentinel(state, &config.valkey, &info, mode, &restore_id).await {
             Ok(v) => v,
             Err(e) => {
@@ -269,6 +272,7 @@ async fn prepare(
         previous_aof: None,
         valkey: config.valkey.clone(),
         suppressed,
+        watched,
         replicas_at_prepare: info.replicas.iter().map(|r| r.addr()).collect(),
         _watchdog: ended.clone().drop_guard(),
         started: Instant::now(),
@@ -315,15 +319,9 @@ async fn handle_sentinel(
     info: &crate::valkey::ServerInfo,
     mode: SentinelMode,
     restore_id: &str,
-) -> Result<
-    (
-        Option<SentinelSuppression>,
-        Option<(Sentinels, SuppressionRecord)>,
-    ),
-    OpError,
-> {
+) -> Result<SentinelHandled, OpError> {
     let Some(settings) = valkey.sentinel.clone() else {
-        return Ok((None, None));
+        return Ok((None, None, None));
     };
     let sentinels = Sentinels::new(settings);
     let ips = crate::valkey_check::host_ips(&valkey.host, valkey.port).await;
@@ -332,7 +330,7 @@ async fn handle_sentinel(
             .group_of(info.run_id.as_deref(), &ips, valkey.port)
             .await
         else {
-            return Ok((None, None));
+            return Ok((None, None, None));
         };
         let mut now = Vec::new();
         for at in &group.sentinels {
@@ -345,32 +343,40 @@ async fn handle_sentinel(
         }
         return Ok((
             Some(SentinelSuppression {
-                master_name: group.master_name,
+                master_name: group.master_name.clone(),
                 mode,
                 down_after_milliseconds: None,
                 sentinels: now,
             }),
             None,
+            Some((sentinels, group)),
         ));
     }
+    // Held from reading a leftover record to writing ours: the background put-back cannot
+    // run in between, and once the owner is set it leaves our record alone.
+    let mut owner = state.sentinel_owner.lock().await;
     // What an earlier, interrupted restore changed goes back first: its "previous" values
     // are the real ones, and reading them now would record the suppressed value instead.
     put_back_leftover(state, &sentinels).await?;
     let group = sentinels
         .group_of(info.run_id.as_deref(), &ips, valkey.port)
         .await?;
+    *owner = Some(restore_id.to_owned());
     let record = match sentinels
         .suppress(&state.state_dir, &group, restore_id)
         .await
     {
         Ok(r) => r,
         Err(e) => {
+            *owner = None;
+            drop(owner);
             if let Ok(Some(_)) = SuppressionRecord::find(&state.state_dir).await {
-                spawn_put_back(Arc::clone(state));
+                spawn_put_back(Arc::clone(state), PUT_BACK_WAIT);
             }
             return Err(e.into());
         }
     };
+    drop(owner);
     info!(master = %record.master_name, sentinels = record.sentinels.len(), "Sentinel failover suppressed for the restore");
     let shown = SentinelSuppression {
         master_name: record.master_name.clone(),
@@ -385,8 +391,19 @@ async fn handle_sentinel(
             })
             .collect(),
     };
-    Ok((Some(shown), Some((sentinels, record))))
+    Ok((
+        Some(shown),
+        Some((sentinels.clone(), record)),
+        Some((sentinels, group)),
+    ))
 }
+
+/// What `prepare` reports about Sentinel, what it suppressed, and the group it found.
+type SentinelHandled = (
+    Option<SentinelSuppression>,
+    Option<(Sentinels, SuppressionRecord)>,
+    Option<(Sentinels, Group)>,
+);
 
 /// Puts back what a record left by an earlier restore names (nothing when there is none).
 async fn put_back_leftover(state: &AgentState, sentinels: &Sentinels) -> Result<(), OpError> {
@@ -403,14 +420,21 @@ async fn put_back_leftover(state: &AgentState, sentinels: &Sentinels) -> Result<
     Ok(())
 }
 
-/// Sets every Sentinel of `suppressed` back and says how that went. When one cannot be
-/// set, the record stays and a background task keeps trying.
+/// Sets every Sentinel of `suppressed` back and says how that went, and ends the
+/// restore's ownership of the suppression. When one cannot be set, the record stays and
+/// the background put-back keeps trying.
 async fn restore_sentinels(
     state: &Arc<AgentState>,
     suppressed: Option<&(Sentinels, SuppressionRecord)>,
     wait: Duration,
 ) -> Option<SentinelRestored> {
     let (sentinels, record) = suppressed?;
+    let mut owner = state.sentinel_owner.lock().await;
+    let outcome = sentinels.put_back(&state.state_dir, record, wait).await;
+    if owner.as_deref() == Some(record.restore_id.as_str()) {
+        *owner = None;
+    }
+    drop(owner);
     let shown = |now: Vec<crate::sentinel::RecordedSetting>| {
         now.into_iter()
             .map(|s| SentinelSetting {
@@ -419,29 +443,27 @@ async fn restore_sentinels(
             })
             .collect()
     };
-    Some(
-        match sentinels.put_back(&state.state_dir, record, wait).await {
-            Ok(now) => {
-                info!(master = %record.master_name, "Sentinel settings put back");
-                SentinelRestored {
-                    master_name: record.master_name.clone(),
-                    restored: true,
-                    sentinels: shown(now),
-                    error: None,
-                }
+    Some(match outcome {
+        Ok(now) => {
+            info!(master = %record.master_name, "Sentinel settings put back");
+            SentinelRestored {
+                master_name: record.master_name.clone(),
+                restored: true,
+                sentinels: shown(now),
+                error: None,
             }
-            Err((now, e)) => {
-                warn!(error = %e, "could not put every Sentinel setting back; retrying in the background");
-                spawn_put_back(Arc::clone(state));
-                SentinelRestored {
-                    master_name: record.master_name.clone(),
-                    restored: false,
-                    sentinels: shown(now),
-                    error: Some(e.to_string()),
-                }
+        }
+        Err((now, e)) => {
+            warn!(error = %e, "could not put every Sentinel setting back; retrying in the background");
+            spawn_put_back(Arc::clone(state), PUT_BACK_WAIT);
+            SentinelRestored {
+                master_name: record.master_name.clone(),
+                restored: false,
+                sentinels: shown(now),
+                error: Some(e.to_string()),
             }
-        },
-    )
+        }
+    })
 }
 
 /// How often a Sentinel setting left suppressed is tried again.
@@ -450,56 +472,144 @@ const PUT_BACK_RETRY: Duration = Duration::from_secs(3);
 /// back anyway (see `Sentinels::put_back`), outside `finish` (which has its own timeout).
 const PUT_BACK_WAIT: Duration = Duration::from_secs(60);
 
+/// The least time `finish` gives each Sentinel to hear the restarted server before its
+/// setting goes back, however much of the timeout loading used.
+const FINISH_HEAR_FLOOR: Duration = Duration::from_secs(10);
+/// How long the background put-back lets the Sentinels hear a server that an aborted
+/// restore left stopped before it puts their settings back anyway (the caller is expected
+/// to start the server right after the abort; one that stays down must fail over).
+const STOPPED_HEAR_BOUND: Duration = Duration::from_secs(600);
+/// How long the agent, shutting down, gives a put-back (and each Sentinel to hear the
+/// server), so the whole stop stays within the service manager's stop timeout.
+const SHUTDOWN_PUT_BACK_WAIT: Duration = Duration::from_secs(20);
+
 /// Keeps trying to put back the Sentinel settings of the state directory's record until
-/// every one is back (the record is then gone) or the agent shuts down. Started at agent
-/// start (a restore was interrupted by a kill) and when a put-back failed.
-pub fn spawn_put_back(state: Arc<AgentState>) {
+/// every one is back (the record is then gone), a restore owns the suppression, or the
+/// agent shuts down. Each Sentinel is first given until `hear_within` from now to hear
+/// the server answer. Started at agent start (a restore was interrupted by a kill), when
+/// a put-back failed, and when a restore was aborted with the server stopped. At most
+/// one runs.
+pub fn spawn_put_back(state: Arc<AgentState>, hear_within: Duration) {
+    use std::sync::atomic::Ordering;
+    if state.put_back_running.swap(true, Ordering::AcqRel) {
+        return;
+    }
     tokio::spawn(async move {
+        let hear_by = tokio::time::Instant::now() + hear_within;
         // Every 3 s at first, then less often (at most once a minute), so a Sentinel that
         // stays away does not flood the log.
         let mut pause = PUT_BACK_RETRY;
         loop {
-            match put_back_once(&state).await {
-                Ok(true) => return,
+            let attempt = tokio::select! {
+                r = put_back_once(&state, hear_by) => r,
+                _ = state.shutdown.cancelled() => break,
+            };
+            match attempt {
+                Ok(true) => {
+                    state.put_back_running.store(false, Ordering::Release);
+                    // A record written after this attempt looked, whose spawner saw this
+                    // loop still running, is taken on rather than left behind.
+                    if leftover_unowned(&state).await
+                        && !state.put_back_running.swap(true, Ordering::AcqRel)
+                    {
+                        continue;
+                    }
+                    return;
+                }
                 Ok(false) => {}
                 Err(e) => {
                     warn!(error = %e, retry_in_s = pause.as_secs(), "Sentinel settings are still suppressed")
                 }
             }
             tokio::select! {
-                _ = state.shutdown.cancelled() => return,
+                _ = state.shutdown.cancelled() => break,
                 _ = tokio::time::sleep(pause) => {}
             }
             pause = (pause * 2).min(Duration::from_secs(60));
         }
+        state.put_back_running.store(false, Ordering::Release);
     });
 }
 
-/// One attempt: `Ok(true)` when nothing is (any longer) suppressed.
-async fn put_back_once(state: &Arc<AgentState>) -> Result<bool, String> {
-    let record = match SuppressionRecord::find(&state.state_dir).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return Ok(true),
-        Err(e) => return Err(format!("reading the record: {e}")),
-    };
-    // A restore in progress owns the record (it puts it back itself).
-    let owned = state
-        .restore
-        .peek(|s: Option<&RestoreSession>| s.is_some_and(|s| s.restore_id == record.restore_id));
-    if owned {
+/// Whether a record exists that no restore owns.
+async fn leftover_unowned(state: &AgentState) -> bool {
+    let owner = state.sentinel_owner.lock().await;
+    owner.is_none() && matches!(SuppressionRecord::find(&state.state_dir).await, Ok(Some(_)))
+}
+
+/// One attempt: `Ok(true)` when nothing is (any longer) suppressed by a record nobody
+/// owns. The wait for the Sentinels to hear the server runs without the lock; the
+/// put-back itself runs under it, on the record as it is then.
+async fn put_back_once(
+    state: &Arc<AgentState>,
+    hear_by: tokio::time::Instant,
+) -> Result<bool, String> {
+    let Some(record) = unowned_record(state, &*state.sentinel_owner.lock().await).await? else {
         return Ok(true);
-    }
+    };
     let Some(settings) = state.config_if_any().and_then(|c| c.valkey.sentinel) else {
         return Err("no valkey.sentinel is configured to log in with".into());
     };
-    Sentinels::new(settings)
-        .put_back(&state.state_dir, &record, PUT_BACK_WAIT)
+    let sentinels = Sentinels::new(settings);
+    sentinels.wait_heard(&record, hear_by).await;
+    let owner = state.sentinel_owner.lock().await;
+    let Some(now) = unowned_record(state, &owner).await? else {
+        return Ok(true);
+    };
+    if now != record {
+        // Another record replaced it meanwhile: look again, waiting for that one.
+        return Ok(false);
+    }
+    sentinels
+        .set_back(&state.state_dir, &record)
         .await
         .map(|_| {
             info!(restore_id = %record.restore_id, "Sentinel settings of an interrupted restore put back");
             true
         })
         .map_err(|(_, e)| e.to_string())
+}
+
+/// The state directory's record, unless a restore in progress owns it (it puts it back
+/// itself) or there is none.
+async fn unowned_record(
+    state: &AgentState,
+    owner: &Option<String>,
+) -> Result<Option<SuppressionRecord>, String> {
+    if owner.is_some() {
+        return Ok(None);
+    }
+    SuppressionRecord::find(&state.state_dir)
+        .await
+        .map_err(|e| format!("reading the record: {e}"))
+}
+
+/// At shutdown, after the restore in progress was aborted: puts back whatever record is
+/// left (bounded by [`SHUTDOWN_PUT_BACK_WAIT`]), so a stopped agent — or one whose state
+/// directory is removed with the charm — does not leave Sentinel suppressed for a day.
+pub async fn put_back_at_shutdown(state: &Arc<AgentState>) {
+    let Ok(mut owner) =
+        tokio::time::timeout(SHUTDOWN_PUT_BACK_WAIT, state.sentinel_owner.lock()).await
+    else {
+        warn!("the Sentinel settings are busy; not putting them back at shutdown");
+        return;
+    };
+    let Ok(Some(record)) = SuppressionRecord::find(&state.state_dir).await else {
+        return;
+    };
+    let Some(settings) = state.config_if_any().and_then(|c| c.valkey.sentinel) else {
+        return;
+    };
+    match Sentinels::new(settings)
+        .put_back(&state.state_dir, &record, SHUTDOWN_PUT_BACK_WAIT)
+        .await
+    {
+        Ok(_) => info!(restore_id = %record.restore_id, "Sentinel settings put back at shutdown"),
+        Err((_, e)) => {
+            warn!(error = %e, "could not put every Sentinel setting back at shutdown; the record stays for the next start")
+        }
+    }
+    *owner = None;
 }
 
 async fn required_config(cli: &ValkeyAdmin, name: &str) -> Result<String, OpError> {
@@ -616,10 +726,8 @@ fn spawn_watchdog(
             tokio::select! {
                 _ = ended.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                _ = state.shutdown.cancelled() => {
-                    let _ = abort(&state, &restore_id).await;
-                    return;
-                }
+                // `serve` aborts the restore itself at shutdown, and waits for it.
+                _ = state.shutdown.cancelled() => return,
             }
             let expired = state.restore.peek(|s: Option<&RestoreSession>| match s {
                 Some(s) if s.restore_id == restore_id => {
@@ -631,7 +739,7 @@ fn spawn_watchdog(
             let Some(expired) = expired else { return };
             if expired {
                 warn!(restore_id = %restore_id, "restore session timed out; aborting it");
-                let _ = abort(&state, &restore_id).await;
+                let _ = abort(&state, &restore_id, PUT_BACK_WAIT).await;
                 return;
             }
         }
@@ -639,13 +747,14 @@ fn spawn_watchdog(
 }
 
 /// On shutdown: aborts whatever restore is prepared (its temp file goes; a committed
-/// restore's files stay), so nothing is left half-way when the agent stops.
+/// restore's files stay, its Sentinels are put back), so nothing is left half-way when
+/// the agent stops. `serve` awaits it.
 pub async fn abort_current(state: &Arc<AgentState>) {
     let id = state
         .restore
         .peek(|s: Option<&RestoreSession>| s.map(|s| s.restore_id.clone()));
     if let Some(id) = id {
-        let _ = abort(state, &id).await;
+        let _ = abort(state, &id, SHUTDOWN_PUT_BACK_WAIT).await;
     }
 }
 
@@ -892,8 +1001,11 @@ async fn finish(
     };
     let keys: KeyCounts = info.keyspace.iter().cloned().collect();
     let expected: KeyCounts = session.manifest.keyspace_at_start.clone();
-    // The server answers again: Sentinel may count it as down once more.
-    let wait = deadline.saturating_duration_since(Instant::now());
+    // The server answers again: Sentinel may count it as down once more. Each Sentinel
+    // gets at least FINISH_HEAR_FLOOR to hear it, even when loading used the timeout up.
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .max(FINISH_HEAR_FLOOR);
     let sentinel = restore_sentinels(state, session.suppressed.as_ref(), wait).await;
     let role = crate::valkey_check::role_name(&info);
     let is_primary = info.role.as_deref() == Some("master");
@@ -919,6 +1031,16 @@ async fn finish(
     } else {
         Vec::new()
     };
+    // Whether the restore still stands: the server is the primary now (Sentinel turns a
+    // returning old master into a replica only some seconds after it is back, so the role
+    // read after loading is not enough), and no Sentinel names another master.
+    if let Some(why) = overridden(&cli, session.watched.as_ref()).await {
+        warn!(restore_id = %restore_id, reason = %why, "restore overridden by a failover");
+        return Err(OpError::RestoreOverridden(format!(
+            "{why}; the server follows another primary and resyncs from it, discarding the restored data (restore {} of backup {})",
+            session.restore_id, session.manifest.backup_id
+        )));
+    }
     info!(restore_id = %restore_id, backup_id = %session.manifest.backup_id, writable, "restore finished");
     Ok(RestoreFinished {
         restore_id: session.restore_id.clone(),
@@ -939,7 +1061,39 @@ async fn finish(
     })
 }
 
-async fn abort(state: &Arc<AgentState>, restore_id: &str) -> Result<RestoreAborted, OpError> {
+/// Aborts the restore `restore_id`; a running server's Sentinels get up to `wait` to hear
+/// it before their settings go back.
+/// Why the restore does not stand, if it does not: the server's role now, then each
+/// Sentinel of the group (`SENTINEL GET-MASTER-ADDR-BY-NAME`) against the master's
+/// address at `prepare`. A Sentinel that cannot be asked says nothing either way.
+async fn overridden(cli: &ValkeyAdmin, watched: Option<&(Sentinels, Group)>) -> Option<String> {
+    if let Ok(info) = cli.info().await {
+        if info.role.as_deref() != Some("master") {
+            return Some(format!(
+                "the server is a {} now (Sentinel failed over while it was stopped)",
+                crate::valkey_check::role_name(&info).unwrap_or_else(|| "replica".into())
+            ));
+        }
+    }
+    let (sentinels, group) = watched?;
+    for at in &group.sentinels {
+        if let Ok(Some((ip, port))) = sentinels.master_addr(at, &group.master_name).await {
+            if ip != group.master_ip || port != group.master_port {
+                return Some(format!(
+                    "Sentinel {at} names {ip}:{port} as master {}, not this server ({}:{})",
+                    group.master_name, group.master_ip, group.master_port
+                ));
+            }
+        }
+    }
+    None
+}
+
+async fn abort(
+    state: &Arc<AgentState>,
+    restore_id: &str,
+    wait: Duration,
+) -> Result<RestoreAborted, OpError> {
     let session = take_session(state, restore_id)?;
     if !session.committed {
         // Only the file this restore created goes; whatever else has its name now stays.
@@ -947,15 +1101,17 @@ async fn abort(state: &Arc<AgentState>, restore_id: &str) -> Result<RestoreAbort
             let _ = session.dir.remove_file(&session.temp_name);
         }
     }
-    // A running server gets its Sentinels' fresh replies first; a stopped one cannot give
-    // them, and is left to Sentinel as it would be without a restore.
-    let wait =
-        if session.suppressed.is_some() && !ValkeyAdmin::new(&session.valkey).is_stopped().await {
-            PUT_BACK_WAIT
-        } else {
-            Duration::ZERO
-        };
-    let sentinel = restore_sentinels(state, session.suppressed.as_ref(), wait).await;
+    // A running server gets its Sentinels' fresh replies first. A stopped one cannot give
+    // them: putting the short value back now would make them fail over at once, so the
+    // record stays and the background put-back sets each Sentinel back once it hears the
+    // restarted server (or after STOPPED_HEAR_BOUND, when nobody starts it).
+    let stopped =
+        session.suppressed.is_some() && ValkeyAdmin::new(&session.valkey).is_stopped().await;
+    let sentinel = if stopped {
+        leave_to_background(state, session.suppressed.as_ref()).await
+    } else {
+        restore_sentinels(state, session.suppressed.as_ref(), wait).await
+    };
     info!(restore_id = %restore_id, committed = session.committed, "restore aborted");
     Ok(RestoreAborted {
         restore_id: session.restore_id.clone(),
@@ -970,6 +1126,38 @@ async fn abort(state: &Arc<AgentState>, restore_id: &str) -> Result<RestoreAbort
         }
         .into(),
         sentinel,
+    })
+}
+
+/// Hands a suppression whose server is stopped to the background put-back (see `abort`).
+async fn leave_to_background(
+    state: &Arc<AgentState>,
+    suppressed: Option<&(Sentinels, SuppressionRecord)>,
+) -> Option<SentinelRestored> {
+    let (_, record) = suppressed?;
+    {
+        let mut owner = state.sentinel_owner.lock().await;
+        if owner.as_deref() == Some(record.restore_id.as_str()) {
+            *owner = None;
+        }
+    }
+    spawn_put_back(Arc::clone(state), STOPPED_HEAR_BOUND);
+    warn!(restore_id = %record.restore_id, "restore aborted with the server stopped; Sentinel settings go back once Sentinel hears it again");
+    Some(SentinelRestored {
+        master_name: record.master_name.clone(),
+        restored: false,
+        sentinels: record
+            .sentinels
+            .iter()
+            .map(|s| SentinelSetting {
+                addr: s.addr().to_string(),
+                down_after_milliseconds: record.suppressed_to,
+            })
+            .collect(),
+        error: Some(format!(
+            "the server is stopped: start it; each Sentinel gets its setting back once it hears the server again (at the latest in {} s)",
+            STOPPED_HEAR_BOUND.as_secs()
+        )),
     })
 }
 

@@ -41,6 +41,15 @@ pub struct AgentState {
     pub configuring: tokio::sync::Mutex<()>,
     /// The restore between its `prepare` and `finish`/`abort` steps (it holds the lock).
     pub restore: SessionSlot,
+    /// Serialises every change to Sentinel settings and the suppression record
+    /// (read record → set Sentinels → delete record) between a restore's steps and the
+    /// background put-back, so one never undoes the other's suppression. It holds the id
+    /// of the restore that owns the current suppression, set before the record is written
+    /// and cleared after that restore's own put-back: while it is set the background
+    /// put-back leaves the record alone.
+    pub sentinel_owner: tokio::sync::Mutex<Option<String>>,
+    /// Whether the background put-back loop runs (at most one does).
+    pub put_back_running: std::sync::atomic::AtomicBool,
     /// Cancelled on SIGTERM: every long operation watches it.
     pub shutdown: CancellationToken,
     /// What this unit's backups did, for `/metrics` (see [`crate::metrics`]).
@@ -95,6 +104,8 @@ impl AgentState {
             valkey_check: Mutex::new(None),
             restore: SessionSlot::default(),
             configuring: tokio::sync::Mutex::new(()),
+            sentinel_owner: tokio::sync::Mutex::new(None),
+            put_back_running: std::sync::atomic::AtomicBool::new(false),
             shutdown,
         })
     }

@@ -47,6 +47,9 @@ pub enum ErrorCode {
     /// Sentinel could not be asked, or could not be kept from failing over, for a
     /// restore of a server it watches; nothing was stopped or changed.
     SentinelError,
+    /// A restore's `finish` found the restored server no longer the primary (Sentinel
+    /// failed over while it was stopped): the restored data is being or was discarded.
+    RestoreOverridden,
     Cancelled,
     Internal,
 }
@@ -77,6 +80,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not-found",
             ErrorCode::NoSpace => "no-space",
             ErrorCode::SentinelError => "sentinel-error",
+            ErrorCode::RestoreOverridden => "restore-overridden",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Internal => "internal",
         }
@@ -326,6 +330,7 @@ mod tests {
             ErrorCode::S3AccessDenied,
             ErrorCode::ValkeyPermission,
             ErrorCode::SentinelError,
+            ErrorCode::RestoreOverridden,
             ErrorCode::Internal,
         ] {
             let s = serde_json::to_string(&code).unwrap();
