@@ -4,8 +4,9 @@
 //! commands rather than `ACL DRYRUN` (which the backup user may not be allowed to run):
 //!
 //! 1. connect (TCP, TLS) and `AUTH` — `valkey-unreachable`, `valkey-auth`;
-//! 2. `INFO everything` (role, version, `run_id`) and `CONFIG GET dir` / `dbfilename`,
-//!    which a restore reads — `valkey-permission` on `NOPERM`;
+//! 2. `INFO everything` (role, version, `run_id`) — `valkey-permission` on `NOPERM`; and
+//!    `CONFIG GET dir` / `dbfilename`, which only a restore reads: a `NOPERM` there is
+//!    reported in `restore-warning`, not as a failure (backups never send it);
 //! 3. `REPLCONF capa eof` on the same plain connection (harmless: it only marks what this
 //!    client understands, and the connection is closed right after);
 //! 4. `SYNC`, pipelined right behind a `PING` in one write. The server checks the ACL
@@ -46,7 +47,7 @@ pub fn advice(code: ErrorCode) -> &'static str {
         }
         ErrorCode::ValkeyAuth => "check valkey.username and valkey.password",
         ErrorCode::ValkeyPermission => {
-            "give the user +sync +replconf +info +config|get (restores also need +del), or use charmed-operator"
+            "give the user +sync +psync +replconf +info +ping (restores also need +config|get +del), or use charmed-operator"
         }
         _ => "see the agent's log",
     }
@@ -66,9 +67,9 @@ pub fn role_name(info: &ServerInfo) -> Option<String> {
 pub async fn check(settings: &ValkeySettings) -> ValkeyCheck {
     let addr = format!("{}:{}", settings.host, settings.port);
     let checked_at = rfc3339(time::OffsetDateTime::now_utc());
-    let (info, failure) = match probe(settings).await {
-        Ok(info) => (Some(info), None),
-        Err((info, e)) => (info, Some(e)),
+    let (info, failure, restore_warning) = match probe(settings).await {
+        Ok((info, warning)) => (Some(info), None, warning),
+        Err((info, e)) => (info, Some(e), None),
     };
     let sentinel = match (&settings.sentinel, &info) {
         (Some(s), Some(info)) => Some(check_sentinel(settings, s.clone(), info).await),
@@ -101,27 +102,36 @@ pub async fn check(settings: &ValkeySettings) -> ValkeyCheck {
         role: info.as_ref().and_then(role_name),
         server: info.as_ref().map(|i| format!("{} {}", i.kind, i.version)),
         sentinel,
+        restore_warning,
         checked_at,
     }
 }
 
 type ProbeFailure = (Option<ServerInfo>, ValkeyError);
 
-async fn probe(settings: &ValkeySettings) -> Result<ServerInfo, ProbeFailure> {
+/// The server's `INFO` and, when a restore could not read the server's settings, why.
+async fn probe(settings: &ValkeySettings) -> Result<(ServerInfo, Option<String>), ProbeFailure> {
     let admin = ValkeyAdmin::new(settings);
     let info = admin.info().await.map_err(|e| (None, e))?;
+    let mut restore_warning = None;
     for name in ["dir", "dbfilename"] {
-        admin
-            .config_get(name)
-            .await
-            .map_err(|e| (Some(info.clone()), e))?;
+        match admin.config_get(name).await {
+            Ok(_) => {}
+            Err(e @ ValkeyError::Permission { .. }) => {
+                restore_warning = Some(format!(
+                    "backups work, but a restore would fail: {e}; give the user +config|get +del for restores"
+                ));
+                break;
+            }
+            Err(e) => return Err((Some(info.clone()), e)),
+        }
     }
     let native_only = settings.effective_source() == SourceKind::Native;
     match replication_rights(settings).await {
-        Ok(()) => Ok(info),
+        Ok(()) => Ok((info, restore_warning)),
         Err(e @ ValkeyError::Permission { .. }) => Err((Some(info), e)),
         Err(e) if native_only => Err((Some(info), e)),
-        Err(_) => Ok(info),
+        Err(_) => Ok((info, restore_warning)),
     }
 }
 

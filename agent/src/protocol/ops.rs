@@ -215,6 +215,11 @@ pub struct ValkeyCheck {
     pub server: Option<String>,
     /// The Sentinel check (null without `valkey.sentinel`).
     pub sentinel: Option<SentinelCheck>,
+    /// Set when backups would work but a restore would not: the user may not read the
+    /// server's settings (`CONFIG GET dir`) a restore needs. Not a failure: `ok` speaks
+    /// for backups only.
+    #[serde(default)]
+    pub restore_warning: Option<String>,
     pub checked_at: String,
 }
 
