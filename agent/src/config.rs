@@ -205,11 +205,17 @@ pub struct SentinelSettings {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<Secret>,
+    /// TLS to every Sentinel of the group (the configured one and the peers it names):
+    /// Canonical's charm with client TLS on closes Sentinel's plain port and its
+    /// Sentinels announce their TLS port to each other. Same shape as `valkey.tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ValkeyTls>,
 }
 
 impl SentinelSettings {
-    /// Connection settings for a Sentinel at `host:port` with these credentials (plain
-    /// TCP, built-in client), so the RESP client of [`crate::connection`] can talk to it.
+    /// Connection settings for a Sentinel at `host:port` with these credentials (TLS
+    /// when `tls` is set, built-in client), so the RESP client of [`crate::connection`]
+    /// can talk to it.
     pub fn client_settings(&self, host: &str, port: u16) -> ValkeySettings {
         ValkeySettings {
             host: host.to_owned(),
@@ -218,7 +224,7 @@ impl SentinelSettings {
             password: self.password.clone(),
             source: SourceKind::Native,
             cli: None,
-            tls: None,
+            tls: self.tls.clone(),
             sentinel: None,
         }
     }
@@ -518,25 +524,13 @@ impl AgentConfig {
             check_executable(cli)?;
         }
         if let Some(tls) = &self.valkey.tls {
-            for (field, path) in [
-                ("valkey.tls.ca-file", &tls.ca_file),
-                ("valkey.tls.cert-file", &tls.cert_file),
-                ("valkey.tls.key-file", &tls.key_file),
-            ] {
-                if let Some(p) = path {
-                    if !p.is_file() {
-                        return Err(invalid(field, "file does not exist"));
-                    }
-                }
-            }
-            if let Some(d) = &tls.ca_dir {
-                if !d.is_dir() {
-                    return Err(invalid("valkey.tls.ca-dir", "directory does not exist"));
-                }
-            }
-            // Whether the built-in client can use these files is checked by `configure`
-            // itself (`ops::configure`), where the TLS setup lives above this module.
+            check_tls_paths(VALKEY_TLS_FIELDS, tls)?;
         }
+        if let Some(tls) = self.valkey.sentinel.as_ref().and_then(|s| s.tls.as_ref()) {
+            check_tls_paths(SENTINEL_TLS_FIELDS, tls)?;
+        }
+        // Whether the built-in client can use these files is checked by `configure`
+        // itself (`ops::configure`), where the TLS setup lives above this module.
         Ok(())
     }
 
@@ -826,6 +820,42 @@ fn validate_bucket(b: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The field names of a TLS section: `ca-file`, `cert-file`, `key-file`, `ca-dir`.
+type TlsFields = [&'static str; 4];
+const VALKEY_TLS_FIELDS: TlsFields = [
+    "valkey.tls.ca-file",
+    "valkey.tls.cert-file",
+    "valkey.tls.key-file",
+    "valkey.tls.ca-dir",
+];
+const SENTINEL_TLS_FIELDS: TlsFields = [
+    "valkey.sentinel.tls.ca-file",
+    "valkey.sentinel.tls.cert-file",
+    "valkey.sentinel.tls.key-file",
+    "valkey.sentinel.tls.ca-dir",
+];
+
+/// The files and directory a TLS section names exist (`names`: its fields, for errors).
+fn check_tls_paths(names: TlsFields, tls: &ValkeyTls) -> Result<(), ConfigError> {
+    for (field, path) in [
+        (names[0], &tls.ca_file),
+        (names[1], &tls.cert_file),
+        (names[2], &tls.key_file),
+    ] {
+        if let Some(p) = path {
+            if !p.is_file() {
+                return Err(invalid(field, "file does not exist"));
+            }
+        }
+    }
+    if let Some(d) = &tls.ca_dir {
+        if !d.is_dir() {
+            return Err(invalid(names[3], "directory does not exist"));
+        }
+    }
+    Ok(())
+}
+
 fn valid_host(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
@@ -1092,7 +1122,16 @@ mod tests {
             assert!(msg.starts_with(field), "{msg}");
             assert!(!msg.contains("sentinelpw"), "{msg}");
         }
-        v["valkey"]["sentinel"]["tls"] = json!(true);
+        v["valkey"]["sentinel"]["tls"] = json!({"enabled": true, "ca-dir": "/etc/ssl/certs"});
+        let c = AgentConfig::from_params(v.clone()).unwrap();
+        let s = c.valkey.sentinel.unwrap();
+        let peer = s.client_settings("10.0.0.6", 26380);
+        assert!(
+            peer.tls.as_ref().is_some_and(|t| t.enabled),
+            "peers get the TLS too"
+        );
+        assert_eq!((peer.host.as_str(), peer.port), ("10.0.0.6", 26380));
+        v["valkey"]["sentinel"]["tls-port"] = json!(26380);
         assert!(
             AgentConfig::from_params(v).is_err(),
             "unknown fields are refused"

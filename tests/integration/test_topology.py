@@ -87,7 +87,8 @@ def test_backup_from_every_unit_then_list_and_verify(topology, agent, moto, comp
     expected = {f"db{db}": n for db, n in info.keys_per_db.items() if n}
     agents = []
     for unit in topology.units:
-        # The third unit goes through TLS: CA directory, client certificate.
+        # The third unit goes through TLS: CA directory, client certificate, to the server
+        # and to its Sentinel (valkey.sentinel.tls, the Sentinel's TLS port).
         a, configured = _configure(agent, topology, unit, moto, bucket, tls=unit.index == 2)
         check = configured["valkey-check"]
         assert check["ok"] is True, check

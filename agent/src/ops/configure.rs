@@ -127,10 +127,23 @@ fn choice_of(header: IntegrityHeader) -> ChecksumChoice {
 /// use is a bad request now, not a failed backup at 3 a.m.
 pub fn check_native_tls(config: &AgentConfig) -> Result<(), ConfigError> {
     let valkey = &config.valkey;
-    match &valkey.tls {
-        Some(tls) if tls.enabled && valkey.effective_source() == SourceKind::Native => {
+    if let Some(tls) = &valkey.tls {
+        if tls.enabled && valkey.effective_source() == SourceKind::Native {
             crate::valkey_tls::client(tls, &valkey.host).map_err(|e| ConfigError::Shape {
                 path: "valkey.tls".into(),
+                reason: e.to_string(),
+            })?;
+        }
+    }
+    // The Sentinels are always reached with the built-in client.
+    match valkey
+        .sentinel
+        .as_ref()
+        .and_then(|s| s.tls.as_ref().map(|t| (s, t)))
+    {
+        Some((s, tls)) if tls.enabled => {
+            crate::valkey_tls::client(tls, &s.host).map_err(|e| ConfigError::Shape {
+                path: "valkey.sentinel.tls".into(),
                 reason: e.to_string(),
             })?;
             Ok(())

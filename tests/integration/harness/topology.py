@@ -101,6 +101,11 @@ class Unit:
         return self.port + 1
 
     @property
+    def sentinel_tls_port(self) -> int:
+        """Sentinel's TLS port (26380 on Canonical's charm), through the same stunnel."""
+        return self.sentinel_port + 1
+
+    @property
     def name(self) -> str:
         return f"valkey/{self.index}"
 
@@ -293,6 +298,11 @@ class Topology:
                     f"connect = {unit.host}:{unit.port}",
                     f"cert = {self.ca.cert_path}",
                     f"key = {self.ca.key_path}",
+                    "[sentinel-tls]",
+                    f"accept = {unit.host}:{unit.sentinel_tls_port}",
+                    f"connect = {unit.host}:{unit.sentinel_port}",
+                    f"cert = {self.ca.cert_path}",
+                    f"key = {self.ca.key_path}",
                     "",
                 ]
             )
@@ -426,8 +436,8 @@ class Topology:
     def valkey_params(self, unit: Unit, *, tls: bool = False) -> dict[str, Any]:
         """The `valkey` section of `configure` for an agent on `unit`, as the charm's
         defaults fill it on Canonical's charm: the unit's own address, charmed-operator,
-        the unit's own Sentinel as charmed-sentinel-operator; with `tls`, the TLS port and
-        the CA directory."""
+        the unit's own Sentinel as charmed-sentinel-operator; with `tls`, the TLS ports
+        (server and Sentinel) and the CA directory."""
         params: dict[str, Any] = {
             "host": unit.host,
             "port": unit.tls_port if tls else unit.port,
@@ -448,6 +458,8 @@ class Topology:
                 "cert-file": str(self.ca.client_cert_path),
                 "key-file": str(self.ca.client_key_path),
             }
+            params["sentinel"]["port"] = unit.sentinel_tls_port
+            params["sentinel"]["tls"] = dict(params["tls"])
         return params
 
 
