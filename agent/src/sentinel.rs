@@ -481,6 +481,8 @@ impl Sentinels {
                     .await
                 {
                     Ok(true) => break,
+                    // Nothing to wait for there (see `set_back`).
+                    Err(SentinelError::Command { detail, .. }) if no_such_master(&detail) => break,
                     Ok(false) | Err(_) if tokio::time::Instant::now() < until => {
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await
                     }
@@ -505,6 +507,13 @@ impl Sentinels {
                 .await
             {
                 Ok(()) => now.push(s.clone()),
+                // That Sentinel no longer watches the master (it was removed from the
+                // group, or the group renamed): it has no suppressed value left to put
+                // back, and retrying would block every later restore for nothing.
+                Err(SentinelError::Command { detail, .. }) if no_such_master(&detail) => {
+                    tracing::warn!(sentinel = %s.addr(), master = %record.master_name, "this Sentinel no longer watches the master; nothing to put back there");
+                    now.push(s.clone());
+                }
                 Err(e) => {
                     now.push(RecordedSetting {
                         down_after_milliseconds: record.suppressed_to,
@@ -522,6 +531,11 @@ impl Sentinels {
             Some(e) => Err((now, e)),
         }
     }
+}
+
+/// Whether a Sentinel's error answer says it watches no master of that name.
+pub fn no_such_master(detail: &str) -> bool {
+    detail.to_ascii_lowercase().contains("no such master")
 }
 
 /// One Sentinel and a `down-after-milliseconds` value.
@@ -728,6 +742,14 @@ mod tests {
             master_fresh(&f("master", "99"), 10),
             "at least 100 ms of slack"
         );
+    }
+
+    #[test]
+    fn no_such_master_is_recognised_in_the_server_answer() {
+        assert!(no_such_master(
+            "the server refused the command: ERR No such master with that name"
+        ));
+        assert!(!no_such_master("NOPERM this user has no permissions"));
     }
 
     #[test]

@@ -425,3 +425,21 @@ def test_a_failed_put_back_then_a_second_restore(topology, agent, moto):
     a.request("restore-backup", {"step": "abort", "restore-id": second["restore-id"]}).expect_ok()
     assert topology.down_afters() == [topology.down_after_ms] * 3
     assert not record.exists()
+
+
+def test_a_record_naming_a_sentinel_that_left_the_group_is_still_put_back(
+    fresh_topology, agent, moto
+):
+    # A Sentinel that no longer watches the master has nothing to put back: the record
+    # must not stay (and block every later restore) because of it.
+    topology = fresh_topology
+    primary, _, last = topology.units
+    a, _ = _configure(agent, topology, primary, moto, moto.create_bucket())
+    backup_id = a.request("create-backup").expect_ok()["backup-id"]
+    a.request("restore-backup", {"step": "prepare", "backup-id": backup_id}).expect_ok()
+    a.kill()
+    topology.sentinel_call(last, "SENTINEL", "REMOVE", MASTER_NAME)
+    a.start()
+    record = a.state_dir / "sentinel-suppression.json"
+    wait_until(lambda: not record.exists(), timeout=30, what="the record to go")
+    assert [topology.down_after(u) for u in topology.units[:2]] == [topology.down_after_ms] * 2

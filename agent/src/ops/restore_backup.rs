@@ -415,7 +415,14 @@ async fn put_back_leftover(state: &AgentState, sentinels: &Sentinels) -> Result<
         sentinels
             .put_back(&state.state_dir, &record, PUT_BACK_WAIT)
             .await
-            .map_err(|(_, e)| e)?;
+            .map_err(|(_, e)| {
+                crate::sentinel::SentinelError::Record(format!(
+                    "an earlier restore ({}) left Sentinel suppressed and its settings cannot be put back ({e}); set down-after-milliseconds of master {} back by hand on every Sentinel, then remove {}",
+                    record.restore_id,
+                    record.master_name,
+                    state.state_dir.join("sentinel-suppression.json").display()
+                ))
+            })?;
     }
     Ok(())
 }
