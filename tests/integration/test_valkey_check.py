@@ -28,14 +28,18 @@ def test_a_working_server_checks_ok_with_role_and_version(
     source, valkey_server, agent, moto, moto_bucket
 ):
     server = valkey_server("valkey9", username="charmed-operator", password=PW)
+    with server.client() as c:
+        full_syncs = int(c.info("stats")["sync_full"])
     a = agent()
     check = _configure(a, configure_params(server, moto, moto_bucket, source=source))
     assert check["ok"] is True and check["code"] is None and check["message"] is None, check
     assert check["role"] == "primary" and check["server"].startswith("valkey 9."), check
     assert check["addr"] == f"{server.host}:{server.port}" and check["sentinel"] is None
     assert a.request("status").expect_ok()["valkey-check"] == check
-    # The probe never starts a snapshot: the server has forked no child for a replica.
+    # The probe never starts a snapshot: the server counted no full sync (a transfer cut
+    # off at once would still count) and has forked no child for a replica.
     with server.client() as c:
+        assert int(c.info("stats")["sync_full"]) == full_syncs
         assert c.info("persistence")["rdb_bgsave_in_progress"] == 0
         assert c.info("replication")["connected_slaves"] == 0
 
