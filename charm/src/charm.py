@@ -877,12 +877,12 @@ class ValkeyBackupCharm(ops.CharmBase):
         event: ops.ActionEvent,
         redact: Redactor,
     ) -> None:
-        """Best effort: release the agent's restore and bring the server back up."""
-        try:
-            client.restore_step("abort", ref)
-            event.log("restore aborted")
-        except AgentError as exc:
-            logger.warning("restore abort failed: %s [%s]", redact(exc.message), exc.code)
+        """Best effort: bring the server back up, then release the agent's restore.
+
+        The server is started first: with Sentinel suppressed, the agent puts each
+        Sentinel's setting back once it has heard the server answer, and a setting put back
+        while the server is still down would make Sentinel fail it over at once.
+        """
         if server_stopped:
             try:
                 systemctl.start(unit)
@@ -890,6 +890,11 @@ class ValkeyBackupCharm(ops.CharmBase):
             except ServiceError as exc:
                 logger.error("could not start %s after a failed restore: %s", unit, exc)
                 event.log(f"could not start {unit} again: check it by hand")
+        try:
+            client.restore_step("abort", ref)
+            event.log("restore aborted")
+        except AgentError as exc:
+            logger.warning("restore abort failed: %s [%s]", redact(exc.message), exc.code)
 
 
 if __name__ == "__main__":  # pragma: nocover
