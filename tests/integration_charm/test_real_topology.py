@@ -206,14 +206,13 @@ def test_without_sentinel_suppression_the_same_restore_is_undone_by_a_failover(
         )
 
     units[0].systemd.after_stop = failed_over
-    units[0].run(
-        units[0].ctx.on.action(
-            "restore-backup",
-            # The restored node's former replicas follow the new primary and never come
-            # back to it: the wait for them is cut short.
-            params={"backup-id": backup_id, "sentinel": "ignore", "timeout-seconds": 10},
-        )
+    # The restored node's former replicas follow the new primary and never come back to
+    # it: the wait for them is cut short. The action fails: the agent's `finish` finds the
+    # Sentinels naming another master.
+    message = units[0].fail(
+        "restore-backup", **{"backup-id": backup_id, "sentinel": "ignore", "timeout-seconds": 10}
     )
+    assert "[restore-overridden]" in message and MASTER_NAME in message, message
 
     # The restored node is turned into a replica of the new primary and resyncs from
     # it: the restore is gone, the data is what it was after the backup.
