@@ -289,22 +289,7 @@ where
             let (part, room) = sink.direct_buffer().expect("checked above");
             let before = part.len();
             let mut limited = bytes::BufMut::limit(&mut *part, room);
-            let read = async {
-                match limits.stall {
-                    Some(stall) => tokio::time::timeout(stall, reader.read_buf(&mut limited))
-                        .await
-                        .map_err(|_| OpError::Stalled {
-                            source_name: limits.source_name,
-                            seconds: stall.as_secs(),
-                        })?,
-                    None => reader.read_buf(&mut limited).await,
-                }
-                .map_err(read_error)
-            };
-            let n = tokio::select! {
-                _ = cancel.cancelled() => return Err(OpError::Cancelled),
-                r = read => r?,
-            };
+            let n = watched_read(&limits, reader.read_buf(&mut limited)).await?;
             if n == 0 {
                 break;
             }
@@ -318,22 +303,7 @@ where
         }
     } else {
         loop {
-            let read = async {
-                match limits.stall {
-                    Some(stall) => tokio::time::timeout(stall, reader.read(&mut buf))
-                        .await
-                        .map_err(|_| OpError::Stalled {
-                            source_name: limits.source_name,
-                            seconds: stall.as_secs(),
-                        })?,
-                    None => reader.read(&mut buf).await,
-                }
-                .map_err(read_error)
-            };
-            let n = tokio::select! {
-                _ = cancel.cancelled() => return Err(OpError::Cancelled),
-                r = read => r?,
-            };
+            let n = watched_read(&limits, reader.read(&mut buf)).await?;
             if n == 0 {
                 break;
             }
@@ -384,6 +354,32 @@ where
 /// A read error: a store's own (carried through [`std::io::Error`] by
 /// [`store_reader`]) stays classified, as does a decoding stage's verdict
 /// ([`decode::decoded_reader`]); anything else is the local pipe failing.
+/// One read of the source, raced against cancellation and bounded by the stall limit:
+/// the only place a stream read waits, whichever buffer it reads into.
+async fn watched_read(
+    limits: &StreamLimits<'_>,
+    read: impl Future<Output = std::io::Result<usize>>,
+) -> Result<usize, OpError> {
+    let bounded = async {
+        match limits.stall {
+            Some(stall) => {
+                tokio::time::timeout(stall, read)
+                    .await
+                    .map_err(|_| OpError::Stalled {
+                        source_name: limits.source_name,
+                        seconds: stall.as_secs(),
+                    })?
+            }
+            None => read.await,
+        }
+        .map_err(read_error)
+    };
+    tokio::select! {
+        _ = limits.cancel.cancelled() => Err(OpError::Cancelled),
+        r = bounded => r,
+    }
+}
+
 fn read_error(e: std::io::Error) -> OpError {
     if e.get_ref().is_some_and(|i| i.is::<OpError>()) {
         let inner = e.into_inner().expect("checked above");
