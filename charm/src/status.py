@@ -82,8 +82,8 @@ class StatusFacts:
     valkey_address: str = ""
     #: The agent's last check of the server (``valkey-check`` of ``status``), or None.
     valkey_check: Mapping[str, Any] | None = None
-    #: The snap's Sentinel listens only with TLS (client TLS on), which the agent does
-    #: not speak to Sentinel.
+    #: The snap's Sentinel listens only with TLS (client TLS on): named in the text when
+    #: its check fails.
     sentinel_tls_only: bool = False
     #: The s3-credentials relation exists.
     s3_related: bool = False
@@ -188,8 +188,9 @@ def valkey_check_problem(
     if isinstance(sentinel, Mapping) and sentinel.get("ok") is False:
         if sentinel_tls_only:
             return (
-                f"Sentinel at {sentinel.get('addr')} listens only with TLS (client TLS is on), "
-                "which the agent cannot use: restore-backup is refused; backups work"
+                f"Sentinel at {sentinel.get('addr')} (TLS only: client TLS is on) failed its "
+                f"check: {_without_advice(str(sentinel.get('message') or ''))}; "
+                "restore-backup is refused; backups work"
             )
         return configure_error_message(
             "sentinel-error",

@@ -54,20 +54,24 @@ class SentinelTarget:
     username: str = ""
     password: str = ""
     tls: bool = False
+    #: TLS towards Sentinel and its peers when it listens only with TLS: the snap's
+    #: files, as for the server (Sentinel serves the same certificates).
+    tls_settings: TlsSettings | None = None
 
     def to_params(self) -> dict[str, Any]:
         """The ``valkey.sentinel`` object of configure.
 
-        The agent speaks plain TCP to Sentinel. When the snap's Sentinel listens only
-        with TLS (client TLS on: its plain port is 0), its TLS port is sent anyway: the
-        agent's check then fails and names it, the unit is blocked and a restore is
-        refused, rather than stopping a watched primary without protection.
+        When the snap's Sentinel listens only with TLS (client TLS on: its plain port is
+        0; its peers announce their TLS port), the TLS port goes with ``tls``, so the
+        agent reaches it and every peer it names over TLS.
         """
         params: dict[str, Any] = {"host": self.host, "port": self.port}
         if self.username:
             params["username"] = self.username
         if self.password:
             params["password"] = self.password
+        if self.tls and self.tls_settings is not None:
+            params["tls"] = self.tls_settings.to_params()
         return params
 
 
@@ -155,7 +159,7 @@ def resolve_target(
         username=username,
         password=password,
         tls=tls,
-        sentinel=_sentinel(layout, host, secret),
+        sentinel=_sentinel(layout, host, secret, config.tls),
         host_source=source,
     )
 
@@ -178,7 +182,10 @@ def _with_snap_tls_files(tls: TlsSettings, layout: SnapLayout) -> TlsSettings:
 
 
 def _sentinel(
-    layout: SnapLayout | None, host: str, secret: Mapping[str, str] | None
+    layout: SnapLayout | None,
+    host: str,
+    secret: Mapping[str, str] | None,
+    tls_config: TlsSettings,
 ) -> SentinelTarget | None:
     """This machine's Sentinel, when the snap runs one.
 
@@ -201,4 +208,5 @@ def _sentinel(
         username=username,
         password=password,
         tls=layout.sentinel.tls,
+        tls_settings=_with_snap_tls_files(tls_config, layout) if layout.sentinel.tls else None,
     )

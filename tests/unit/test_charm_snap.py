@@ -134,16 +134,15 @@ def test_client_tls_in_the_snap_is_followed_without_options(ctx, agent, tmp_path
         "key-file": "/var/snap/charmed-valkey/current/tls/client.key",
     }
     assert valkey["port"] == 6380 and valkey["tls"] == tls
-    # The agent speaks plain TCP to Sentinel: the TLS port is sent and its check will
-    # fail (blocked, restore refused) rather than restore without protection.
-    assert valkey["sentinel"]["port"] == 26380 and "tls" not in valkey["sentinel"]
+    # Sentinel listens only with TLS: its TLS port goes with the snap's TLS files.
+    assert valkey["sentinel"]["port"] == 26380 and valkey["sentinel"]["tls"] == tls
     sentinel = {"ok": False, "code": "sentinel-error", "message": "protocol error"}
     sentinel["addr"] = f"{UNIT_ADDRESS}:26380"
     agent.responses["status"]["valkey-check"] = {"ok": True, "sentinel": sentinel}
     state = ctx.run(ctx.on.update_status(), snap_state({"charmed-operator": OPERATOR_PW}))
     assert state.unit_status == testing.BlockedStatus(
-        f"Sentinel at {UNIT_ADDRESS}:26380 listens only with TLS (client TLS is on), which "
-        "the agent cannot use: restore-backup is refused; backups work"
+        f"Sentinel at {UNIT_ADDRESS}:26380 (TLS only: client TLS is on) failed its check: "
+        "protocol error; restore-backup is refused; backups work"
     )
 
 

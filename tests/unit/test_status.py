@@ -200,10 +200,10 @@ def test_newest_backup_picks_the_latest_time():
     assert newest_backup(None, None) is None
 
 
-def test_a_tls_only_sentinel_is_named_as_the_reason_restores_are_refused():
+def test_a_failing_tls_only_sentinel_is_named_as_the_reason_restores_are_refused():
     sentinel = {"ok": False, "code": "sentinel-error", "message": "x", "addr": "10.0.0.4:26380"}
     result = status(valkey_check=check(None, sentinel=sentinel), sentinel_tls_only=True)
     assert result == ops.BlockedStatus(
-        "Sentinel at 10.0.0.4:26380 listens only with TLS (client TLS is on), which the agent "
-        "cannot use: restore-backup is refused; backups work"
+        "Sentinel at 10.0.0.4:26380 (TLS only: client TLS is on) failed its check: x; "
+        "restore-backup is refused; backups work"
     )
