@@ -556,13 +556,14 @@ mod tests {
         assert_eq!(scan_for_mark(MARK, &[b'x'; 100]), MarkScan::Release(61));
     }
 
-    /// Serves `wire` in pieces of `chunk` bytes over an in-memory stream and collects
-    /// the payload the stream delivers.
-    async fn deliver(
+    /// A stream over an in-memory connection whose far end writes `wire` in pieces of
+    /// `chunk` bytes, then keeps the connection open briefly so that only framing ends
+    /// the stream.
+    fn feed(
         wire: Vec<u8>,
         chunk: usize,
         framing: Framing,
-    ) -> Result<Vec<u8>, ValkeyError> {
+    ) -> (ReplicationStream, tokio::task::JoinHandle<()>) {
         let (client, mut server) = tokio::io::duplex(chunk.max(64));
         let feeder = tokio::spawn(async move {
             for piece in wire.chunks(chunk) {
@@ -570,11 +571,21 @@ mod tests {
                     return;
                 }
             }
-            // Keep the connection open briefly so that only framing ends the stream.
             let mut sink = [0u8; 1];
             let _ = tokio::time::timeout(Duration::from_millis(200), server.read(&mut sink)).await;
         });
-        let mut s = ReplicationStream::new(Connection::new(Box::new(client), "mem"), framing);
+        let s = ReplicationStream::new(Connection::new(Box::new(client), "mem"), framing);
+        (s, feeder)
+    }
+
+    /// Serves `wire` in pieces of `chunk` bytes over an in-memory stream and collects
+    /// the payload the stream delivers.
+    async fn deliver(
+        wire: Vec<u8>,
+        chunk: usize,
+        framing: Framing,
+    ) -> Result<Vec<u8>, ValkeyError> {
+        let (mut s, feeder) = feed(wire, chunk, framing);
         let mut out = Vec::new();
         let r = loop {
             match s.next_chunk().await {
@@ -589,17 +600,7 @@ mod tests {
 
     /// Like [`deliver`], reading through `AsyncRead` into buffers of `read` bytes.
     async fn read_all(wire: Vec<u8>, chunk: usize, framing: Framing, read: usize) -> Vec<u8> {
-        let (client, mut server) = tokio::io::duplex(chunk.max(64));
-        let feeder = tokio::spawn(async move {
-            for piece in wire.chunks(chunk) {
-                if server.write_all(piece).await.is_err() {
-                    return;
-                }
-            }
-            let mut sink = [0u8; 1];
-            let _ = tokio::time::timeout(Duration::from_millis(200), server.read(&mut sink)).await;
-        });
-        let mut s = ReplicationStream::new(Connection::new(Box::new(client), "mem"), framing);
+        let (mut s, feeder) = feed(wire, chunk, framing);
         let mut out = Vec::new();
         let mut buf = vec![0u8; read];
         loop {

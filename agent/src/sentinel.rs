@@ -110,15 +110,20 @@ pub fn fields(reply: &Reply) -> BTreeMap<String, String> {
     out
 }
 
+/// The entries of a list answer (`SENTINEL MASTERS`, `SENTINEL SENTINELS`), each as its
+/// fields; anything but an array is no entries.
+fn entries(reply: &Reply) -> impl Iterator<Item = BTreeMap<String, String>> + '_ {
+    let items: &[Reply] = match reply {
+        Reply::Array(Some(items)) => items,
+        _ => &[],
+    };
+    items.iter().map(fields)
+}
+
 /// `SENTINEL MASTERS`' answer, parsed.
 pub fn parse_masters(reply: &Reply) -> Vec<MasterEntry> {
-    let Reply::Array(Some(items)) = reply else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .filter_map(|item| {
-            let f = fields(item);
+    entries(reply)
+        .filter_map(|f| {
             Some(MasterEntry {
                 name: f.get("name")?.clone(),
                 ip: f.get("ip")?.clone(),
@@ -135,13 +140,8 @@ pub fn parse_masters(reply: &Reply) -> Vec<MasterEntry> {
 
 /// `SENTINEL SENTINELS <name>`' answer: the peers' addresses.
 pub fn parse_peers(reply: &Reply) -> Vec<SentinelAddr> {
-    let Reply::Array(Some(items)) = reply else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .filter_map(|item| {
-            let f = fields(item);
+    entries(reply)
+        .filter_map(|f| {
             Some(SentinelAddr {
                 host: f.get("ip")?.clone(),
                 port: f.get("port")?.parse().ok()?,
