@@ -10,14 +10,21 @@
 //! when its snapshot started, by the clock of the unit that named it, which can be wrong,
 //! and an id can be forged; the LastModified of the object that gives a backup its
 //! status (the manifest of a finished backup, `failure.json` of a failed one) is stamped
-//! by the store itself. An id's time is never trusted to be later than the store allows:
-//! more than an hour after that LastModified (an honest unit names a backup before
-//! writing anything of it), the id is flagged, ranked and aged by the store's time, and
-//! takes no `keep-last` slot ([`backup_time`]). Otherwise the id's time is used, so honest
-//! backups keep their exact order (by snapshot start, even two in one second); an id more
-//! than a day before its record is flagged too, but keeps its own, older time: it can
-//! only make a backup look older, never take a newer one's place. Without a store time
-//! (a running backup) the id's time stands.
+//! by the store itself. An id's time is used only as far as the store confirms it
+//! ([`backup_time`]): at most an hour after that LastModified (an honest unit names a
+//! backup before writing anything of it) and at most a day before it (the manifest is
+//! written when the backup ends, hours later for a long one, not days). Within those
+//! limits the id's own time ranks and ages the backup, so honest backups keep their exact
+//! order (by snapshot start, even two in one second). Beyond them, either way, the id is
+//! flagged and the store's time is used instead: a unit whose clock runs ahead (2099)
+//! cannot make its backup the newest for ever, and one whose clock runs behind (a year)
+//! cannot make the backup it wrote today the oldest, which `keep-last` and `keep-days`
+//! would then delete before the stale ones. A backup dated behind takes a `keep-last` slot
+//! where the store's time puts it (it is a new backup by the store's word); one dated
+//! ahead takes none. Without a store time (a running backup) the id's time stands.
+//!
+//! A copied bucket is the one honest case where every id is behind its store time (the
+//! copy stamps every object anew): those backups rank by when they were copied.
 
 use std::collections::HashSet;
 
@@ -42,10 +49,11 @@ pub const ID_AHEAD_LIMIT_SECS: i64 = 3_600;
 pub const ID_BEHIND_LIMIT_SECS: i64 = 86_400;
 
 /// The time `id` is ranked and aged by, and a warning when its id is far from the store's
-/// time `stored_at` (the LastModified of its record): `stored_at` when the id is more than
-/// [`ID_AHEAD_LIMIT_SECS`] after it ([`Skew::Ahead`]: such ids take no `keep-last` slot),
-/// else the id's own time, flagged [`Skew::Behind`] when more than
-/// [`ID_BEHIND_LIMIT_SECS`] before `stored_at`.
+/// time `stored_at` (the LastModified of its record): the id's own time while it is at
+/// most [`ID_AHEAD_LIMIT_SECS`] after `stored_at` and at most [`ID_BEHIND_LIMIT_SECS`]
+/// before it; beyond either limit `stored_at`, flagged [`Skew::Ahead`] (such ids take no
+/// `keep-last` slot) or [`Skew::Behind`]. So whatever the id says, a backup ranks within a
+/// day of when the store wrote it.
 pub fn backup_time(id: &BackupId, stored_at: Option<OffsetDateTime>) -> (OffsetDateTime, Skew) {
     let named = id.started_at();
     let Some(stored) = stored_at else {
@@ -60,17 +68,12 @@ pub fn backup_time(id: &BackupId, stored_at: Option<OffsetDateTime>) -> (OffsetD
             span(ahead)
         ))
     } else if -ahead > ID_BEHIND_LIMIT_SECS {
-        // Older than the store says: it can only make the backup look older (never take
-        // a newer backup's place), so its time stands, with the warning.
-        return (
-            named,
-            Skew::Behind(format!(
-                "its id says {} but the store wrote it at {}: the id is {} behind the store (a unit's clock ran behind, or the backup was copied); ranked and aged by its id's time, the older",
-                crate::timefmt::rfc3339(named),
-                crate::timefmt::rfc3339(stored),
-                span(-ahead)
-            )),
-        );
+        Skew::Behind(format!(
+            "its id says {} but the store wrote it at {}: the id is {} behind the store (a unit's clock ran behind, or the backup was copied); ranked and aged by the store's time",
+            crate::timefmt::rfc3339(named),
+            crate::timefmt::rfc3339(stored),
+            span(-ahead)
+        ))
     } else {
         return (named, Skew::None);
     };
@@ -83,7 +86,7 @@ pub enum Skew {
     None,
     /// The id is dated after its record was written; the text says by how much.
     Ahead(String),
-    /// The id is dated long before its record was written.
+    /// The id is dated long before its record was written; the text says by how much.
     Behind(String),
 }
 
@@ -338,11 +341,22 @@ pub fn abandoned_after_hours(param: Option<f64>) -> Result<f64, String> {
 /// When an open upload started, as far as can be trusted: the store's `Initiated`, but
 /// never earlier than the start time in the backup's id (the agent creates the upload
 /// after it has named the backup, so an earlier date is a store's error: moto, for one,
-/// reports a fixed date in 2010). Unknown `Initiated`: the backup's start time.
-pub fn upload_started(initiated: Option<i64>, backup_started: OffsetDateTime) -> OffsetDateTime {
-    initiated
-        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
-        .map_or(backup_started, |t| t.max(backup_started))
+/// reports a fixed date in 2010). An id dated more than [`ID_AHEAD_LIMIT_SECS`] after
+/// `now` does not count: it would put the start in the future, and its upload (a unit
+/// whose clock ran ahead, a forged id) would never be abandoned; `Initiated` stands alone.
+/// Unknown `Initiated`: the backup's start time (nothing else to go by; an
+/// `abandoned-after-hours` of 0 still takes every upload).
+pub fn upload_started(
+    initiated: Option<i64>,
+    backup_started: OffsetDateTime,
+    now: OffsetDateTime,
+) -> OffsetDateTime {
+    let future = (backup_started - now).whole_seconds() > ID_AHEAD_LIMIT_SECS;
+    match initiated.and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok()) {
+        Some(t) if future => t,
+        Some(t) => t.max(backup_started),
+        None => backup_started,
+    }
 }
 
 /// Whether an open multipart upload belongs to an agent that is gone: it started (see
@@ -357,7 +371,7 @@ pub fn upload_is_abandoned(
     if after_hours <= 0.0 {
         return true;
     }
-    let since = upload_started(initiated, backup_started);
+    let since = upload_started(initiated, backup_started, now);
     (now - since).as_seconds_f64() >= after_hours * SECS_PER_HOUR
 }
 
@@ -761,7 +775,7 @@ mod tests {
         let (at, skew) = backup_time(&id, Some(named + Duration::hours(20)));
         assert_eq!((at, skew), (named, Skew::None));
         let (at, skew) = backup_time(&id, Some(named + Duration::hours(25)));
-        assert_eq!(at, named);
+        assert_eq!(at, named + Duration::hours(25));
         assert!(
             matches!(skew, Skew::Behind(ref w) if w.contains("1 day 1 hour behind")),
             "{skew:?}"
@@ -779,6 +793,61 @@ mod tests {
         );
         // No store time (a running backup): the id's.
         assert_eq!(backup_time(&id, None), (named, Skew::None));
+    }
+
+    #[test]
+    fn a_new_backup_from_a_unit_whose_clock_runs_behind_ranks_and_ages_as_new() {
+        // A unit whose clock is a year behind wrote a backup an hour ago; the honest
+        // backups are 2 and 3 days old. By its id it would be the oldest: keep-last 1 and
+        // keep-days 7 would delete today's backup and keep the stale ones.
+        let behind = Listed {
+            id: BackupId::generate(NOW - Duration::days(365), "valkey/1").unwrap(),
+            status: Finished,
+            stored_at: Some(NOW - Duration::hours(1)),
+        };
+        let bs = [b(2.0, Finished), behind.clone(), b(3.0, Finished)];
+        let d = select(&bs, &Policy::new(Some(1), None).unwrap(), NOW);
+        let order: Vec<&BackupId> = d.iter().map(|d| &d.id).collect();
+        assert_eq!(order, vec![&behind.id, &bs[0].id, &bs[2].id]);
+        // It takes the keep-last slot: by the store's word it is the newest backup.
+        assert_eq!(
+            d[0].verdict,
+            Verdict::Keep("the newest finished backup".into())
+        );
+        assert_eq!(d[0].at, NOW - Duration::hours(1));
+        let w = d[0].warning.as_deref().unwrap();
+        assert!(
+            w.contains("364 days 23 hours behind")
+                && w.contains("ranked and aged by the store's time"),
+            "{w}"
+        );
+        assert!(matches!(d[1].verdict, Verdict::Delete(_)), "{d:?}");
+        assert!(d[1].warning.is_none() && d[2].warning.is_none());
+        // keep-days 7 keeps it (an hour old), and keep-days 1 keeps it alone.
+        let p = Policy::new(None, Some(7.0)).unwrap();
+        assert!(select(&bs, &p, NOW)
+            .iter()
+            .all(|d| matches!(d.verdict, Verdict::Keep(_))));
+        let p = Policy::new(None, Some(1.0)).unwrap();
+        let d = select(&bs, &p, NOW);
+        assert_eq!(
+            d[0].verdict,
+            Verdict::Keep("younger than 1 day".into()),
+            "{d:?}"
+        );
+        assert!(d[1..]
+            .iter()
+            .all(|d| d.verdict == Verdict::Delete("older than 1 day".into())));
+        // A failure recorded today by that unit is young too.
+        let failed = Listed {
+            status: Failed,
+            ..behind
+        };
+        let d = select(&[failed, b(3.0, Finished)], &p, NOW);
+        assert_eq!(
+            d[0].verdict,
+            Verdict::Keep("failed backup younger than 1 day".into())
+        );
     }
 
     #[test]
@@ -812,13 +881,35 @@ mod tests {
         // An upload cannot predate its backup: a store's older date does not count.
         let young_backup = NOW - Duration::hours(1);
         assert!(!upload_is_abandoned(at(20_000), young_backup, NOW, 24.0));
-        assert_eq!(upload_started(at(20_000), young_backup), young_backup);
+        assert_eq!(upload_started(at(20_000), young_backup, NOW), young_backup);
         assert_eq!(
-            upload_started(at(1), young_backup).unix_timestamp(),
+            upload_started(at(1), young_backup, NOW).unix_timestamp(),
             at(1).unwrap()
         );
+        // A backup named by a clock slightly ahead (within the hour) still moves the
+        // start to its id's time.
+        let soon = NOW + Duration::minutes(30);
+        assert_eq!(upload_started(at(2), soon, NOW), soon);
         // 0: everything, even an upload "from the future" (clock skew).
         assert!(upload_is_abandoned(at(-1), NOW, NOW, 0.0));
+    }
+
+    #[test]
+    fn an_upload_under_a_far_future_id_ages_by_the_stores_initiated() {
+        // A unit whose clock said 2099 opened an upload 30 hours ago and died. Its id must
+        // not push the start into the future: the upload is abandoned like any other.
+        let id = BackupId::parse("20990101T000000Z-valkey-9-abcdef").unwrap();
+        let at = |h: i64| Some((NOW - Duration::hours(h)).unix_timestamp());
+        assert_eq!(
+            upload_started(at(30), id.started_at(), NOW),
+            NOW - Duration::hours(30)
+        );
+        assert!(upload_is_abandoned(at(30), id.started_at(), NOW, 24.0));
+        assert!(!upload_is_abandoned(at(23), id.started_at(), NOW, 24.0));
+        assert_eq!(shown_status(Running, &id, &[at(30)], NOW, 24.0), Abandoned);
+        // Without the store's Initiated there is nothing else to age it by.
+        assert!(!upload_is_abandoned(None, id.started_at(), NOW, 24.0));
+        assert!(upload_is_abandoned(None, id.started_at(), NOW, 0.0));
     }
 
     #[test]

@@ -924,6 +924,99 @@ async fn an_id_dated_after_its_manifest_takes_no_keep_last_slot_and_is_flagged()
     assert!(w.objects().iter().all(|o| o.starts_with(&ids[2])));
 }
 
+/// The id a unit would name a backup with when its clock says `at`.
+fn id_at(at: time::OffsetDateTime, unit: &str) -> String {
+    valkey_backup_agent::backup_id::BackupId::generate(at, unit)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_new_backup_from_a_unit_whose_clock_runs_behind_is_kept_as_the_newest() {
+    let w = World::new(InMemory::new());
+    let real = w.backup().await["backup-id"].as_str().unwrap().to_owned();
+    let now = time::OffsetDateTime::now_utc();
+    // An honest backup from ten days ago, and one written a minute ago by a unit whose
+    // clock is a year behind; the real backup it was copied from is removed.
+    let honest = id_at(now - time::Duration::days(10), "valkey/0");
+    forge_copy(
+        &w,
+        &real,
+        &honest,
+        (now - time::Duration::days(10)).unix_timestamp() + 60,
+    );
+    let behind = id_at(now - time::Duration::days(365), "valkey/1");
+    forge_copy(&w, &real, &behind, now.unix_timestamp() - 60);
+    for object in ["data.rdb", "manifest.json"] {
+        w.memory
+            .delete_version(&format!("{PREFIX}{real}/{object}"), None)
+            .await
+            .unwrap();
+    }
+
+    let listed = w.ok(Op::ListBackups, json!({})).await;
+    let order: Vec<&str> = listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backup-id"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, vec![behind.as_str(), honest.as_str()]);
+    let warning = listed["backups"][0]["warning"].as_str().unwrap();
+    assert!(
+        warning.contains("behind the store")
+            && warning.contains("ranked and aged by the store's time"),
+        "{warning}"
+    );
+    assert!(listed["backups"][1].get("warning").is_none());
+
+    // keep-days 7 keeps today's backup (by the store, a minute old) and deletes the
+    // ten-day-old one.
+    let r = w.ok(Op::PruneBackups, json!({"keep-days": 7})).await;
+    assert_eq!(r["kept"][0]["backup-id"], behind.as_str(), "{r}");
+    assert_eq!(r["kept"][0]["why"], "younger than 7 days");
+    assert!(r["kept"][0]["warning"].as_str().unwrap().contains("behind"));
+    assert_eq!(r["deleted"][0]["backup-id"], honest.as_str(), "{r}");
+    // keep-last 1 keeps it too, as the newest finished backup.
+    let r = w
+        .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
+        .await;
+    assert_eq!(r["kept"][0]["backup-id"], behind.as_str(), "{r}");
+    assert_eq!(r["kept"][0]["why"], "the newest finished backup");
+    assert_eq!(r["deleted"][0]["backup-id"], honest.as_str(), "{r}");
+    assert_eq!(r["deleted"].as_array().unwrap().len(), 1, "{r}");
+    assert!(w.objects().iter().all(|o| o.starts_with(&behind)));
+}
+
+#[tokio::test]
+async fn an_upload_left_under_a_far_future_id_is_abandoned_and_aborted() {
+    let w = World::new(InMemory::new());
+    w.backup().await;
+    // A unit whose clock said 2099 opened an upload 30 hours ago (by the store) and died.
+    let forged = "20990101T000000Z-valkey-9-abcdef";
+    let opened = time::OffsetDateTime::now_utc().unix_timestamp() - 30 * 3600;
+    w.memory
+        .start_upload_at(&format!("{PREFIX}{forged}/data.rdb"), opened);
+    let listed = w.ok(Op::ListBackups, json!({})).await;
+    let entry = listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["backup-id"] == forged)
+        .unwrap();
+    assert_eq!(entry["status"], "abandoned", "{entry}");
+    let r = w
+        .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
+        .await;
+    assert_eq!(r["aborted-uploads"][0]["backup-id"], forged, "{r}");
+    let initiated = time::OffsetDateTime::from_unix_timestamp(opened).unwrap();
+    assert_eq!(
+        r["aborted-uploads"][0]["initiated"],
+        valkey_backup_agent::timefmt::rfc3339(initiated)
+    );
+    assert!(w.memory.open_uploads().is_empty());
+}
+
 #[tokio::test]
 async fn list_backups_answers_one_bounded_page_with_counts() {
     let w = World::new(InMemory::new());

@@ -16,7 +16,9 @@ use valkey_backup_agent::backup_id::BackupId;
 use valkey_backup_agent::layout::{FailureRecord, ManifestV1};
 use valkey_backup_agent::protocol::{parse_request, BackupStatus};
 use valkey_backup_agent::rdb::{RdbError, RdbValidator, Validated, EOF_MARK_LEN};
-use valkey_backup_agent::retention::{backup_time, select, Listed, Policy, Skew, Verdict};
+use valkey_backup_agent::retention::{
+    backup_time, select, Listed, Policy, Skew, Verdict, ID_AHEAD_LIMIT_SECS, ID_BEHIND_LIMIT_SECS,
+};
 use valkey_backup_agent::timefmt;
 
 // ---------------------------------------------------------------------------------------
@@ -568,10 +570,11 @@ proptest! {
     }
 
     /// For any backups, policy and clock: one decision per backup, newest first by the
-    /// store's time; the newest finished backup is kept; `keep-last N` keeps at least
-    /// min(N, finished backups whose id is not ahead of the store) finished backups; an id
-    /// ahead of the store never holds a keep-last slot; running and abandoned backups are
-    /// never deleted.
+    /// store's time; a backup with a store time ranks at most a day before and an hour
+    /// after it (whatever its id says), and at exactly it when flagged; the newest
+    /// finished backup is kept; `keep-last N` keeps at least min(N, finished backups whose
+    /// id is not ahead of the store) finished backups; an id ahead of the store never
+    /// holds a keep-last slot; running and abandoned backups are never deleted.
     #[test]
     fn retention_select_keeps_its_promises(
         backups in backups(),
@@ -622,7 +625,19 @@ proptest! {
         }
         let statuses: BTreeMap<&BackupId, BackupStatus> =
             backups.iter().map(|b| (&b.id, b.status)).collect();
+        let stored: BTreeMap<&BackupId, Option<OffsetDateTime>> =
+            backups.iter().map(|b| (&b.id, b.stored_at)).collect();
         for d in &decisions {
+            if let Some(s) = stored[&d.id] {
+                let off = (d.at - s).whole_seconds();
+                prop_assert!(
+                    (-ID_BEHIND_LIMIT_SECS..=ID_AHEAD_LIMIT_SECS).contains(&off),
+                    "ranked {} s from the store's time: {:?}", off, d
+                );
+                if d.warning.is_some() {
+                    prop_assert_eq!(d.at, s);
+                }
+            }
             prop_assert_eq!(d.status, statuses[&d.id]);
             prop_assert_eq!(d.warning.is_some(), skews[&d.id].0);
             if matches!(d.status, BackupStatus::Running | BackupStatus::Abandoned) {

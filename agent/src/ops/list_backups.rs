@@ -76,7 +76,7 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<ListBackupsResul
             let abandoned = (status == BackupStatus::Abandoned).then(|| {
                 let newest = times
                     .iter()
-                    .map(|t| retention::upload_started(*t, id.started_at()))
+                    .map(|t| retention::upload_started(*t, id.started_at(), now))
                     .max();
                 abandoned_reason(newest, abandoned_after)
             });

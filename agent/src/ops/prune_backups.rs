@@ -310,7 +310,7 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneBackupsParams) -> Result<Pru
         {
             continue;
         }
-        let since = retention::upload_started(u.initiated, id.started_at());
+        let since = retention::upload_started(u.initiated, id.started_at(), now);
         if p.confirm {
             if state.shutdown.is_cancelled() {
                 return Err(OpError::Cancelled);
