@@ -9,6 +9,7 @@ Run: python -m pytest tests/integration/test_harness_selfcheck.py -q
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import os
 import subprocess
@@ -29,6 +30,8 @@ from harness import (
     load_dataset,
 )
 from harness.agent import AgentProtocolError
+from harness.s3proxy import S3Proxy
+from harness.servers import _s3_client
 
 MiB = 1024 * 1024
 VERSION_PREFIX = {"valkey8": "8.1.", "valkey9": "9.1.", "redis7": "7.0."}
@@ -172,6 +175,39 @@ def test_moto_put_get_and_object_lock(moto: MotoServer, moto_bucket):
     assert [(r.method, r.key) for r in attempts] == [("DELETE", "x")]
     assert attempts[0].status == 403
     assert moto.object_versions(lock)["DeleteMarkers"] == []
+
+
+def test_proxy_restamps_the_store_times_of_chosen_keys_only(moto: MotoServer, moto_bucket):
+    s3 = moto.client()
+    for key in ("old/a", "new/b"):
+        s3.put_object(Bucket=moto_bucket, Key=key, Body=b"x")
+    s3.create_multipart_upload(Bucket=moto_bucket, Key="old/c")
+    s3.create_multipart_upload(Bucket=moto_bucket, Key="new/d")
+    when = dt.datetime(2020, 1, 1, 0, 5, tzinfo=dt.UTC)
+    with S3Proxy(moto.endpoint) as proxy:
+        proxy.restamp(lambda key: when if key.startswith("old/") else None)
+        via = _s3_client(proxy.endpoint, moto.region, moto.access_key, moto.secret_key)
+        listed = {
+            o["Key"]: o["LastModified"] for o in via.list_objects_v2(Bucket=moto_bucket)["Contents"]
+        }
+        assert listed["old/a"] == when
+        assert listed["new/b"] > when + dt.timedelta(days=365)
+        versions = {
+            v["Key"]: v["LastModified"]
+            for v in via.list_object_versions(Bucket=moto_bucket)["Versions"]
+        }
+        assert versions["old/a"] == when and versions["new/b"] != when
+        uploads = {
+            u["Key"]: u["Initiated"]
+            for u in via.list_multipart_uploads(Bucket=moto_bucket)["Uploads"]
+        }
+        assert uploads["old/c"] == when and uploads["new/d"] != when
+        assert via.head_object(Bucket=moto_bucket, Key="old/a")["LastModified"] == when
+        got = via.get_object(Bucket=moto_bucket, Key="old/a")
+        assert got["LastModified"] == when and got["Body"].read() == b"x"
+        assert via.head_object(Bucket=moto_bucket, Key="new/b")["LastModified"] != when
+    # The store itself is untouched.
+    assert s3.head_object(Bucket=moto_bucket, Key="old/a")["LastModified"] != when
 
 
 def test_moto_auth_rejects_bad_and_restricted_keys(moto_auth: MotoServer):

@@ -21,12 +21,27 @@ every request (`request.method`, `.path` (unquoted, no query), `.query` (dict),
   included, are forwarded unchanged, so only an integrity header can catch it.
 
 `proxy.log` lists `(method, path, query, action-name)` of every request seen.
+
+`S3Proxy(upstream).restamp(fn)` rewrites the store's times in what it answers, a thing no
+real store can be made to do (S3 stamps every write with its own clock, and cannot backdate
+an object): `fn(key) -> datetime | None` is asked for every key an answer names; a
+`datetime` replaces that key's `<LastModified>` in ListObjectsV2 and ListObjectVersions
+answers (`<Contents>`, `<Version>`, `<DeleteMarker>`), its `<Initiated>` in
+ListMultipartUploads answers (`<Upload>`), and the `Last-Modified` header of a HeadObject
+or GetObject of the key; `None` leaves it alone. Keys are read from path-style URLs
+(`/<bucket>/<key>`, as the harness configures the agent). This lets a test make a real
+backup in a real store "old" (e.g. its id's time plus a few minutes) without waiting, and
+combines with any action above.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
+import html
 import http.client
 import http.server
+import re
 import socket
 import threading
 import urllib.parse
@@ -91,12 +106,45 @@ Rule = Callable[[Request], "Action | None"]
 # forgot to release must not hang the suite).
 PAUSE_LIMIT_S = 120
 
+Restamp = Callable[[str], "dt.datetime | None"]
+
+# One listed entry of a listing answer, and the tag holding its store time.
+_ENTRY = re.compile(rb"<(Contents|Version|DeleteMarker|Upload)>(.*?)</\1>", re.S)
+_TIME_TAG = {b"Contents": b"LastModified", b"Version": b"LastModified"}
+_TIME_TAG |= {b"DeleteMarker": b"LastModified", b"Upload": b"Initiated"}
+
+
+def _xml_time(when: dt.datetime) -> bytes:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z").encode()
+
+
+def _restamp_listing(body: bytes, fn: Restamp, url_encoded: bool) -> bytes:
+    def entry(m: re.Match[bytes]) -> bytes:
+        inner = m.group(2)
+        found = re.search(rb"<Key>(.*?)</Key>", inner, re.S)
+        if found is None:
+            return m.group(0)
+        key = html.unescape(found.group(1).decode())
+        if url_encoded:
+            key = urllib.parse.unquote(key)
+        when = fn(key)
+        if when is None:
+            return m.group(0)
+        tag = _TIME_TAG[m.group(1)]
+        stamped = re.sub(
+            rb"<%s>[^<]*</%s>" % (tag, tag), b"<%s>%s</%s>" % (tag, _xml_time(when), tag), inner
+        )
+        return b"<%s>%s</%s>" % (m.group(1), stamped, m.group(1))
+
+    return _ENTRY.sub(entry, body)
+
 
 class S3Proxy:
     def __init__(self, upstream: str):
         target = urllib.parse.urlsplit(upstream)
         self._host, self._port = target.hostname, target.port
         self._rules: list[Rule] = []
+        self._restamps: list[Restamp] = []
         self.log: list[tuple[str, str, dict[str, str], str]] = []
         proxy = self
 
@@ -149,9 +197,14 @@ class S3Proxy:
                     self._reset()
                     return
                 self.send_response_only(resp.status)
+                # path-style: /<bucket>/<key>; a bucket-level request names no key.
+                key = req.path.lstrip("/").partition("/")[2]
+                when = proxy._stamp(key) if key else None
                 for k, v in resp.getheaders():
                     if k.lower() in _HOP or k.lower() == "content-length":
                         continue
+                    if k.lower() == "last-modified" and when is not None:
+                        v = email.utils.format_datetime(when.astimezone(dt.UTC), usegmt=True)
                     self.send_header(k, v)
                 declared = resp.getheader("Content-Length")
                 if self.command == "HEAD":
@@ -163,6 +216,9 @@ class S3Proxy:
                     return
                 data = resp.read()
                 conn.close()
+                if proxy._restamps and self.command == "GET" and not key:
+                    url_encoded = req.query.get("encoding-type") == "url"
+                    data = _restamp_listing(data, proxy._stamp, url_encoded)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if action.name == "pause" and action.gate is not None:
@@ -192,6 +248,19 @@ class S3Proxy:
     def rule(self, fn: Rule) -> S3Proxy:
         self._rules.append(fn)
         return self
+
+    def restamp(self, fn: Restamp) -> S3Proxy:
+        """Answers give each key the time `fn(key)` says instead of the store's (see the
+        module doc); several: the first that gives a time wins."""
+        self._restamps.append(fn)
+        return self
+
+    def _stamp(self, key: str) -> dt.datetime | None:
+        for fn in self._restamps:
+            when = fn(key)
+            if when is not None:
+                return when
+        return None
 
     def _decide(self, req: Request) -> Action:
         for fn in self._rules:
