@@ -1,6 +1,7 @@
 """prune-backups against real stores: retention rules, Object Lock (retention and legal
 hold, per version), every version deleted without delete markers, dry runs that change
-nothing, lock states that cannot be read, and the upload a killed agent leaves open."""
+nothing, lock states that cannot be read, the upload a killed agent leaves open, and the
+clock of the unit that named a backup checked against the store's."""
 
 from __future__ import annotations
 
@@ -23,15 +24,57 @@ from harness import (
     unique_bucket_name,
     wait_until,
 )
+from harness.s3proxy import S3Proxy
+from harness.seed import backup_id
 
 MiB = 1024 * 1024
 
 # Backups "from 2020", made by copying a real backup's objects under older ids: real
-# objects in the real store, old enough for any policy without waiting days.
+# objects in the real store, old enough for any policy without waiting days. The store
+# stamps the copies with today's time, and the agent ranks and ages a backup by the
+# store's time when its id is far from it, so the agent reaches the store through a proxy
+# that gives these objects the times an honest unit would have written them at
+# (`_as_old_as_their_ids`).
 OLD_FREE = "20200101T000000Z-valkey-0-aaaaaa"
 OLD_RETAINED = "20200102T000000Z-valkey-0-bbbbbb"
 OLD_HELD = "20200103T000000Z-valkey-0-cccccc"
 OLD_FAILED = "20200104T000000Z-valkey-0-dddddd"
+OLD_IDS = (OLD_FREE, OLD_RETAINED, OLD_HELD, OLD_FAILED)
+
+
+def _id_time(bid: str) -> dt.datetime:
+    return dt.datetime.strptime(bid[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+
+
+def _as_old_as_their_ids(*ids: str):
+    """A restamp rule for the proxy (harness/s3proxy.py): every object of the backups `ids`
+    gets its id's time plus five minutes, the time an honest unit would have written it
+    at. (S3 cannot backdate an object.)"""
+
+    def stamp(key: str) -> dt.datetime | None:
+        for bid in ids:
+            if f"/{bid}/" in key:
+                return _id_time(bid) + dt.timedelta(minutes=5)
+        return None
+
+    return stamp
+
+
+@pytest.fixture
+def aged():
+    """`aged(store, *ids) -> S3Proxy`: a proxy in front of `store` that shows the objects
+    of `ids` (default: the OLD_* backups) as written when their ids say; closed at the
+    end of the test."""
+    proxies: list[S3Proxy] = []
+
+    def make(store, *ids: str) -> S3Proxy:
+        proxy = S3Proxy(store.endpoint).restamp(_as_old_as_their_ids(*(ids or OLD_IDS)))
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
 
 
 def _put(s3, bucket: str, key: str, body: bytes) -> str | None:
@@ -83,13 +126,15 @@ def _backup_agent(agent, valkey_server, store, bucket, cluster, **s3_extra):
 
 
 def test_prune_keeps_locked_and_newest_backups_and_deletes_every_version_of_the_rest(
-    agent, valkey_server, moto
+    agent, valkey_server, moto, aged
 ):
     s3 = moto.client()
     # Object Lock without a default rule: retention and legal hold are set per object below.
     bucket = unique_bucket_name("vb-prune")
     s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
-    a, params = _backup_agent(agent, valkey_server, moto, bucket, "prune.valkey")
+    a, params = _backup_agent(
+        agent, valkey_server, moto, bucket, "prune.valkey", endpoint=aged(moto).endpoint
+    )
     prefix = prefix_of(params)
     # Ids sort by start second, then unit and random suffix: "newest" is the larger id.
     older, newest = sorted(a.request("create-backup").expect_ok()["backup-id"] for _ in range(2))
@@ -182,9 +227,11 @@ def test_prune_keeps_locked_and_newest_backups_and_deletes_every_version_of_the_
     assert again["deleted"] == [] and len(moto.delete_attempts(bucket)) == len(attempts)
 
 
-def test_compliance_default_retention_keeps_every_backup(agent, valkey_server, moto):
+def test_compliance_default_retention_keeps_every_backup(agent, valkey_server, moto, aged):
     bucket = moto.create_object_lock_bucket(mode="COMPLIANCE", days=1)
-    a, params = _backup_agent(agent, valkey_server, moto, bucket, "locked.valkey")
+    a, params = _backup_agent(
+        agent, valkey_server, moto, bucket, "locked.valkey", endpoint=aged(moto).endpoint
+    )
     first, newest = sorted(a.request("create-backup").expect_ok()["backup-id"] for _ in range(2))
     _copy_backup(moto.client(), bucket, prefix_of(params), newest, OLD_FREE)
     before = _listing(moto, bucket)
@@ -270,9 +317,11 @@ class _HeadDenyingProxy:
         self.server.server_close()
 
 
-def test_lock_state_that_cannot_be_read_skips_the_backup(agent, valkey_server, moto, moto_bucket):
+def test_lock_state_that_cannot_be_read_skips_the_backup(
+    agent, valkey_server, moto, moto_bucket, aged
+):
     s3 = moto.client()
-    proxy = _HeadDenyingProxy(moto.endpoint, needle=OLD_RETAINED)
+    proxy = _HeadDenyingProxy(aged(moto).endpoint, needle=OLD_RETAINED)
     try:
         a, params = _backup_agent(
             agent, valkey_server, moto, moto_bucket, "blind.valkey", endpoint=proxy.endpoint
@@ -301,11 +350,16 @@ def test_lock_state_that_cannot_be_read_skips_the_backup(agent, valkey_server, m
 
 
 def test_prune_on_garage_deletes_plain_objects_and_defaults_to_delete_older_than_days(
-    agent, valkey_server, garage
+    agent, valkey_server, garage, aged
 ):
     bucket = garage.create_bucket()
     a, params = _backup_agent(
-        agent, valkey_server, garage, bucket, "garage.valkey", **{"delete-older-than-days": "7"}
+        agent,
+        valkey_server,
+        garage,
+        bucket,
+        "garage.valkey",
+        **{"delete-older-than-days": "7", "endpoint": aged(garage).endpoint},
     )
     s3 = garage.client()
     prefix = prefix_of(params)
@@ -436,12 +490,14 @@ def test_upload_left_by_a_killed_agent_is_abandoned_then_aborted(
 
 @pytest.mark.parametrize("damage", ["data-removed", "manifest-truncated", "data-truncated"])
 def test_prune_never_deletes_the_newest_restorable_backup(
-    damage, agent, valkey_server, moto, moto_bucket
+    damage, agent, valkey_server, moto, moto_bucket, aged
 ):
     # The newest backup has a manifest but cannot be restored; the only intact backup is
     # older. keep-last 1 must keep the intact one, and list-backups must say which is which.
     s3 = moto.client()
-    a, params = _backup_agent(agent, valkey_server, moto, moto_bucket, "damaged.valkey")
+    a, params = _backup_agent(
+        agent, valkey_server, moto, moto_bucket, "damaged.valkey", endpoint=aged(moto).endpoint
+    )
     prefix = prefix_of(params)
     newest = a.request("create-backup").expect_ok()["backup-id"]
     _copy_backup(s3, moto_bucket, prefix, newest, OLD_FREE)  # intact, older
@@ -470,3 +526,78 @@ def test_prune_never_deletes_the_newest_restorable_backup(
     assert f"{prefix}{OLD_FREE}/data.rdb" in keys and f"{prefix}{OLD_FREE}/manifest.json" in keys
     # The intact backup is what a restore gets.
     a.request("verify-backup", {"backup-id": OLD_FREE}).expect_ok()
+
+
+def test_a_new_backup_from_a_unit_whose_clock_runs_behind_is_kept_as_the_newest(
+    agent, valkey_server, moto, moto_bucket, aged
+):
+    # A real backup copied under an id a year back, with no backdating, is what a unit whose
+    # clock runs a year behind writes today: by the store's word it is new. Beside it, an
+    # honest backup ten days old. By their ids the new one is the oldest, and keep-last 1
+    # or keep-days 7 would delete today's backup and keep the stale one.
+    s3 = moto.client()
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    honest = backup_id(now - dt.timedelta(days=10), "valkey/0")
+    behind = backup_id(now - dt.timedelta(days=365), "valkey/1")
+    proxy = aged(moto, honest)
+    a, params = _backup_agent(
+        agent, valkey_server, moto, moto_bucket, "behind.valkey", endpoint=proxy.endpoint
+    )
+    prefix = prefix_of(params)
+    real = a.request("create-backup").expect_ok()["backup-id"]
+    _copy_backup(s3, moto_bucket, prefix, real, honest)
+    _copy_backup(s3, moto_bucket, prefix, real, behind)
+    for key in [k for k in bucket_state(s3, moto_bucket).keys if f"/{real}/" in k]:
+        s3.delete_object(Bucket=moto_bucket, Key=key)
+
+    listed = a.request("list-backups").expect_ok()["backups"]
+    assert [(b["backup-id"], b["status"]) for b in listed] == [
+        (behind, "finished"),
+        (honest, "finished"),
+    ]
+    warning = listed[0]["warning"]
+    assert "behind the store" in warning and "ranked and aged by the store's time" in warning
+    assert "warning" not in listed[1]
+    assert listed[1]["stored-at"] == (_id_time(honest) + dt.timedelta(minutes=5)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+    cli = a.cli("list-backups")
+    assert cli.returncode == 0 and "behind the store" in cli.stdout, cli.stdout
+
+    dry = a.request("prune-backups", {"keep-days": 7}).expect_ok()
+    assert {k["backup-id"]: k["why"] for k in dry["kept"]} == {behind: "younger than 7 days"}
+    assert {d["backup-id"]: d["why"] for d in dry["deleted"]} == {honest: "older than 7 days"}
+    assert "behind the store" in dry["kept"][0]["warning"]
+
+    done = a.request("prune-backups", {"keep-last": 1, "confirm": True}).expect_ok()
+    assert {k["backup-id"]: k["why"] for k in done["kept"]} == {
+        behind: "the newest finished backup"
+    }
+    assert [d["backup-id"] for d in done["deleted"]] == [honest]
+    assert {k.split("/")[2] for k in bucket_state(s3, moto_bucket, prefix).keys} == {behind}
+    # What is kept is what a restore gets: today's snapshot, intact.
+    a.request("verify-backup", {"backup-id": behind}).expect_ok()
+
+
+def test_an_upload_left_under_a_far_future_id_is_abandoned_and_aborted(
+    agent, valkey_server, moto, moto_bucket
+):
+    # A unit whose clock said 2099 opened an upload 30 hours ago by the store's clock, and
+    # died. Its id must not make the upload look young for ever.
+    s3 = moto.client()
+    forged = "20990101T000000Z-valkey-9-abcdef"
+    opened = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=30)
+    with S3Proxy(moto.endpoint) as proxy:
+        proxy.restamp(lambda key: opened if f"/{forged}/" in key else None)
+        a, params = _backup_agent(
+            agent, valkey_server, moto, moto_bucket, "future.valkey", endpoint=proxy.endpoint
+        )
+        key = f"{prefix_of(params)}{forged}/data.rdb"
+        s3.create_multipart_upload(Bucket=moto_bucket, Key=key)
+        [entry] = a.request("list-backups").expect_ok()["backups"]
+        assert (entry["backup-id"], entry["status"]) == (forged, "abandoned"), entry
+        done = a.request("prune-backups", {"keep-last": 1, "confirm": True}).expect_ok()
+        [aborted] = done["aborted-uploads"]
+        assert (aborted["backup-id"], aborted["key"]) == (forged, key)
+        assert aborted["initiated"] == opened.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert s3.list_multipart_uploads(Bucket=moto_bucket).get("Uploads", []) == []
