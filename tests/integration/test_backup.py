@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 
 import pytest
 from checks import bucket_state, check_rdb, get_json, prefix_of, sha256_hex
 from harness import assert_same_dataset, configure_params, dataset_fingerprint, load_dataset
+from harness.seed import backup_id
 
 MiB = 1024 * 1024
 PART = 5 * MiB
@@ -140,12 +142,15 @@ def test_listing_derives_every_status_and_ignores_foreign_keys(
     finished = a.request("create-backup").expect_ok()["backup-id"]
     s3 = moto.client()
     prefix = prefix_of(params)
-    # States only a crash can leave behind, made with plain S3 calls:
+    # States only a crash can leave behind, made with plain S3 calls. Ids within the day
+    # before their objects' store times (now), so they rank by their own times; an open
+    # upload has no store time and ranks by its id.
+    now = dt.datetime.now(dt.UTC)
     running = "20260101T000000Z-valkey-3-aaaaaa"  # an agent died mid-upload
     s3.create_multipart_upload(Bucket=moto_bucket, Key=f"{prefix}{running}/data.rdb")
-    incomplete = "20260102T000000Z-valkey-3-bbbbbb"  # died between data and manifest
+    incomplete = backup_id(now - dt.timedelta(hours=2), "valkey/3")  # died before its manifest
     s3.put_object(Bucket=moto_bucket, Key=f"{prefix}{incomplete}/data.rdb", Body=b"x" * 10)
-    failed = "20260103T000000Z-valkey-3-cccccc"
+    failed = backup_id(now - dt.timedelta(hours=1), "valkey/3")
     s3.put_object(
         Bucket=moto_bucket,
         Key=f"{prefix}{failed}/failure.json",
@@ -155,8 +160,8 @@ def test_listing_derives_every_status_and_ignores_foreign_keys(
                 "backup-id": failed,
                 "cluster": "list.valkey",
                 "unit": "valkey/3",
-                "started-at": "2026-01-03T00:00:00Z",
-                "failed-at": "2026-01-03T00:00:05Z",
+                "started-at": (now - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "failed-at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "phase": "streaming",
                 "code": "valkey-auth",
                 "reason": "Valkey rejected the credentials",
