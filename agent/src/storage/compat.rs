@@ -12,8 +12,9 @@
 //! * **Garage has no Object Lock**: HeadObject answers without lock fields, which reads
 //!   as "not locked" ([`super::api::ObjectLock::default`]).
 //! * **moto reports `Initiated` of every multipart upload as a fixed date in 2010**:
-//!   the age of an upload is never taken to be older than its backup id
-//!   (`retention::upload_started`, which knows the id; the store does not).
+//!   the age of an upload is never taken to be older than its backup id, unless the
+//!   id is dated in the future (`retention::upload_started`, which knows the id; the
+//!   store does not).
 
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 
