@@ -189,7 +189,8 @@ pub struct Decision {
 ///
 /// * Finished: kept when among the `keep-last` newest finished backups or younger than
 ///   `keep-days`; the newest finished backup is kept whatever the policy. A backup whose
-///   id is dated after its manifest ([`Skew::Ahead`]) takes no `keep-last` slot.
+///   id is dated after its manifest ([`Skew::Ahead`]) takes no `keep-last` slot; one
+///   dated long before it ([`Skew::Behind`]) takes the slot the store's time gives it.
 /// * Failed, incomplete and damaged (a manifest without a restorable backup behind it):
 ///   deleted when older than `keep-days`; with `keep-last` alone,
 ///   when started before the oldest finished backup that is kept (they hold nothing a
