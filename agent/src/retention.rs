@@ -6,25 +6,23 @@
 //! backups are never touched, failed ones follow the finished ones) is unit-tested
 //! without a store.
 //!
-//! Backups are ranked and aged by times the store vouches for. The time in a backup id is
-//! when its snapshot started, by the clock of the unit that named it, which can be wrong,
-//! and an id can be forged; the LastModified of the object that gives a backup its
-//! status (the manifest of a finished backup, `failure.json` of a failed one) is stamped
-//! by the store itself. An id's time is used only as far as the store confirms it
-//! ([`backup_time`]): at most an hour after that LastModified (an honest unit names a
-//! backup before writing anything of it) and at most a day before it (the manifest is
-//! written when the backup ends, hours later for a long one, not days). Within those
-//! limits the id's own time ranks and ages the backup, so honest backups keep their exact
-//! order (by snapshot start, even two in one second). Beyond them, either way, the id is
-//! flagged and the store's time is used instead: a unit whose clock runs ahead (2099)
-//! cannot make its backup the newest for ever, and one whose clock runs behind (a year)
-//! cannot make the backup it wrote today the oldest, which `keep-last` and `keep-days`
-//! would then delete before the stale ones. A backup dated behind takes a `keep-last` slot
-//! where the store's time puts it (it is a new backup by the store's word); one dated
-//! ahead takes none. Without a store time (a running backup) the id's time stands.
+//! Two clocks date a backup, and neither is trusted alone. The time in its id is when its
+//! snapshot started by the clock of the unit that named it, which can run ahead or behind,
+//! and an id can be forged. The LastModified of the object that gives it its status (the
+//! manifest of a finished backup, `failure.json` of a failed one) is stamped by the store,
+//! but the store restamps every object a bucket migration (`aws s3 sync`, rclone) or an
+//! in-place copy (re-encryption, a storage-class change) touches, in the order it copied
+//! them. So a finished backup is ranked and aged by both ([`id_time`], [`store_time`]) and
+//! kept when *either* keeps it: among the `keep-last` newest by either clock, younger than
+//! `keep-days` by either, or the newest by either. Keeping one backup too many is safe;
+//! deleting the newest data because one clock lied is not. With `keep-last N` at most 2N
+//! finished backups are kept by that rule.
 //!
-//! A copied bucket is the one honest case where every id is behind its store time (the
-//! copy stamps every object anew): those backups rank by when they were copied.
+//! The one correction made to an id's time: an id more than an hour after its store time
+//! ([`ID_AHEAD_LIMIT_SECS`]) cannot be honest (a unit names a backup before writing any of
+//! it), so it ranks at the store's time: a 2099 id never outranks real backups. An id
+//! more than a day behind its store time ([`ID_BEHIND_LIMIT_SECS`]) is flagged, but ranks
+//! by its own time: the store's clock keeps it anyway when it is new by the store's word.
 
 use std::collections::HashSet;
 
@@ -40,53 +38,68 @@ const SECS_PER_DAY: f64 = 86_400.0;
 const SECS_PER_HOUR: f64 = 3_600.0;
 
 /// How far an id's time may be after the store's time of its record before the id is
-/// flagged: a backup is named before anything of it is written, so a later id means a
-/// clock that ran ahead (or a forged id); an hour absorbs ordinary skew between clocks.
+/// flagged and ranked at the store's time: a backup is named before anything of it is
+/// written, so a later id means a clock that ran ahead (or a forged id); an hour absorbs
+/// ordinary skew between clocks.
 pub const ID_AHEAD_LIMIT_SECS: i64 = 3_600;
 /// How far an id's time may be before the store's time of its record before the id is
-/// flagged: the manifest is written when the backup ends, so a long backup legitimately
-/// has its manifest hours after its id; a day apart is a clock that ran behind.
+/// flagged (a warning only): the manifest is written when the backup ends, so a long
+/// backup legitimately has its manifest hours after its id; a day apart is a clock that
+/// ran behind, or a copied bucket.
 pub const ID_BEHIND_LIMIT_SECS: i64 = 86_400;
+/// How far an id's time may be after the pruning unit's clock and still be the floor of
+/// its upload's age ([`upload_started`]): a unit whose clock runs an hour or two fast
+/// names real, live backups; an id a day or more ahead is not a clock to age anything by.
+pub const UPLOAD_ID_FUTURE_LIMIT_SECS: i64 = 86_400;
 
-/// The time `id` is ranked and aged by, and a warning when its id is far from the store's
-/// time `stored_at` (the LastModified of its record): the id's own time while it is at
-/// most [`ID_AHEAD_LIMIT_SECS`] after `stored_at` and at most [`ID_BEHIND_LIMIT_SECS`]
-/// before it; beyond either limit `stored_at`, flagged [`Skew::Ahead`] (such ids take no
-/// `keep-last` slot) or [`Skew::Behind`]. So whatever the id says, a backup ranks within a
-/// day of when the store wrote it.
-pub fn backup_time(id: &BackupId, stored_at: Option<OffsetDateTime>) -> (OffsetDateTime, Skew) {
+/// The time a backup ranks by on its id's clock, and a warning when its id is far from
+/// the store's time `stored_at` (the LastModified of its record): the id's own time,
+/// except when it is more than [`ID_AHEAD_LIMIT_SECS`] after `stored_at`: then
+/// `stored_at`, flagged [`Skew::Ahead`]. An id more than [`ID_BEHIND_LIMIT_SECS`] before
+/// `stored_at` is flagged [`Skew::Behind`] and keeps its own time. This is the time
+/// decisions and `list-backups` are ordered and shown by.
+pub fn id_time(id: &BackupId, stored_at: Option<OffsetDateTime>) -> (OffsetDateTime, Skew) {
     let named = id.started_at();
     let Some(stored) = stored_at else {
         return (named, Skew::None);
     };
     let ahead = (named - stored).whole_seconds();
-    let skew = if ahead > ID_AHEAD_LIMIT_SECS {
-        Skew::Ahead(format!(
-            "its id says {} but the store wrote it at {}: the id is {} ahead of the store (a unit's clock ran ahead, or the id is forged); ranked and aged by the store's time, and it takes no keep-last slot",
+    if ahead > ID_AHEAD_LIMIT_SECS {
+        let warning = format!(
+            "its id says {} but the store wrote it at {}: the id is {} ahead of the store (a unit's clock ran ahead, or the id is forged); ranked and aged by the store's time",
             crate::timefmt::rfc3339(named),
             crate::timefmt::rfc3339(stored),
             span(ahead)
-        ))
+        );
+        (stored, Skew::Ahead(warning))
     } else if -ahead > ID_BEHIND_LIMIT_SECS {
-        Skew::Behind(format!(
-            "its id says {} but the store wrote it at {}: the id is {} behind the store (a unit's clock ran behind, or the backup was copied); ranked and aged by the store's time",
+        let warning = format!(
+            "its id says {} but the store wrote it at {}: the id is {} behind the store (a unit's clock ran behind, or the backup was copied); listed by its id's time, and retention keeps it when either time keeps it",
             crate::timefmt::rfc3339(named),
             crate::timefmt::rfc3339(stored),
             span(-ahead)
-        ))
+        );
+        (named, Skew::Behind(warning))
     } else {
-        return (named, Skew::None);
-    };
-    (stored, skew)
+        (named, Skew::None)
+    }
 }
 
-/// Whether a backup's id agrees with the store's time (see [`backup_time`]).
+/// The time a backup ranks by on the store's clock: `stored_at` (the LastModified of its
+/// record), or the id's time when there is none (a running backup has no record yet).
+pub fn store_time(id: &BackupId, stored_at: Option<OffsetDateTime>) -> OffsetDateTime {
+    stored_at.unwrap_or_else(|| id.started_at())
+}
+
+/// Whether a backup's id agrees with the store's time (see [`id_time`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Skew {
     None,
-    /// The id is dated after its record was written; the text says by how much.
+    /// The id is dated more than an hour after its record was written; the text says by
+    /// how much. The backup ranks at the store's time.
     Ahead(String),
-    /// The id is dated long before its record was written; the text says by how much.
+    /// The id is dated more than a day before its record was written; the text says by
+    /// how much. A warning only.
     Behind(String),
 }
 
@@ -178,110 +191,129 @@ pub struct Decision {
     pub id: BackupId,
     pub status: BackupStatus,
     pub verdict: Verdict,
-    /// The time it was ranked and aged by ([`backup_time`]).
+    /// Its time on the id's clock ([`id_time`]): decisions come newest first by it.
     pub at: OffsetDateTime,
-    /// Set when its id is far from the store's time ([`backup_time`]).
+    /// Its time on the store's clock ([`store_time`]).
+    pub stored: OffsetDateTime,
+    /// Set when its id is far from the store's time ([`id_time`]).
     pub warning: Option<String>,
 }
 
+impl Decision {
+    /// The younger of its two times: how old it is at most, whichever clock is right.
+    pub fn youngest_time(&self) -> OffsetDateTime {
+        self.at.max(self.stored)
+    }
+}
+
 /// Applies `policy` at `now` to `backups` (any order); returns one decision per backup,
-/// newest first by the store's time (ties: by id).
+/// newest first by its time on the id's clock ([`id_time`]; ties: by id).
 ///
-/// * Finished: kept when among the `keep-last` newest finished backups or younger than
-///   `keep-days`; the newest finished backup is kept whatever the policy. A backup whose
-///   id is dated after its manifest ([`Skew::Ahead`]) takes no `keep-last` slot; one
-///   dated long before it ([`Skew::Behind`]) takes the slot the store's time gives it.
+/// * Finished: kept when *either* clock keeps it: among the `keep-last` N newest finished
+///   backups by [`id_time`] or among the N newest by [`store_time`] (ties by id; so at
+///   most 2N), or younger than `keep-days` by either; the newest finished backup by each
+///   clock is kept whatever the policy. The verdict names the store's clock when only it
+///   keeps the backup ("among the 3 newest finished backups by the store's time").
 /// * Failed, incomplete and damaged (a manifest without a restorable backup behind it):
-///   deleted when older than `keep-days`; with `keep-last` alone,
-///   when started before the oldest finished backup that is kept (they hold nothing a
-///   restore can use, but they are the record of what went wrong recently).
+///   deleted when older than `keep-days` by both clocks; with `keep-last` alone, when
+///   older on both clocks than the oldest of the N newest finished backups on that clock
+///   (they hold nothing a restore can use, but they are the record of what went wrong
+///   recently).
 /// * Running and abandoned: never deleted here (an open upload is aborted by the
 ///   abandoned-upload rule, not by retention).
 pub fn select(backups: &[Listed], policy: &Policy, now: OffsetDateTime) -> Vec<Decision> {
     struct Ranked<'a> {
         b: &'a Listed,
         at: OffsetDateTime,
+        stored: OffsetDateTime,
         skew: Skew,
     }
-    let mut sorted: Vec<Ranked> = backups
+    let mut ranked: Vec<Ranked> = backups
         .iter()
         .map(|b| {
-            let (at, skew) = backup_time(&b.id, b.stored_at);
-            Ranked { b, at, skew }
+            let (at, skew) = id_time(&b.id, b.stored_at);
+            let stored = store_time(&b.id, b.stored_at);
+            Ranked {
+                b,
+                at,
+                stored,
+                skew,
+            }
         })
         .collect();
-    sorted.sort_by(|x, y| (y.at, &y.b.id).cmp(&(x.at, &x.b.id)));
-    let finished: Vec<&Ranked> = sorted
+    ranked.sort_by(|x, y| (y.at, &y.b.id).cmp(&(x.at, &x.b.id)));
+    let by_id: Vec<&Ranked> = ranked
         .iter()
         .filter(|r| r.b.status == BackupStatus::Finished)
         .collect();
-    let newest_finished = finished.first().map(|r| &r.b.id);
-    let by_last: HashSet<&BackupId> = match policy.keep_last {
-        Some(n) => finished
-            .iter()
-            .filter(|r| !matches!(r.skew, Skew::Ahead(_)))
-            .take(n as usize)
-            .map(|r| &r.b.id)
-            .collect(),
-        None => HashSet::new(),
-    };
-    let younger = |at: OffsetDateTime| {
-        policy
-            .keep_days
-            .map(|d| (now - at).as_seconds_f64() < d * SECS_PER_DAY)
-    };
+    let mut by_store = by_id.clone();
+    by_store.sort_by(|x, y| (y.stored, &y.b.id).cmp(&(x.stored, &x.b.id)));
+    let keep_n = policy.keep_last.map(|n| n as usize).unwrap_or(0);
+    let last_by_id: HashSet<&BackupId> = by_id.iter().take(keep_n).map(|r| &r.b.id).collect();
+    let last_by_store: HashSet<&BackupId> = by_store.iter().take(keep_n).map(|r| &r.b.id).collect();
+    let newest_by_id = by_id.first().map(|r| &r.b.id);
+    let newest_by_store = by_store.first().map(|r| &r.b.id);
+    // For failed backups under keep-last alone: the oldest that keep-last keeps on each
+    // clock.
+    let floor_by_id = by_id[..keep_n.min(by_id.len())]
+        .last()
+        .map(|r| (r.at, &r.b.id));
+    let floor_by_store = by_store[..keep_n.min(by_store.len())]
+        .last()
+        .map(|r| (r.stored, &r.b.id));
+    let younger = |at: OffsetDateTime, d: f64| (now - at).as_seconds_f64() < d * SECS_PER_DAY;
 
-    let mut decisions = Vec::with_capacity(sorted.len());
-    let mut oldest_kept_finished: Option<(OffsetDateTime, &BackupId)> = None;
-    for r in sorted
-        .iter()
-        .filter(|r| r.b.status == BackupStatus::Finished)
-    {
+    let mut decisions = Vec::with_capacity(ranked.len());
+    for r in &by_id {
         let id = &r.b.id;
-        let kept_by_last = policy.keep_last.map(|_| by_last.contains(id));
-        let kept_by_days = younger(r.at);
         let mut keeps = Vec::new();
         let mut drops = Vec::new();
-        let no_slot = matches!(r.skew, Skew::Ahead(_));
-        match (kept_by_last, policy.keep_last) {
-            (Some(true), Some(1)) => keeps.push("the newest finished backup".into()),
-            (Some(false), Some(_)) if no_slot => {
-                drops.push("its id is dated after its manifest: it takes no keep-last slot".into())
+        if let Some(n) = policy.keep_last {
+            let rule = match n {
+                1 => "the newest finished backup".to_owned(),
+                n => format!("among the {n} newest finished backups"),
+            };
+            if last_by_id.contains(id) {
+                keeps.push(rule);
+            } else if last_by_store.contains(id) {
+                keeps.push(format!("{rule} by the store's time"));
+            } else if n == 1 {
+                drops.push("not the newest finished backup".to_owned());
+            } else {
+                drops.push(format!("not {rule}"));
             }
-            (Some(false), Some(1)) => drops.push("not the newest finished backup".into()),
-            (Some(true), Some(n)) => keeps.push(format!("among the {n} newest finished backups")),
-            (Some(false), Some(n)) => {
-                drops.push(format!("not among the {n} newest finished backups"))
-            }
-            _ => {}
         }
-        match (kept_by_days, policy.keep_days) {
-            (Some(true), Some(d)) => keeps.push(format!("younger than {}", days(d))),
-            (Some(false), Some(d)) => drops.push(format!("older than {}", days(d))),
-            _ => {}
+        if let Some(d) = policy.keep_days {
+            if younger(r.at, d) {
+                keeps.push(format!("younger than {}", days(d)));
+            } else if younger(r.stored, d) {
+                keeps.push(format!("younger than {} by the store's time", days(d)));
+            } else {
+                drops.push(format!("older than {}", days(d)));
+            }
         }
         let verdict = if !keeps.is_empty() {
             Verdict::Keep(keeps.join(" and "))
-        } else if Some(id) == newest_finished {
+        } else if Some(id) == newest_by_id {
             Verdict::Keep("the newest finished backup is always kept".into())
+        } else if Some(id) == newest_by_store {
+            Verdict::Keep("the newest finished backup by the store's time is always kept".into())
         } else {
             // Days first: "older than 7 days and not among the 3 newest finished backups".
             drops.reverse();
             Verdict::Delete(drops.join(" and "))
         };
-        if matches!(verdict, Verdict::Keep(_)) {
-            oldest_kept_finished = Some((r.at, id));
-        }
         decisions.push(Decision {
             id: id.clone(),
             status: r.b.status,
             verdict,
             at: r.at,
+            stored: r.stored,
             warning: r.skew.warning().map(str::to_owned),
         });
     }
 
-    for r in sorted
+    for r in ranked
         .iter()
         .filter(|r| r.b.status != BackupStatus::Finished)
     {
@@ -294,22 +326,31 @@ pub fn select(backups: &[Listed], policy: &Policy, now: OffsetDateTime) -> Vec<D
             BackupStatus::Abandoned => Verdict::Keep(
                 "abandoned: no objects to delete; its open upload is aborted separately".into(),
             ),
-            _ => match (policy.keep_days, oldest_kept_finished) {
+            _ => match (policy.keep_days, floor_by_id.zip(floor_by_store)) {
                 (Some(d), _) => {
-                    if younger(r.at) == Some(true) {
+                    if younger(r.at, d) {
                         Verdict::Keep(format!("{what} backup younger than {}", days(d)))
+                    } else if younger(r.stored, d) {
+                        Verdict::Keep(format!(
+                            "{what} backup younger than {} by the store's time",
+                            days(d)
+                        ))
                     } else {
                         Verdict::Delete(format!("{what} backup older than {}", days(d)))
                     }
                 }
-                (None, Some((oldest_at, oldest))) => {
-                    if (r.at, &r.b.id) < (oldest_at, oldest) {
-                        Verdict::Delete(format!(
-                            "{what} backup older than the oldest kept finished backup ({oldest})"
+                (None, Some(((id_at, id_floor), (store_at, store_floor)))) => {
+                    if (r.at, &r.b.id) >= (id_at, id_floor) {
+                        Verdict::Keep(format!(
+                            "{what} backup not older than the oldest kept finished backup ({id_floor})"
+                        ))
+                    } else if (r.stored, &r.b.id) >= (store_at, store_floor) {
+                        Verdict::Keep(format!(
+                            "{what} backup not older, by the store's time, than the oldest finished backup kept by that time ({store_floor})"
                         ))
                     } else {
-                        Verdict::Keep(format!(
-                            "{what} backup not older than the oldest kept finished backup ({oldest})"
+                        Verdict::Delete(format!(
+                            "{what} backup older than the oldest kept finished backup ({id_floor})"
                         ))
                     }
                 }
@@ -323,6 +364,7 @@ pub fn select(backups: &[Listed], policy: &Policy, now: OffsetDateTime) -> Vec<D
             status,
             verdict,
             at: r.at,
+            stored: r.stored,
             warning: r.skew.warning().map(str::to_owned),
         });
     }
@@ -342,9 +384,11 @@ pub fn abandoned_after_hours(param: Option<f64>) -> Result<f64, String> {
 /// When an open upload started, as far as can be trusted: the store's `Initiated`, but
 /// never earlier than the start time in the backup's id (the agent creates the upload
 /// after it has named the backup, so an earlier date is a store's error: moto, for one,
-/// reports a fixed date in 2010). An id dated more than [`ID_AHEAD_LIMIT_SECS`] after
-/// `now` does not count: it would put the start in the future, and its upload (a unit
-/// whose clock ran ahead, a forged id) would never be abandoned; `Initiated` stands alone.
+/// reports a fixed date in 2010). That floor holds for an id up to
+/// [`UPLOAD_ID_FUTURE_LIMIT_SECS`] (a day) after `now`, so the live upload of a unit whose
+/// clock runs an hour or two fast is not taken for abandoned. An id further ahead does not
+/// count: it would put the start in the future, and its upload (a unit whose clock says
+/// 2099, a forged id) would never be abandoned; `Initiated` stands alone.
 /// Unknown `Initiated`: the backup's start time (nothing else to go by; an
 /// `abandoned-after-hours` of 0 still takes every upload).
 pub fn upload_started(
@@ -352,7 +396,7 @@ pub fn upload_started(
     backup_started: OffsetDateTime,
     now: OffsetDateTime,
 ) -> OffsetDateTime {
-    let future = (backup_started - now).whole_seconds() > ID_AHEAD_LIMIT_SECS;
+    let future = (backup_started - now).whole_seconds() > UPLOAD_ID_FUTURE_LIMIT_SECS;
     match initiated.and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok()) {
         Some(t) if future => t,
         Some(t) => t.max(backup_started),
@@ -715,8 +759,25 @@ mod tests {
         assert_eq!(deleted_ages(&bs, &p), vec![10.0, 11.0]);
     }
 
+    /// A finished backup named at `named` whose record the store wrote at `stored`.
+    fn at(named: OffsetDateTime, stored: OffsetDateTime, unit: &str) -> Listed {
+        Listed {
+            id: BackupId::generate(named, unit).unwrap(),
+            status: Finished,
+            stored_at: Some(stored),
+        }
+    }
+
+    fn kept_ids(bs: &[Listed], p: &Policy) -> Vec<BackupId> {
+        select(bs, p, NOW)
+            .into_iter()
+            .filter(|d| matches!(d.verdict, Verdict::Keep(_)))
+            .map(|d| d.id)
+            .collect()
+    }
+
     #[test]
-    fn a_far_future_id_takes_no_keep_last_slot_and_is_flagged() {
+    fn a_far_future_id_ranks_at_its_store_time_and_displaces_no_newer_backup() {
         // A unit whose clock said 2099 wrote a backup 3 days ago; two real backups since.
         let forged = Listed {
             id: BackupId::parse("20990101T000000Z-valkey-9-abcdef").unwrap(),
@@ -725,7 +786,7 @@ mod tests {
         };
         let bs = [forged.clone(), b(1.0, Finished), b(2.0, Finished)];
         let d = select(&bs, &Policy::new(Some(1), None).unwrap(), NOW);
-        // Ranked by the store's time: the forged one is the oldest, and it is deleted.
+        // Ranked by the store's time on both clocks: the oldest, and deleted.
         let order: Vec<&BackupId> = d.iter().map(|d| &d.id).collect();
         assert_eq!(order, vec![&bs[1].id, &bs[2].id, &forged.id]);
         assert_eq!(
@@ -734,9 +795,7 @@ mod tests {
         );
         assert_eq!(
             d[2].verdict,
-            Verdict::Delete(
-                "its id is dated after its manifest: it takes no keep-last slot".into()
-            )
+            Verdict::Delete("not the newest finished backup".into())
         );
         let w = d[2].warning.as_deref().unwrap();
         assert!(
@@ -744,63 +803,186 @@ mod tests {
             "{w}"
         );
         assert!(d[0].warning.is_none() && d[1].warning.is_none());
-        assert_eq!(d[2].at, NOW - Duration::days(3));
+        assert_eq!(
+            (d[2].at, d[2].stored),
+            (NOW - Duration::days(3), NOW - Duration::days(3))
+        );
+        // keep-last 2 keeps the two real ones, not the forged one.
+        assert_eq!(
+            kept_ids(&bs, &Policy::new(Some(2), None).unwrap()),
+            vec![bs[1].id.clone(), bs[2].id.clone()]
+        );
+        // keep-days ages it by the store's time too: 3 days old is older than 2 days.
+        let p = Policy::new(None, Some(2.0)).unwrap();
+        let d = select(&[forged.clone(), b(1.0, Finished)], &p, NOW);
+        assert!(matches!(d[1].verdict, Verdict::Delete(ref w) if w == "older than 2 days"));
 
-        // Written most recently, it is still no keep-last slot: the newest honest backup
-        // takes it, and the forged one stays only as the newest finished backup.
-        let forged = Listed {
+        // Written most recently, it is the newest by the store's word and takes the
+        // keep-last slot there; the real backups written before it rank after it.
+        let recent = Listed {
             stored_at: Some(NOW - Duration::hours(1)),
             ..forged
         };
-        let bs = [forged.clone(), b(1.0, Finished), b(2.0, Finished)];
+        let bs = [recent.clone(), b(1.0, Finished), b(2.0, Finished)];
         let v = verdicts(&bs, &Policy::new(Some(1), None).unwrap());
-        assert_eq!(v[0].2, "the newest finished backup is always kept");
-        assert_eq!(v[1].2, "the newest finished backup");
-        assert!(v[2].1, "{v:?}");
-        // keep-days ages it by the store's time too: 3 days old is older than 2 days.
-        let aged = Listed {
-            stored_at: Some(NOW - Duration::days(3)),
-            ..forged
-        };
-        let p = Policy::new(None, Some(2.0)).unwrap();
-        let d = select(&[aged, b(1.0, Finished)], &p, NOW);
-        assert!(matches!(d[1].verdict, Verdict::Delete(ref w) if w == "older than 2 days"));
+        assert_eq!(v[0].2, "the newest finished backup");
+        assert!(v[1].1 && v[2].1, "{v:?}");
     }
 
     #[test]
-    fn ids_behind_the_store_are_flagged_past_a_day_and_ranked_by_the_store() {
+    fn a_unit_an_hour_fast_has_its_backups_ranked_at_the_store_time_and_kept() {
+        // Every backup of a unit whose clock is 61 minutes fast is flagged ahead; they
+        // still take keep-last slots, at their store times.
+        let bs: Vec<Listed> = (1..=10)
+            .map(|day| {
+                let stored = NOW - Duration::days(day);
+                at(stored + Duration::minutes(61), stored, "valkey/0")
+            })
+            .collect();
+        let d = select(&bs, &Policy::new(Some(7), None).unwrap(), NOW);
+        let kept: Vec<&Decision> = d
+            .iter()
+            .filter(|d| matches!(d.verdict, Verdict::Keep(_)))
+            .collect();
+        assert_eq!(kept.len(), 7, "{d:?}");
+        assert!(kept
+            .iter()
+            .all(|d| d.verdict == Verdict::Keep("among the 7 newest finished backups".into())));
+        assert_eq!(
+            d.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+            bs.iter().map(|b| b.id.clone()).collect::<Vec<_>>()
+        );
+        assert!(d
+            .iter()
+            .all(|d| d.warning.as_deref().unwrap().contains("1 hour ahead")));
+        // keep-days 3.5 keeps the three younger than that by the store's clock.
+        let p = Policy::new(None, Some(3.5)).unwrap();
+        assert_eq!(kept_ids(&bs, &p).len(), 3);
+    }
+
+    #[test]
+    fn a_bulk_copy_in_reverse_order_keeps_the_newest_backup_by_id() {
+        // A bucket migrated today, newest backup first: every id is days behind its
+        // LastModified, and the oldest backup was copied last.
+        let bs: Vec<Listed> = (2..=6)
+            .map(|day| {
+                let named = NOW - Duration::days(day);
+                at(named, NOW - Duration::minutes(60 - day), "valkey/0")
+            })
+            .collect();
+        let (newest, last_copied) = (&bs[0].id, &bs[4].id);
+        let d = select(&bs, &Policy::new(Some(1), None).unwrap(), NOW);
+        // Listed by id; both clocks' newest are kept, the rest go.
+        assert_eq!(&d[0].id, newest);
+        assert_eq!(
+            d[0].verdict,
+            Verdict::Keep("the newest finished backup".into())
+        );
+        assert_eq!(&d[4].id, last_copied);
+        assert_eq!(
+            d[4].verdict,
+            Verdict::Keep("the newest finished backup by the store's time".into())
+        );
+        assert!(d[1..4]
+            .iter()
+            .all(|d| d.verdict == Verdict::Delete("not the newest finished backup".into())));
+        assert!(d
+            .iter()
+            .all(|d| d.warning.as_deref().unwrap().contains("behind the store")));
+        // keep-last 2: at most four, the two newest by either clock.
+        let kept = kept_ids(&bs, &Policy::new(Some(2), None).unwrap());
+        assert_eq!(
+            kept,
+            vec![
+                bs[0].id.clone(),
+                bs[1].id.clone(),
+                bs[3].id.clone(),
+                bs[4].id.clone()
+            ]
+        );
+        // keep-days 1 keeps all of them: by the store's time they are an hour old.
+        let d = select(&bs, &Policy::new(None, Some(1.0)).unwrap(), NOW);
+        assert!(d
+            .iter()
+            .all(|d| d.verdict == Verdict::Keep("younger than 1 day by the store's time".into())));
+    }
+
+    #[test]
+    fn a_unit_twenty_hours_behind_keeps_its_newest_backup() {
+        // Its backup was written an hour ago, its id says 21 hours ago (no flag: under a
+        // day); another unit's honest backup is 5 hours old.
+        let behind = at(
+            NOW - Duration::hours(21),
+            NOW - Duration::hours(1),
+            "valkey/1",
+        );
+        let honest = b(5.0 / 24.0, Finished);
+        let older = b(2.0, Finished);
+        let bs = [older.clone(), behind.clone(), honest.clone()];
+        let d = select(&bs, &Policy::new(Some(1), None).unwrap(), NOW);
+        let order: Vec<&BackupId> = d.iter().map(|d| &d.id).collect();
+        assert_eq!(order, vec![&honest.id, &behind.id, &older.id]);
+        assert_eq!(
+            d[0].verdict,
+            Verdict::Keep("the newest finished backup".into())
+        );
+        assert_eq!(
+            d[1].verdict,
+            Verdict::Keep("the newest finished backup by the store's time".into())
+        );
+        assert!(matches!(d[2].verdict, Verdict::Delete(_)), "{d:?}");
+        assert!(d.iter().all(|d| d.warning.is_none()));
+        // keep-days: 21 hours by its id, an hour by the store: kept under 0.5 days.
+        let p = Policy::new(None, Some(0.5)).unwrap();
+        let d = select(&bs, &p, NOW);
+        assert_eq!(
+            d[1].verdict,
+            Verdict::Keep("younger than 0.5 days by the store's time".into())
+        );
+    }
+
+    #[test]
+    fn ids_are_flagged_past_an_hour_ahead_or_a_day_behind_and_only_ahead_moves_the_rank() {
         let id = BackupId::parse("20261101T000000Z-valkey-0-abcdef").unwrap();
         let named = id.started_at();
-        // A long backup: its manifest 20 hours after its id is no skew; the id's own
-        // time (the snapshot's start) ranks it.
-        let (at, skew) = backup_time(&id, Some(named + Duration::hours(20)));
-        assert_eq!((at, skew), (named, Skew::None));
-        let (at, skew) = backup_time(&id, Some(named + Duration::hours(25)));
-        assert_eq!(at, named + Duration::hours(25));
-        assert!(
-            matches!(skew, Skew::Behind(ref w) if w.contains("1 day 1 hour behind")),
-            "{skew:?}"
-        );
-        // Ahead: an hour is tolerated, more is not.
+        // A long backup: its manifest 20 hours after its id is no skew.
         assert_eq!(
-            backup_time(&id, Some(named - Duration::minutes(59))),
+            id_time(&id, Some(named + Duration::hours(20))),
             (named, Skew::None)
         );
-        let (at, skew) = backup_time(&id, Some(named - Duration::minutes(61)));
+        // More than a day behind: flagged, but it still ranks by its id.
+        let (at, skew) = id_time(&id, Some(named + Duration::hours(25)));
+        assert_eq!(at, named);
+        assert!(
+            matches!(skew, Skew::Behind(ref w) if w.contains("1 day 1 hour behind")
+                && w.contains("either time keeps it")),
+            "{skew:?}"
+        );
+        // Ahead: an hour is tolerated, more ranks at the store's time.
+        assert_eq!(
+            id_time(&id, Some(named - Duration::minutes(59))),
+            (named, Skew::None)
+        );
+        let (at, skew) = id_time(&id, Some(named - Duration::minutes(61)));
         assert_eq!(at, named - Duration::minutes(61));
         assert!(
             matches!(skew, Skew::Ahead(ref w) if w.contains("1 hour ahead")),
             "{skew:?}"
         );
-        // No store time (a running backup): the id's.
-        assert_eq!(backup_time(&id, None), (named, Skew::None));
+        // No store time (a running backup): the id's, on both clocks.
+        assert_eq!(id_time(&id, None), (named, Skew::None));
+        assert_eq!(store_time(&id, None), named);
+        assert_eq!(
+            store_time(&id, Some(named + Duration::days(3))),
+            named + Duration::days(3)
+        );
     }
 
     #[test]
-    fn a_new_backup_from_a_unit_whose_clock_runs_behind_ranks_and_ages_as_new() {
+    fn a_new_backup_from_a_unit_whose_clock_runs_behind_is_kept_by_the_store_clock() {
         // A unit whose clock is a year behind wrote a backup an hour ago; the honest
-        // backups are 2 and 3 days old. By its id it would be the oldest: keep-last 1 and
-        // keep-days 7 would delete today's backup and keep the stale ones.
+        // backups are 2 and 3 days old. By its id it is the oldest, by the store's time
+        // the newest: keep-last 1 keeps it and the newest honest one.
         let behind = Listed {
             id: BackupId::generate(NOW - Duration::days(365), "valkey/1").unwrap(),
             status: Finished,
@@ -809,45 +991,55 @@ mod tests {
         let bs = [b(2.0, Finished), behind.clone(), b(3.0, Finished)];
         let d = select(&bs, &Policy::new(Some(1), None).unwrap(), NOW);
         let order: Vec<&BackupId> = d.iter().map(|d| &d.id).collect();
-        assert_eq!(order, vec![&behind.id, &bs[0].id, &bs[2].id]);
-        // It takes the keep-last slot: by the store's word it is the newest backup.
+        assert_eq!(order, vec![&bs[0].id, &bs[2].id, &behind.id]);
+        assert_eq!(
+            d[2].verdict,
+            Verdict::Keep("the newest finished backup by the store's time".into())
+        );
+        assert_eq!(
+            (d[2].at, d[2].stored),
+            (behind.id.started_at(), NOW - Duration::hours(1))
+        );
+        let w = d[2].warning.as_deref().unwrap();
+        assert!(w.contains("364 days 23 hours behind"), "{w}");
         assert_eq!(
             d[0].verdict,
             Verdict::Keep("the newest finished backup".into())
         );
-        assert_eq!(d[0].at, NOW - Duration::hours(1));
-        let w = d[0].warning.as_deref().unwrap();
-        assert!(
-            w.contains("364 days 23 hours behind")
-                && w.contains("ranked and aged by the store's time"),
-            "{w}"
-        );
         assert!(matches!(d[1].verdict, Verdict::Delete(_)), "{d:?}");
-        assert!(d[1].warning.is_none() && d[2].warning.is_none());
-        // keep-days 7 keeps it (an hour old), and keep-days 1 keeps it alone.
-        let p = Policy::new(None, Some(7.0)).unwrap();
-        assert!(select(&bs, &p, NOW)
-            .iter()
-            .all(|d| matches!(d.verdict, Verdict::Keep(_))));
+        // keep-days 1 keeps it alone, by the store's time.
         let p = Policy::new(None, Some(1.0)).unwrap();
         let d = select(&bs, &p, NOW);
         assert_eq!(
-            d[0].verdict,
-            Verdict::Keep("younger than 1 day".into()),
+            d[2].verdict,
+            Verdict::Keep("younger than 1 day by the store's time".into()),
             "{d:?}"
         );
-        assert!(d[1..]
-            .iter()
-            .all(|d| d.verdict == Verdict::Delete("older than 1 day".into())));
+        assert_eq!(
+            d[0].verdict,
+            Verdict::Keep("the newest finished backup is always kept".into())
+        );
+        assert_eq!(d[1].verdict, Verdict::Delete("older than 1 day".into()));
         // A failure recorded today by that unit is young too.
         let failed = Listed {
             status: Failed,
-            ..behind
+            ..behind.clone()
         };
-        let d = select(&[failed, b(3.0, Finished)], &p, NOW);
+        let d = select(&[failed.clone(), b(3.0, Finished)], &p, NOW);
         assert_eq!(
-            d[0].verdict,
-            Verdict::Keep("failed backup younger than 1 day".into())
+            d[1].verdict,
+            Verdict::Keep("failed backup younger than 1 day by the store's time".into())
+        );
+        // With keep-last alone it is not older, by the store's time, than the oldest
+        // finished backup kept by that time.
+        let d = select(
+            &[failed, b(3.0, Finished), b(4.0, Finished)],
+            &Policy::new(Some(1), None).unwrap(),
+            NOW,
+        );
+        assert!(
+            matches!(d[2].verdict, Verdict::Keep(ref w) if w.starts_with("failed backup not older, by the store's time")),
+            "{d:?}"
         );
     }
 
@@ -911,6 +1103,22 @@ mod tests {
         // Without the store's Initiated there is nothing else to age it by.
         assert!(!upload_is_abandoned(None, id.started_at(), NOW, 24.0));
         assert!(upload_is_abandoned(None, id.started_at(), NOW, 0.0));
+    }
+
+    #[test]
+    fn a_live_upload_from_a_clock_two_hours_fast_is_not_abandoned() {
+        // A unit whose clock is 2 hours fast is uploading now; the store reports a bogus
+        // Initiated in 2010 (moto does). The id's time is the floor, so the upload is young.
+        let id = BackupId::generate(NOW + Duration::hours(2), "valkey/0").unwrap();
+        let bogus = Some(datetime!(2010-11-15 12:00:00 UTC).unix_timestamp());
+        assert_eq!(upload_started(bogus, id.started_at(), NOW), id.started_at());
+        assert!(!upload_is_abandoned(bogus, id.started_at(), NOW, 24.0));
+        assert_eq!(shown_status(Running, &id, &[bogus], NOW, 24.0), Running);
+        // Up to a day ahead the floor holds; beyond it, Initiated alone.
+        let day = BackupId::generate(NOW + Duration::hours(23), "valkey/0").unwrap();
+        assert!(!upload_is_abandoned(bogus, day.started_at(), NOW, 24.0));
+        let far = BackupId::generate(NOW + Duration::hours(25), "valkey/0").unwrap();
+        assert!(upload_is_abandoned(bogus, far.started_at(), NOW, 24.0));
     }
 
     #[test]

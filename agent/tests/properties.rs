@@ -16,9 +16,7 @@ use valkey_backup_agent::backup_id::BackupId;
 use valkey_backup_agent::layout::{FailureRecord, ManifestV1};
 use valkey_backup_agent::protocol::{parse_request, BackupStatus};
 use valkey_backup_agent::rdb::{RdbError, RdbValidator, Validated, EOF_MARK_LEN};
-use valkey_backup_agent::retention::{
-    backup_time, select, Listed, Policy, Skew, Verdict, ID_AHEAD_LIMIT_SECS, ID_BEHIND_LIMIT_SECS,
-};
+use valkey_backup_agent::retention::{select, Listed, Policy, Verdict};
 use valkey_backup_agent::timefmt;
 
 // ---------------------------------------------------------------------------------------
@@ -569,12 +567,16 @@ proptest! {
         }
     }
 
-    /// For any backups, policy and clock: one decision per backup, newest first by the
-    /// store's time; a backup with a store time ranks at most a day before and an hour
-    /// after it (whatever its id says), and at exactly it when flagged; the newest
-    /// finished backup is kept; `keep-last N` keeps at least min(N, finished backups whose
-    /// id is not ahead of the store) finished backups; an id ahead of the store never
-    /// holds a keep-last slot; running and abandoned backups are never deleted.
+    /// For any backups, policy and clock, against an oracle written from the rule (not
+    /// from the code): one decision per backup, newest first by the id's time (the
+    /// store's time when the id is more than an hour after it); the newest finished
+    /// backup by the id's time and by the store's time are never deleted; a finished
+    /// backup is kept exactly when among the N newest finished by either time, younger
+    /// than `keep-days` by either, or the newest by either; `keep-last N` alone keeps at
+    /// least min(N, finished) and at most 2N finished backups; failed ones under
+    /// `keep-days` go exactly when older by both times; ids more than an hour ahead of or
+    /// a day behind the store are flagged, no others; running and abandoned backups are
+    /// never deleted.
     #[test]
     fn retention_select_keeps_its_promises(
         backups in backups(),
@@ -590,67 +592,81 @@ proptest! {
         }
         let decisions = select(&input, &policy, now);
 
-        let rank = |b: &Listed| (backup_time(&b.id, b.stored_at).0, b.id.clone());
-        let mut expected: Vec<(OffsetDateTime, BackupId)> = backups.iter().map(rank).collect();
+        // The oracle's two clocks, in whole seconds.
+        let named = |b: &Listed| b.id.started_at().unix_timestamp();
+        let store_t = |b: &Listed| b.stored_at.map_or(named(b), |s| s.unix_timestamp());
+        let id_t = |b: &Listed| match b.stored_at {
+            Some(s) if named(b) - s.unix_timestamp() > 3_600 => s.unix_timestamp(),
+            _ => named(b),
+        };
+        let flagged = |b: &Listed| {
+            b.stored_at.is_some_and(|s| {
+                let off = named(b) - s.unix_timestamp();
+                !(-86_400..=3_600).contains(&off)
+            })
+        };
+        let mut expected: Vec<(i64, BackupId)> =
+            backups.iter().map(|b| (id_t(b), b.id.clone())).collect();
         expected.sort_by(|a, b| b.cmp(a));
-        let got: Vec<(OffsetDateTime, BackupId)> =
-            decisions.iter().map(|d| (d.at, d.id.clone())).collect();
+        let got: Vec<(i64, BackupId)> = decisions
+            .iter()
+            .map(|d| (d.at.unix_timestamp(), d.id.clone()))
+            .collect();
         prop_assert_eq!(got, expected);
 
-        // Each backup's skew, computed once: (flagged, ahead).
-        let skews: BTreeMap<&BackupId, (bool, bool)> = backups
-            .iter()
-            .map(|b| {
-                let skew = backup_time(&b.id, b.stored_at).1;
-                (&b.id, (skew != Skew::None, matches!(skew, Skew::Ahead(_))))
-            })
-            .collect();
-        let ahead = |id: &BackupId| skews[id].1;
-        let finished: Vec<&BackupId> = decisions
-            .iter()
-            .filter(|d| d.status == BackupStatus::Finished)
-            .map(|d| &d.id)
-            .collect();
-        let slots = finished.iter().filter(|id| !ahead(id)).count();
-        let kept_finished = decisions
-            .iter()
-            .filter(|d| d.status == BackupStatus::Finished && matches!(d.verdict, Verdict::Keep(_)))
-            .count();
-        if let Some(newest) = finished.first() {
-            let d = decisions.iter().find(|d| &&d.id == newest).unwrap();
-            prop_assert!(matches!(d.verdict, Verdict::Keep(_)), "newest finished deleted: {:?}", d);
-        }
-        if let Some(n) = policy.keep_last() {
-            prop_assert!(kept_finished >= (n as usize).min(slots));
-        }
-        let statuses: BTreeMap<&BackupId, BackupStatus> =
-            backups.iter().map(|b| (&b.id, b.status)).collect();
-        let stored: BTreeMap<&BackupId, Option<OffsetDateTime>> =
-            backups.iter().map(|b| (&b.id, b.stored_at)).collect();
+        let finished: Vec<&Listed> =
+            backups.iter().filter(|b| b.status == BackupStatus::Finished).collect();
+        let newest_by = |key: &dyn Fn(&Listed) -> i64, n: usize| -> Vec<BackupId> {
+            let mut v: Vec<(i64, &BackupId)> = finished.iter().map(|b| (key(b), &b.id)).collect();
+            v.sort_by(|a, b| b.cmp(a));
+            v.into_iter().take(n).map(|(_, id)| id.clone()).collect()
+        };
+        let n = policy.keep_last().unwrap_or(0) as usize;
+        let (top_id, top_store) = (newest_by(&id_t, n), newest_by(&store_t, n));
+        let (first_id, first_store) = (newest_by(&id_t, 1), newest_by(&store_t, 1));
+        let young = |t: i64| {
+            policy
+                .keep_days()
+                .is_some_and(|d| ((now.unix_timestamp() - t) as f64) < d * 86_400.0)
+        };
+        let by_id: BTreeMap<&BackupId, &Listed> = backups.iter().map(|b| (&b.id, b)).collect();
+        let mut kept_finished = 0usize;
         for d in &decisions {
-            if let Some(s) = stored[&d.id] {
-                let off = (d.at - s).whole_seconds();
-                prop_assert!(
-                    (-ID_BEHIND_LIMIT_SECS..=ID_AHEAD_LIMIT_SECS).contains(&off),
-                    "ranked {} s from the store's time: {:?}", off, d
-                );
-                if d.warning.is_some() {
-                    prop_assert_eq!(d.at, s);
+            let b = by_id[&d.id];
+            let kept = matches!(d.verdict, Verdict::Keep(_));
+            prop_assert_eq!(d.status, b.status);
+            prop_assert_eq!(d.stored.unix_timestamp(), store_t(b));
+            prop_assert_eq!(d.warning.is_some(), flagged(b), "{:?}", d);
+            match b.status {
+                BackupStatus::Running | BackupStatus::Abandoned => {
+                    prop_assert!(kept, "deleted: {:?}", d);
+                }
+                BackupStatus::Finished => {
+                    if kept {
+                        kept_finished += 1;
+                    }
+                    if first_id.contains(&b.id) || first_store.contains(&b.id) {
+                        prop_assert!(kept, "the newest finished by one clock deleted: {:?}", d);
+                    }
+                    let should = top_id.contains(&b.id)
+                        || top_store.contains(&b.id)
+                        || young(id_t(b))
+                        || young(store_t(b))
+                        || first_id.contains(&b.id)
+                        || first_store.contains(&b.id);
+                    prop_assert_eq!(kept, should, "{:?}", d);
+                }
+                _ => {
+                    if policy.keep_days().is_some() {
+                        prop_assert_eq!(kept, young(id_t(b)) || young(store_t(b)), "{:?}", d);
+                    }
                 }
             }
-            prop_assert_eq!(d.status, statuses[&d.id]);
-            prop_assert_eq!(d.warning.is_some(), skews[&d.id].0);
-            if matches!(d.status, BackupStatus::Running | BackupStatus::Abandoned) {
-                prop_assert!(matches!(d.verdict, Verdict::Keep(_)), "deleted: {:?}", d);
-            }
-            if d.status == BackupStatus::Finished && ahead(&d.id) {
-                if let Verdict::Keep(why) = &d.verdict {
-                    prop_assert!(
-                        !why.contains("among the") && why != "the newest finished backup",
-                        "an id ahead of the store holds a keep-last slot: {:?}", d
-                    );
-                }
-            }
+        }
+        if let (Some(n), None) = (policy.keep_last(), policy.keep_days()) {
+            let n = n as usize;
+            prop_assert!(kept_finished >= n.min(finished.len()));
+            prop_assert!(kept_finished <= 2 * n, "{} kept under keep-last {}", kept_finished, n);
         }
     }
 }

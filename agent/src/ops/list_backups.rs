@@ -38,7 +38,7 @@ pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
 
 /// Lists the backups of the configured (or the named) cluster, newest first (by the time
-/// retention ranks them: [`retention::backup_time`]), one page at a time.
+/// retention ranks them on the id's clock: [`retention::id_time`]), one page at a time.
 ///
 /// One listing of the prefix (keys, sizes, LastModified) and one of the open uploads
 /// give every backup's status, rank and the counts; only the backups on the page asked
@@ -80,7 +80,7 @@ pub async fn run(state: &Arc<AgentState>, raw: Value) -> Result<ListBackupsResul
                     .max();
                 abandoned_reason(newest, abandoned_after)
             });
-            let (at, skew) = retention::backup_time(&id, found.stored_at());
+            let (at, skew) = retention::id_time(&id, found.stored_at());
             Listing {
                 id,
                 found,
@@ -135,7 +135,7 @@ struct Listing {
     found: Found,
     status: BackupStatus,
     abandoned: Option<String>,
-    /// What it ranks by ([`retention::backup_time`]).
+    /// What it is listed by ([`retention::id_time`]).
     at: time::OffsetDateTime,
     warning: Option<String>,
 }

@@ -8,7 +8,7 @@
 //! version's lock state is read with HeadObject; when one cannot be read the whole backup
 //! is skipped and the result says so); a backup this unit is restoring right now;
 //! anything outside `<path>/<cluster>/` or outside a valid backup directory. The
-//! selection itself, ranked by the store's times, is [`crate::retention`]; this module
+//! selection itself, ranked by the id's and the store's clocks, is [`crate::retention`]; this module
 //! does the I/O.
 //!
 //! Cost, for a history of N backups: one listing of the prefix (keys, sizes and
@@ -197,7 +197,9 @@ pub async fn prune(state: &Arc<AgentState>, p: PruneBackupsParams) -> Result<Pru
     // Data without a manifest is also what another unit's backup looks like in the moment
     // between completing its upload and writing its manifest: young ones are left alone.
     for d in &mut decisions {
-        let age_hours = (now - d.at).as_seconds_f64() / 3600.0;
+        // Its age by the younger of its two times: a unit whose clock runs behind may be
+        // finishing it right now.
+        let age_hours = (now - d.youngest_time()).as_seconds_f64() / 3600.0;
         if d.status == BackupStatus::Incomplete
             && matches!(d.verdict, Verdict::Delete(_))
             && age_hours < abandoned_after.max(1.0)

@@ -345,7 +345,8 @@ pub struct BackupEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypted: Option<bool>,
     /// When the store wrote the record that gives the backup its status (manifest,
-    /// `failure.json`, data object): what the listing and retention rank by.
+    /// `failure.json`, data object): the store's clock, which retention ranks and ages
+    /// every backup by as well as by its id's time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored_at: Option<String>,
     /// Set when the backup's id is far from the store's time (a unit's clock was wrong,
@@ -359,8 +360,8 @@ pub struct BackupEntry {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ListBackupsResult {
     pub cluster: String,
-    /// The page asked for, newest first (by the id's time where the store confirms it,
-    /// else by the store's time: see `warning`).
+    /// The page asked for, newest first by the id's time (by `stored-at` instead when the
+    /// id is more than an hour after it: see `warning`).
     pub backups: Vec<BackupEntry>,
     /// How many backups match (all pages together).
     #[serde(default)]
@@ -414,7 +415,7 @@ pub struct SparedBackup {
     pub status: BackupStatus,
     pub why: String,
     /// Set when the backup's id disagrees with the store's time of its record
-    /// (`retention::backup_time`).
+    /// (`retention::id_time`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
 }
