@@ -880,7 +880,7 @@ fn forge_copy(w: &World, from: &str, to: &str, at: i64) {
 }
 
 #[tokio::test]
-async fn an_id_dated_after_its_manifest_takes_no_keep_last_slot_and_is_flagged() {
+async fn an_id_dated_after_its_manifest_ranks_at_its_store_time_and_is_flagged() {
     let w = World::new(InMemory::new());
     let ids = three_backups(&w).await;
     // A unit whose clock said 2099 wrote a backup yesterday (by the store's clock).
@@ -932,19 +932,18 @@ fn id_at(at: time::OffsetDateTime, unit: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_new_backup_from_a_unit_whose_clock_runs_behind_is_kept_as_the_newest() {
+async fn a_new_backup_from_a_unit_whose_clock_runs_behind_is_kept_by_the_stores_time() {
     let w = World::new(InMemory::new());
     let real = w.backup().await["backup-id"].as_str().unwrap().to_owned();
     let now = time::OffsetDateTime::now_utc();
-    // An honest backup from ten days ago, and one written a minute ago by a unit whose
-    // clock is a year behind; the real backup it was copied from is removed.
+    // Honest backups from ten and twenty days ago, and one written a minute ago by a
+    // unit whose clock is a year behind; the real backup they were copied from is removed.
     let honest = id_at(now - time::Duration::days(10), "valkey/0");
-    forge_copy(
-        &w,
-        &real,
-        &honest,
-        (now - time::Duration::days(10)).unix_timestamp() + 60,
-    );
+    let older = id_at(now - time::Duration::days(20), "valkey/0");
+    for (id, days) in [(&honest, 10), (&older, 20)] {
+        let at = (now - time::Duration::days(days)).unix_timestamp() + 60;
+        forge_copy(&w, &real, id, at);
+    }
     let behind = id_at(now - time::Duration::days(365), "valkey/1");
     forge_copy(&w, &real, &behind, now.unix_timestamp() - 60);
     for object in ["data.rdb", "manifest.json"] {
@@ -954,6 +953,7 @@ async fn a_new_backup_from_a_unit_whose_clock_runs_behind_is_kept_as_the_newest(
             .unwrap();
     }
 
+    // Listed by the id's time, with a warning.
     let listed = w.ok(Op::ListBackups, json!({})).await;
     let order: Vec<&str> = listed["backups"]
         .as_array()
@@ -961,31 +961,118 @@ async fn a_new_backup_from_a_unit_whose_clock_runs_behind_is_kept_as_the_newest(
         .iter()
         .map(|b| b["backup-id"].as_str().unwrap())
         .collect();
-    assert_eq!(order, vec![behind.as_str(), honest.as_str()]);
-    let warning = listed["backups"][0]["warning"].as_str().unwrap();
+    assert_eq!(
+        order,
+        vec![honest.as_str(), older.as_str(), behind.as_str()]
+    );
+    let warning = listed["backups"][2]["warning"].as_str().unwrap();
     assert!(
-        warning.contains("behind the store")
-            && warning.contains("ranked and aged by the store's time"),
+        warning.contains("behind the store") && warning.contains("either time keeps it"),
         "{warning}"
     );
-    assert!(listed["backups"][1].get("warning").is_none());
+    assert!(listed["backups"][0].get("warning").is_none());
 
     // keep-days 7 keeps today's backup (by the store, a minute old) and deletes the
-    // ten-day-old one.
+    // ten- and twenty-day-old ones (the ten-day one is kept as the newest by id).
     let r = w.ok(Op::PruneBackups, json!({"keep-days": 7})).await;
-    assert_eq!(r["kept"][0]["backup-id"], behind.as_str(), "{r}");
-    assert_eq!(r["kept"][0]["why"], "younger than 7 days");
-    assert!(r["kept"][0]["warning"].as_str().unwrap().contains("behind"));
-    assert_eq!(r["deleted"][0]["backup-id"], honest.as_str(), "{r}");
-    // keep-last 1 keeps it too, as the newest finished backup.
+    let why = |r: &Value, list: &str| -> Vec<(String, String)> {
+        r[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["backup-id"].as_str().unwrap().to_owned(),
+                    k["why"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        why(&r, "kept"),
+        vec![
+            (
+                honest.clone(),
+                "the newest finished backup is always kept".to_owned()
+            ),
+            (
+                behind.clone(),
+                "younger than 7 days by the store's time".to_owned()
+            ),
+        ],
+        "{r}"
+    );
+    assert!(r["kept"][1]["warning"].as_str().unwrap().contains("behind"));
+    assert_eq!(
+        why(&r, "deleted"),
+        vec![(older.clone(), "older than 7 days".to_owned())]
+    );
+    // keep-last 1 keeps it too, as the newest by the store's time, beside the newest by
+    // id; only the twenty-day-old one goes.
     let r = w
         .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
         .await;
-    assert_eq!(r["kept"][0]["backup-id"], behind.as_str(), "{r}");
+    assert_eq!(
+        why(&r, "kept"),
+        vec![
+            (honest.clone(), "the newest finished backup".to_owned()),
+            (
+                behind.clone(),
+                "the newest finished backup by the store's time".to_owned()
+            ),
+        ],
+        "{r}"
+    );
+    assert_eq!(
+        why(&r, "deleted"),
+        vec![(older.clone(), "not the newest finished backup".to_owned())]
+    );
+    assert!(w
+        .objects()
+        .iter()
+        .all(|o| o.starts_with(&behind) || o.starts_with(&honest)));
+}
+
+#[tokio::test]
+async fn a_bucket_copied_in_reverse_order_keeps_the_newest_backup_by_id() {
+    // A bucket migrated an hour ago, newest backup first: every id is days behind its
+    // LastModified and the oldest backup was copied last.
+    let w = World::new(InMemory::new());
+    let real = w.backup().await["backup-id"].as_str().unwrap().to_owned();
+    let now = time::OffsetDateTime::now_utc();
+    let ids: Vec<String> = (2..=4)
+        .map(|d| id_at(now - time::Duration::days(d), "valkey/0"))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        forge_copy(&w, &real, id, now.unix_timestamp() - 3600 + 60 * i as i64);
+    }
+    for object in ["data.rdb", "manifest.json"] {
+        w.memory
+            .delete_version(&format!("{PREFIX}{real}/{object}"), None)
+            .await
+            .unwrap();
+    }
+    let r = w
+        .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
+        .await;
+    let kept: Vec<&str> = r["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["backup-id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, vec![ids[0].as_str(), ids[2].as_str()], "{r}");
     assert_eq!(r["kept"][0]["why"], "the newest finished backup");
-    assert_eq!(r["deleted"][0]["backup-id"], honest.as_str(), "{r}");
+    assert_eq!(
+        r["kept"][1]["why"],
+        "the newest finished backup by the store's time"
+    );
+    assert_eq!(r["deleted"][0]["backup-id"], ids[1].as_str(), "{r}");
     assert_eq!(r["deleted"].as_array().unwrap().len(), 1, "{r}");
-    assert!(w.objects().iter().all(|o| o.starts_with(&behind)));
+    assert!(w
+        .objects()
+        .iter()
+        .all(|o| o.starts_with(&ids[0]) || o.starts_with(&ids[2])));
 }
 
 #[tokio::test]
