@@ -31,8 +31,8 @@ MiB = 1024 * 1024
 
 # Backups "from 2020", made by copying a real backup's objects under older ids: real
 # objects in the real store, old enough for any policy without waiting days. The store
-# stamps the copies with today's time, and the agent ranks and ages a backup by the
-# store's time when its id is far from it, so the agent reaches the store through a proxy
+# stamps the copies with today's time, and the agent keeps a backup that is new by the
+# store's time as well as one new by its id's, so the agent reaches the store through a proxy
 # that gives these objects the times an honest unit would have written them at
 # (`_as_old_as_their_ids`).
 OLD_FREE = "20200101T000000Z-valkey-0-aaaaaa"
@@ -528,53 +528,63 @@ def test_prune_never_deletes_the_newest_restorable_backup(
     a.request("verify-backup", {"backup-id": OLD_FREE}).expect_ok()
 
 
-def test_a_new_backup_from_a_unit_whose_clock_runs_behind_is_kept_as_the_newest(
+def test_a_new_backup_from_a_unit_whose_clock_runs_behind_is_kept_by_the_stores_time(
     agent, valkey_server, moto, moto_bucket, aged
 ):
     # A real backup copied under an id a year back, with no backdating, is what a unit whose
-    # clock runs a year behind writes today: by the store's word it is new. Beside it, an
-    # honest backup ten days old. By their ids the new one is the oldest, and keep-last 1
-    # or keep-days 7 would delete today's backup and keep the stale one.
+    # clock runs a year behind writes today: by the store's word it is new. Beside it,
+    # honest backups ten and twenty days old. By their ids the new one is the oldest:
+    # retention keeps it by the store's time, beside the newest by id, and deletes the
+    # twenty-day-old one.
     s3 = moto.client()
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     honest = backup_id(now - dt.timedelta(days=10), "valkey/0")
+    older = backup_id(now - dt.timedelta(days=20), "valkey/0")
     behind = backup_id(now - dt.timedelta(days=365), "valkey/1")
-    proxy = aged(moto, honest)
+    proxy = aged(moto, honest, older)
     a, params = _backup_agent(
         agent, valkey_server, moto, moto_bucket, "behind.valkey", endpoint=proxy.endpoint
     )
     prefix = prefix_of(params)
     real = a.request("create-backup").expect_ok()["backup-id"]
-    _copy_backup(s3, moto_bucket, prefix, real, honest)
-    _copy_backup(s3, moto_bucket, prefix, real, behind)
+    for bid in (honest, older, behind):
+        _copy_backup(s3, moto_bucket, prefix, real, bid)
     for key in [k for k in bucket_state(s3, moto_bucket).keys if f"/{real}/" in k]:
         s3.delete_object(Bucket=moto_bucket, Key=key)
 
     listed = a.request("list-backups").expect_ok()["backups"]
     assert [(b["backup-id"], b["status"]) for b in listed] == [
-        (behind, "finished"),
         (honest, "finished"),
+        (older, "finished"),
+        (behind, "finished"),
     ]
-    warning = listed[0]["warning"]
-    assert "behind the store" in warning and "ranked and aged by the store's time" in warning
-    assert "warning" not in listed[1]
-    assert listed[1]["stored-at"] == (_id_time(honest) + dt.timedelta(minutes=5)).strftime(
+    warning = listed[2]["warning"]
+    assert "behind the store" in warning and "either time keeps it" in warning, warning
+    assert "warning" not in listed[0] and "warning" not in listed[1]
+    assert listed[0]["stored-at"] == (_id_time(honest) + dt.timedelta(minutes=5)).strftime(
         "%Y-%m-%dT%H:%M:%SZ"
     )
     cli = a.cli("list-backups")
     assert cli.returncode == 0 and "behind the store" in cli.stdout, cli.stdout
 
     dry = a.request("prune-backups", {"keep-days": 7}).expect_ok()
-    assert {k["backup-id"]: k["why"] for k in dry["kept"]} == {behind: "younger than 7 days"}
-    assert {d["backup-id"]: d["why"] for d in dry["deleted"]} == {honest: "older than 7 days"}
-    assert "behind the store" in dry["kept"][0]["warning"]
+    assert {k["backup-id"]: k["why"] for k in dry["kept"]} == {
+        honest: "the newest finished backup is always kept",
+        behind: "younger than 7 days by the store's time",
+    }
+    assert {d["backup-id"]: d["why"] for d in dry["deleted"]} == {older: "older than 7 days"}
+    assert "behind the store" in _by_id(dry["kept"])[behind]["warning"]
 
     done = a.request("prune-backups", {"keep-last": 1, "confirm": True}).expect_ok()
     assert {k["backup-id"]: k["why"] for k in done["kept"]} == {
-        behind: "the newest finished backup"
+        honest: "the newest finished backup",
+        behind: "the newest finished backup by the store's time",
     }
-    assert [d["backup-id"] for d in done["deleted"]] == [honest]
-    assert {k.split("/")[2] for k in bucket_state(s3, moto_bucket, prefix).keys} == {behind}
+    assert [d["backup-id"] for d in done["deleted"]] == [older]
+    assert {k.split("/")[2] for k in bucket_state(s3, moto_bucket, prefix).keys} == {
+        behind,
+        honest,
+    }
     # What is kept is what a restore gets: today's snapshot, intact.
     a.request("verify-backup", {"backup-id": behind}).expect_ok()
 
@@ -601,3 +611,26 @@ def test_an_upload_left_under_a_far_future_id_is_abandoned_and_aborted(
         assert (aborted["backup-id"], aborted["key"]) == (forged, key)
         assert aborted["initiated"] == opened.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert s3.list_multipart_uploads(Bucket=moto_bucket).get("Uploads", []) == []
+
+
+def test_a_live_upload_from_a_unit_two_hours_fast_is_not_aborted(
+    agent, valkey_server, moto, moto_bucket
+):
+    # A unit whose clock runs two hours fast is uploading right now; moto reports the
+    # upload's Initiated as a fixed date in 2010. The id's time is its floor: it is young.
+    s3 = moto.client()
+    a, params = _backup_agent(agent, valkey_server, moto, moto_bucket, "fast.valkey")
+    kept = a.request("create-backup").expect_ok()["backup-id"]
+    fast = backup_id(dt.datetime.now(dt.UTC) + dt.timedelta(hours=2), "valkey/1")
+    key = f"{prefix_of(params)}{fast}/data.rdb"
+    upload = s3.create_multipart_upload(Bucket=moto_bucket, Key=key)["UploadId"]
+    [initiated] = [u["Initiated"] for u in s3.list_multipart_uploads(Bucket=moto_bucket)["Uploads"]]
+    assert initiated.year < 2020, initiated  # the store's bogus date this test is about
+    statuses = {
+        b["backup-id"]: b["status"] for b in a.request("list-backups").expect_ok()["backups"]
+    }
+    assert statuses == {kept: "finished", fast: "running"}
+    done = a.request("prune-backups", {"keep-last": 1, "confirm": True}).expect_ok()
+    assert done["aborted-uploads"] == [] and done["deleted"] == []
+    uploads = s3.list_multipart_uploads(Bucket=moto_bucket).get("Uploads", [])
+    assert [(u["Key"], u["UploadId"]) for u in uploads] == [(key, upload)]
