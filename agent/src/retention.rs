@@ -148,7 +148,8 @@ pub struct Policy {
 
 impl Policy {
     /// `keep-last` keeps the N newest finished backups (N ≥ 1); `keep-days` keeps those
-    /// started less than D days ago (D ≥ 0). A backup is kept when either rule keeps it.
+    /// started less than D days ago (D ≥ 0), each on both clocks ([`select`]). A backup is
+    /// kept when either rule keeps it.
     pub fn new(keep_last: Option<u32>, keep_days: Option<f64>) -> Result<Policy, String> {
         if keep_last == Some(0) {
             return Err("keep-last must be at least 1".into());
