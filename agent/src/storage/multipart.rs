@@ -114,8 +114,11 @@ pub struct PartWriter {
     /// A CreateMultipartUpload was sent: uploads of the key may exist even when no id
     /// came back (a lost answer the client retried, a shutdown mid-request).
     create_sent: bool,
-    in_flight: JoinSet<Result<PartId, StoreError>>,
+    in_flight: JoinSet<Result<(PartId, Bytes), StoreError>>,
     completed: Vec<PartId>,
+    /// Parts whose upload finished, kept to be filled again once nobody else holds them
+    /// (see [`PartWriter::fresh_buffer`]).
+    spare: Vec<Bytes>,
     next_part: u32,
     bytes: u64,
     /// Pause between abort attempts (tests shorten it).
@@ -148,6 +151,7 @@ impl PartWriter {
             create_sent: false,
             in_flight: JoinSet::new(),
             completed: Vec::new(),
+            spare: Vec::new(),
             next_part: 1,
             bytes: 0,
             abort_backoff: Duration::from_millis(500),
@@ -202,9 +206,7 @@ impl PartWriter {
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
             if self.buf.len() == self.part_size {
-                let part =
-                    std::mem::replace(&mut self.buf, BytesMut::with_capacity(self.part_size));
-                self.push_part(part.freeze()).await?;
+                self.push_full_part().await?;
             }
         }
         Ok(())
@@ -223,10 +225,44 @@ impl PartWriter {
     pub async fn commit_part_buffer(&mut self) -> Result<(), StoreError> {
         debug_assert!(self.buf.len() <= self.part_size);
         if self.buf.len() >= self.part_size {
-            let part = std::mem::replace(&mut self.buf, BytesMut::with_capacity(self.part_size));
-            self.push_part(part.freeze()).await?;
+            self.push_full_part().await?;
         }
         Ok(())
+    }
+
+    /// Hands the full part buffer to an upload slot, then takes an empty one for the next
+    /// part (in that order: a part whose upload finished while this one waited for its
+    /// slot is the buffer reused, so no more than `concurrency + 1` buffers are alive).
+    async fn push_full_part(&mut self) -> Result<(), StoreError> {
+        let part = std::mem::take(&mut self.buf).freeze();
+        self.push_part(part).await?;
+        self.buf = self.fresh_buffer();
+        Ok(())
+    }
+
+    /// An empty buffer for the next part: a finished part's memory when no upload or hash
+    /// holds it any more, else a new one. Reusing it spares the kernel mapping and zeroing
+    /// `part_size` fresh bytes per part (about a tenth of the agent's CPU in a profile);
+    /// the number of part buffers alive is the same either way.
+    fn fresh_buffer(&mut self) -> BytesMut {
+        while let Some(part) = self.spare.pop() {
+            if let Ok(mut buf) = part.try_into_mut() {
+                if buf.capacity() >= self.part_size {
+                    buf.clear();
+                    return buf;
+                }
+            }
+            // Still shared (its hash or retry is not done) or too small: let it go.
+        }
+        BytesMut::with_capacity(self.part_size)
+    }
+
+    /// Records a finished part upload and keeps its buffer for reuse.
+    fn part_done(&mut self, (id, part): (PartId, Bytes)) {
+        self.completed.push(id);
+        if self.spare.len() <= self.concurrency {
+            self.spare.push(part);
+        }
     }
 
     async fn push_part(&mut self, part: Bytes) -> Result<(), StoreError> {
@@ -242,7 +278,8 @@ impl PartWriter {
         }
         // Collect uploads that already finished, so errors surface early.
         while let Some(done) = self.in_flight.try_join_next() {
-            self.completed.push(flatten(done)?);
+            let done = flatten(done)?;
+            self.part_done(done);
         }
         if let Some(hasher) = &self.hasher {
             hasher.feed(&part).await?;
@@ -254,14 +291,19 @@ impl PartWriter {
         let store = self.store.clone();
         let key = self.key.clone();
         let upload_id = self.upload_id.clone().expect("created above");
-        self.in_flight
-            .spawn(async move { store.put_part(&key, &upload_id, number, part).await });
+        self.in_flight.spawn(async move {
+            let id = store
+                .put_part(&key, &upload_id, number, part.clone())
+                .await?;
+            Ok((id, part))
+        });
         Ok(())
     }
 
     async fn join_one(&mut self) -> Result<(), StoreError> {
         if let Some(done) = self.in_flight.join_next().await {
-            self.completed.push(flatten(done)?);
+            let done = flatten(done)?;
+            self.part_done(done);
         }
         Ok(())
     }
@@ -376,8 +418,8 @@ impl PartWriter {
 }
 
 fn flatten(
-    joined: Result<Result<PartId, StoreError>, tokio::task::JoinError>,
-) -> Result<PartId, StoreError> {
+    joined: Result<Result<(PartId, Bytes), StoreError>, tokio::task::JoinError>,
+) -> Result<(PartId, Bytes), StoreError> {
     joined.map_err(|_| StoreError::TaskFailed {
         operation: "UploadPart",
     })?
