@@ -12,11 +12,15 @@ pub const MAX_PARTS: u64 = 10_000;
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 /// S3's largest part.
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
-/// The default part size: small enough to keep the agent near 40 MiB, large enough to
-/// cover a 78 GiB snapshot before the planner needs to grow it.
-pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
-/// Parts uploaded at once by default.
-pub const DEFAULT_CONCURRENCY: usize = 3;
+/// The default part size, S3's smallest: with [`DEFAULT_CONCURRENCY`] the part buffers
+/// take 15 MiB, which keeps the whole agent under 32 MiB during a backup (it runs beside
+/// the server it backs up, on the server's memory). It covers a 48 GiB snapshot (24 GiB
+/// of `used_memory`, doubled) before the planner grows it.
+pub const DEFAULT_PART_SIZE: u64 = MIN_PART_SIZE;
+/// Parts uploaded at once by default: on a store near the unit, two in flight keep the
+/// upload ahead of the snapshot; a distant store wants more (memory grows by one part
+/// size per upload).
+pub const DEFAULT_CONCURRENCY: usize = 2;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -63,9 +67,9 @@ mod tests {
 
     #[test]
     fn default_part_size_holds_for_small_datasets() {
-        let p = PartPlan::new(DEFAULT_PART_SIZE, 3, Some(4 << 30));
+        let p = PartPlan::new(DEFAULT_PART_SIZE, DEFAULT_CONCURRENCY, Some(4 << 30));
         assert_eq!(p.part_size, DEFAULT_PART_SIZE);
-        assert_eq!(p.memory_bound(), 32 * MIB);
+        assert_eq!(p.memory_bound(), 15 * MIB);
     }
 
     #[test]

@@ -155,11 +155,11 @@ class CharmConfig:
                 "digits, '.', '_' and '-' (at most 128)"
             )
 
-        concurrency = _int(config, "upload-concurrency", 3)
+        concurrency = _int(config, "upload-concurrency", 2)
         if not 1 <= concurrency <= 16:
             raise InvalidConfigError(f"upload-concurrency {concurrency} is not between 1 and 16")
 
-        part_size = _int(config, "part-size-mib", 8)
+        part_size = _int(config, "part-size-mib", 5)
         if not 5 <= part_size <= 5120:
             raise InvalidConfigError(f"part-size-mib {part_size} is not between 5 and 5120")
 

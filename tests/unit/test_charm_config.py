@@ -132,7 +132,7 @@ def test_a_changed_option_is_sent(ctx, agent):
     state = ctx.run(ctx.on.config_changed(), full_state())
     state = dataclasses.replace(state, config={**state.config, "upload-concurrency": 5})
     ctx.run(ctx.on.config_changed(), state)
-    assert [c["backup"]["upload-concurrency"] for c in configures(agent)] == [3, 5]
+    assert [c["backup"]["upload-concurrency"] for c in configures(agent)] == [2, 5]
 
 
 def test_tls_options_are_sent(ctx, agent, tmp_path):

@@ -23,8 +23,8 @@ DEFAULTS: dict[str, Any] = {
     "valkey-tls-insecure": False,
     "valkey-service": "",
     "cluster-name": "",
-    "upload-concurrency": 3,
-    "part-size-mib": 8,
+    "upload-concurrency": 2,
+    "part-size-mib": 5,
 }
 
 
@@ -41,7 +41,7 @@ def test_defaults_parse_to_loopback_without_tls():
     config = parse()
     assert (config.valkey_host, config.valkey_port) == ("127.0.0.1", 6379)
     assert config.tls.to_params() == {"enabled": False}
-    assert config.part_size_bytes == 8 * 1024 * 1024
+    assert config.part_size_bytes == 5 * 1024 * 1024
     assert config.valkey_password_secret == ""
 
 
@@ -49,7 +49,7 @@ def test_missing_keys_fall_back_to_defaults():
     config = CharmConfig.from_mapping({})
     assert config.valkey_port == 0  # automatic (valkey_target)
     assert config.valkey_host == ""
-    assert config.upload_concurrency == 3
+    assert config.upload_concurrency == 2
 
 
 @pytest.mark.parametrize(
