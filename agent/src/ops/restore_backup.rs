@@ -39,6 +39,7 @@ use crate::datadir::{DataDir, Ownership};
 use crate::error::OpError;
 use crate::fetch::{download_checked, finished_manifest, keys_for};
 use crate::layout::{Layout, ManifestV1};
+use crate::pipeline::file_sink::DurableFile;
 use crate::progress::{EventSink, ProgressReporter};
 use crate::protocol::{
     KeyCounts, ReplicaState, RestoreAborted, RestoreBackupParams, RestoreCommitted,
@@ -698,7 +699,9 @@ async fn download_to(
             e.kind()
         ))
     };
-    let mut out = tokio::fs::File::from_std(file.try_clone().map_err(io)?);
+    // Written, hashed and its write-back started on a thread of its own, so the fsync
+    // below waits for little more than the last window instead of the whole download.
+    let mut out = DurableFile::new(file).map_err(io)?;
     let checked = download_checked(
         store,
         manifest,
@@ -709,8 +712,7 @@ async fn download_to(
         cancel,
     )
     .await?;
-    out.sync_all().await.map_err(io)?;
-    drop(out);
+    out.sync().await?;
     let file = file.try_clone().map_err(io)?;
     tokio::task::spawn_blocking(move || owner.apply(&file))
         .await

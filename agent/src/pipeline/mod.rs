@@ -15,6 +15,7 @@
 
 pub mod decode;
 pub mod encode;
+pub mod file_sink;
 
 use std::future::Future;
 use std::time::Duration;
@@ -142,6 +143,12 @@ pub trait RdbSink: Send {
     fn hashes_input(&self) -> bool {
         false
     }
+    /// The SHA-256 of every byte given, once the last was (sinks that
+    /// [`RdbSink::hashes_input`] and are not a part writer, whose digest comes with its
+    /// upload).
+    async fn input_sha256(&mut self) -> Result<Option<String>, OpError> {
+        Ok(None)
+    }
     /// Where the next bytes may be read to in place, and how many fit (at least one):
     /// the bytes read are then taken with [`RdbSink::direct_commit`] instead of
     /// [`RdbSink::write`]. `None`: the sink only takes bytes through `write`.
@@ -189,6 +196,20 @@ impl RdbSink for tokio::fs::File {
         self.write_all(bytes)
             .await
             .map_err(|e| OpError::LocalIo(format!("writing the snapshot file: {}", e.kind())))
+    }
+}
+
+/// A restore's file: written, hashed and written back on a thread of its own.
+#[async_trait::async_trait]
+impl RdbSink for file_sink::DurableFile {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), OpError> {
+        file_sink::DurableFile::write(self, bytes).await
+    }
+    fn hashes_input(&self) -> bool {
+        true
+    }
+    async fn input_sha256(&mut self) -> Result<Option<String>, OpError> {
+        Ok(Some(self.sha256().await?))
     }
 }
 
@@ -435,15 +456,23 @@ pub fn ranged_body<'a>(
             .map(move |r| async move {
                 let want = r.end - r.start;
                 let got = store.get_range(key, r).await?;
-                if got.len() as u64 != want {
+                let len: u64 = got.iter().map(|b| b.len() as u64).sum();
+                if len != want {
                     return Err(StoreError::Answer {
                         operation: "GetObject",
-                        detail: format!("a range of {} bytes instead of {want}", got.len()),
+                        detail: format!("a range of {len} bytes instead of {want}"),
                     });
                 }
                 Ok(got)
             })
-            .buffered(in_flight.max(1)),
+            .buffered(in_flight.max(1))
+            .flat_map(|range| {
+                let pieces: Vec<Result<bytes::Bytes, StoreError>> = match range {
+                    Ok(pieces) => pieces.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures::stream::iter(pieces)
+            }),
     )
 }
 

@@ -371,9 +371,9 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<Bytes>, StoreError> {
         if range.is_empty() {
-            return Ok(Bytes::new());
+            return Ok(Vec::new());
         }
         let out = self
             .client
@@ -385,7 +385,9 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| self.classify("GetObject", key, e))?;
         let body = out.body.collect().await.map_err(|_| self.body_lost())?;
-        Ok(body.into_bytes())
+        // The pieces as received: copying them into one buffer would cost a copy of
+        // every byte and a fresh mapping per range.
+        Ok(body.into_segments().collect())
     }
 
     async fn head(&self, key: &str, version_id: Option<&str>) -> Result<ObjectMeta, StoreError> {
