@@ -7,8 +7,8 @@ best wall time counts, and its CPU and peak RSS are reported:
 
 backup side
 - `cli → /dev/null`: `valkey-cli --rdb -` into /dev/null, the limit (the anchor);
-- `agent native`, `agent cli`: a fresh release agent, `create-backup` (defaults: 8 MiB
-  parts, 3 uploads in flight, `s3.checksum: auto`); `agent native md5` forces
+- `agent native`, `agent cli`: a fresh release agent, `create-backup` (defaults: 5 MiB
+  parts, 2 uploads in flight, `s3.checksum: auto`); `agent native md5` forces
   `s3.checksum: md5` to show what the integrity header costs; `--baseline-bin` adds a
   row for another agent build (e.g. `main`, before a change);
 - `boto3 upload_fileobj`: the cli's stdout into boto3's `upload_fileobj`, 8 MiB parts
@@ -22,6 +22,9 @@ restore side
 Each tool's own CPU (user + system) and peak RSS come from the kernel's accounting of
 that process alone (`wait4` for the tools, `/proc` for the agent, whose figures include
 the cli it runs for the `cli` source); the cli feeding a peer is not counted for it.
+Beside them, the CPU the store (Garage) and the server (Valkey, its snapshot's fork
+included once reaped) spent during the row, per GiB: on two shared cores, the wall time
+is bound by everyone's CPU, not the tool's alone.
 Shares are the cli's wall time divided by the row's.
 
 Usage: bench/run.sh --anchors [--size-gib 1] [--runs 2] [--out bench/results.json]
@@ -257,9 +260,15 @@ def main() -> None:
     size = None
 
     def record(name: str, fn) -> dict:
+        store0, server0 = proc_cpu(bench.garage.proc.pid), proc_cpu(bench.server.proc.pid)
         r = fn()
+        r["store-cpu"] = proc_cpu(bench.garage.proc.pid) - store0
+        r["server-cpu"] = proc_cpu(bench.server.proc.pid) - server0
         rows.setdefault(name, []).append(r)
-        print(f"{name}: {r['wall']:.2f} s, CPU {r['cpu']:.2f} s, RSS {r['rss'] / MiB:.1f} MiB")
+        print(
+            f"{name}: {r['wall']:.2f} s, CPU {r['cpu']:.2f} s, RSS {r['rss'] / MiB:.1f} MiB; "
+            f"store CPU {r['store-cpu']:.2f} s, server CPU {r['server-cpu']:.2f} s"
+        )
         return r
 
     try:
@@ -303,17 +312,23 @@ def main() -> None:
                 "vs-aws-download": round(aws_down / b["wall"], 3) if restore else None,
                 "cpu-s-per-gib": round(b["cpu"] / (size / GiB), 2),
                 "peak-rss-mib": round(b["rss"] / MiB, 1),
+                "store-cpu-s-per-gib": round(b["store-cpu"] / (size / GiB), 2),
+                "server-cpu-s-per-gib": round(b["server-cpu"] / (size / GiB), 2),
                 "mib-per-s": round(size / MiB / b["wall"], 1),
                 **({"checksum": b["checksum"]} if "checksum" in b else {}),
             }
         )
     print()
-    print(f"{'tool':40} {'best s':>7} {'share':>6} {'CPU s/GiB':>9} {'RSS MiB':>8}")
+    print(
+        f"{'tool':40} {'best s':>7} {'share':>6} {'CPU s/GiB':>9} {'RSS MiB':>8} "
+        f"{'store CPU':>9} {'server CPU':>10}"
+    )
     for r in table:
         share = r["share-of-cli"] if r["share-of-cli"] is not None else r["vs-aws-download"]
         print(
             f"{r['tool']:40} {r['best-wall-s']:7.2f} {share:6.3f} "
-            f"{r['cpu-s-per-gib']:9.2f} {r['peak-rss-mib']:8.1f}"
+            f"{r['cpu-s-per-gib']:9.2f} {r['peak-rss-mib']:8.1f} "
+            f"{r['store-cpu-s-per-gib']:9.2f} {r['server-cpu-s-per-gib']:10.2f}"
         )
     aws_version = subprocess.run(["aws", "--version"], capture_output=True, text=True)
     rclone_version = subprocess.run(["rclone", "version"], capture_output=True, text=True)
