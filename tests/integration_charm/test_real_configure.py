@@ -58,8 +58,9 @@ def test_unchanged_config_is_not_resent_and_a_change_is(charm_unit):
     state = unit.run(unit.ctx.on.config_changed())
     assert config_inode(unit) != first
     assert stored_config(unit)["backup"]["upload-concurrency"] == 1
-    # part size x (concurrency + 1): 8 MiB x 2 instead of 8 MiB x 4
-    assert unit.agent_status()["memory-bound-bytes"] == bound // 2
+    # part size x (concurrency + 1): 5 MiB x 2 instead of the default 5 MiB x 3
+    assert bound == 3 * 5 * 1024 * 1024
+    assert unit.agent_status()["memory-bound-bytes"] == 2 * 5 * 1024 * 1024
     assert state.unit_status == testing.ActiveStatus("")
 
 

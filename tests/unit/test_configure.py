@@ -126,7 +126,7 @@ def test_full_request_shape():
             "tls": {"enabled": False},
         },
         "backup": {
-            "part-size-bytes": 8 * 1024 * 1024,
+            "part-size-bytes": 5 * 1024 * 1024,
             "upload-concurrency": 4,
             "compression": "none",
         },
