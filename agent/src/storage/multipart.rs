@@ -5,9 +5,10 @@
 //! keeps at most `concurrency` part uploads in flight. When every slot is busy,
 //! [`PartWriter::write`] waits: that backpressure is what bounds the agent's memory to
 //! `part_size × (concurrency + 1)` whatever the dataset size. With
-//! [`PartWriter::with_sha256`], a part also waits in the hashing thread's one-part queue;
-//! only when hashing falls behind uploading (SHA-NI hashes faster than the uploads here)
-//! does that keep up to two more parts alive.
+//! [`PartWriter::with_sha256`], a part also goes through the hashing thread's one-part
+//! queue, and the next part buffer is only taken once every earlier part is hashed, so
+//! the hash never keeps a part alive beyond that bound either (the 4 GiB benchmark
+//! showed one more part alive when it could); finished parts' buffers are filled again.
 //!
 //! The multipart upload is created lazily with the first full part, so a stream that
 //! fails early costs no request, and a stream that fits in one part is stored with a
@@ -45,6 +46,10 @@ pub struct Uploaded {
 struct PartHasher {
     parts: tokio::sync::mpsc::Sender<Bytes>,
     digest: tokio::sync::oneshot::Receiver<[u8; 32]>,
+    /// Parts hashed (and let go) so far.
+    hashed: tokio::sync::watch::Receiver<u64>,
+    /// Parts handed over so far.
+    fed: u64,
 }
 
 /// Parts waiting for the hashing thread, at most.
@@ -55,25 +60,48 @@ impl PartHasher {
         use sha2::Digest;
         let (parts, mut rx) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE);
         let (done, digest) = tokio::sync::oneshot::channel();
+        let (hashed_tx, hashed) = tokio::sync::watch::channel(0u64);
         std::thread::Builder::new()
             .name("part-sha256".into())
             .spawn(move || {
                 let mut sha = sha2::Sha256::new();
                 while let Some(part) = rx.blocking_recv() {
                     sha.update(&part);
+                    drop(part);
+                    hashed_tx.send_modify(|n| *n += 1);
                 }
                 let _ = done.send(sha.finalize().into());
             })
             .map_err(|_| StoreError::TaskFailed {
                 operation: "SHA-256",
             })?;
-        Ok(PartHasher { parts, digest })
+        Ok(PartHasher {
+            parts,
+            digest,
+            hashed,
+            fed: 0,
+        })
     }
 
-    async fn feed(&self, part: &Bytes) -> Result<(), StoreError> {
+    async fn feed(&mut self, part: &Bytes) -> Result<(), StoreError> {
+        self.fed += 1;
         self.parts
             .send(part.clone())
             .await
+            .map_err(|_| StoreError::TaskFailed {
+                operation: "SHA-256",
+            })
+    }
+
+    /// Waits until every part but the last one fed is hashed and let go, so that the
+    /// hash never keeps a part alive that its upload has finished with. SHA-NI hashes a
+    /// part in a few milliseconds, far sooner than a part uploads, so this rarely waits.
+    async fn caught_up(&mut self) -> Result<(), StoreError> {
+        let behind = self.fed.saturating_sub(1);
+        self.hashed
+            .wait_for(|&n| n >= behind)
+            .await
+            .map(|_| ())
             .map_err(|_| StoreError::TaskFailed {
                 operation: "SHA-256",
             })
@@ -236,6 +264,9 @@ impl PartWriter {
     async fn push_full_part(&mut self) -> Result<(), StoreError> {
         let part = std::mem::take(&mut self.buf).freeze();
         self.push_part(part).await?;
+        if let Some(hasher) = &mut self.hasher {
+            hasher.caught_up().await?;
+        }
         self.buf = self.fresh_buffer();
         Ok(())
     }
@@ -281,7 +312,7 @@ impl PartWriter {
             let done = flatten(done)?;
             self.part_done(done);
         }
-        if let Some(hasher) = &self.hasher {
+        if let Some(hasher) = &mut self.hasher {
             hasher.feed(&part).await?;
         }
         let number = self.next_part;
@@ -316,7 +347,7 @@ impl PartWriter {
             // The whole stream fit in one part: a single conditional write.
             let len = last.len() as u64;
             let sha256 = match self.hasher.take() {
-                Some(hasher) => {
+                Some(mut hasher) => {
                     hasher.feed(&last).await?;
                     Some(hasher.finish().await?)
                 }
