@@ -283,7 +283,10 @@ pub async fn download_checked<S: RdbSink + ?Sized>(
         .map_err(|e| OpError::integrity(Check::Rdb, e.to_string()))?;
     if sink.hashes_input() {
         // The sink hashed what it was given (on its own thread): exactly the RDB's bytes.
-        checked.sha256 = sink.input_sha256().await?.unwrap_or_default();
+        checked.sha256 = tokio::select! {
+            _ = cancel.cancelled() => return Err(OpError::Cancelled),
+            r = sink.input_sha256() => r?.unwrap_or_default(),
+        };
     }
     if checked.eof_mark_stripped {
         return Err(OpError::integrity(

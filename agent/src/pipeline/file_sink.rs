@@ -13,6 +13,8 @@
 //! promise: the early write-back is advice, its errors left to the fsync to report.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -41,6 +43,15 @@ pub struct DurableFile {
     done: Option<tokio::sync::oneshot::Receiver<std::io::Result<Written>>>,
     file: std::fs::File,
     written: Option<Written>,
+    /// Set when the sink is dropped: the thread writes nothing more (a restore that gave
+    /// up must not keep writing into the file it removes).
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for DurableFile {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl DurableFile {
@@ -49,6 +60,8 @@ impl DurableFile {
         let (chunks, mut rx) = tokio::sync::mpsc::channel::<Bytes>(QUEUE_CHUNKS);
         let (tx, done) = tokio::sync::oneshot::channel();
         let mut out = file.try_clone()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
         std::thread::Builder::new()
             .name("file-writer".into())
             .spawn(move || {
@@ -56,6 +69,9 @@ impl DurableFile {
                 let (mut bytes, mut requested) = (0u64, 0u64);
                 let result = (|| {
                     while let Some(chunk) = rx.blocking_recv() {
+                        if stopped.load(Ordering::Relaxed) {
+                            break;
+                        }
                         sha.update(&chunk);
                         out.write_all(&chunk)?;
                         bytes += chunk.len() as u64;
@@ -77,6 +93,7 @@ impl DurableFile {
             done: Some(done),
             file: file.try_clone()?,
             written: None,
+            stop,
         })
     }
 
@@ -109,7 +126,7 @@ impl DurableFile {
     /// Makes every byte written durable (fsync), after the write-back already started.
     pub async fn sync(mut self) -> Result<(), OpError> {
         self.drain().await?;
-        let file = self.file;
+        let file = self.file.try_clone().map_err(write_error)?;
         tokio::task::spawn_blocking(move || file.sync_all())
             .await
             .map_err(|e| OpError::Internal(format!("fsync task: {e}")))?
