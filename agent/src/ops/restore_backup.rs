@@ -1078,8 +1078,17 @@ async fn finish(
 async fn overridden(cli: &ValkeyAdmin, watched: Option<&(Sentinels, Group)>) -> Option<String> {
     if let Ok(info) = cli.info().await {
         if info.role.as_deref() != Some("master") {
+            // Name the primary it follows (and the master's name, when watched), so the
+            // operator knows where the data now comes from.
+            let of = match (&info.master_host, info.master_port) {
+                (Some(host), Some(port)) => format!(" of {host}:{port}"),
+                _ => String::new(),
+            };
+            let name = watched
+                .map(|(_, group)| format!(" master {}", group.master_name))
+                .unwrap_or_default();
             return Some(format!(
-                "the server is a {} now (Sentinel failed over while it was stopped)",
+                "the server is a {}{of} now (Sentinel failed over{name} while it was stopped)",
                 crate::valkey_check::role_name(&info).unwrap_or_else(|| "replica".into())
             ));
         }
