@@ -910,12 +910,7 @@ async fn an_id_dated_after_its_manifest_ranks_at_its_store_time_and_is_flagged()
         .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
         .await;
     assert_eq!(r["kept"][0]["backup-id"], ids[2].as_str(), "{r}");
-    let deleted: Vec<&str> = r["deleted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["backup-id"].as_str().unwrap())
-        .collect();
+    let deleted: Vec<&str> = backup_ids(&r["deleted"]);
     assert_eq!(deleted, vec![&ids[1], &ids[0], forged]);
     assert!(r["deleted"][2]["warning"]
         .as_str()
@@ -1055,12 +1050,7 @@ async fn a_bucket_copied_in_reverse_order_keeps_the_newest_backup_by_id() {
     let r = w
         .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
         .await;
-    let kept: Vec<&str> = r["kept"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["backup-id"].as_str().unwrap())
-        .collect();
+    let kept: Vec<&str> = backup_ids(&r["kept"]);
     assert_eq!(kept, vec![ids[0].as_str(), ids[2].as_str()], "{r}");
     assert_eq!(r["kept"][0]["why"], "the newest finished backup");
     assert_eq!(
@@ -1170,12 +1160,7 @@ async fn a_confirmed_prune_does_not_hold_the_unit_lock_and_never_deletes_a_backu
     let r = w
         .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
         .await;
-    let deleted: Vec<&str> = r["deleted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["backup-id"].as_str().unwrap())
-        .collect();
+    let deleted: Vec<&str> = backup_ids(&r["deleted"]);
     assert_eq!(deleted, vec![&ids[1]], "{r}");
     assert_eq!(r["skipped"][0]["backup-id"], ids[0].as_str());
     assert!(r["skipped"][0]["why"]
@@ -1235,12 +1220,7 @@ async fn prune_aborts_abandoned_uploads_and_never_counts_a_damaged_backup_as_new
     let r = w
         .ok(Op::PruneBackups, json!({"keep-last": 1, "confirm": true}))
         .await;
-    let kept: Vec<&str> = r["kept"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["backup-id"].as_str().unwrap())
-        .collect();
+    let kept: Vec<&str> = backup_ids(&r["kept"]);
     assert!(kept.contains(&ids[1].as_str()), "{r}");
     assert_eq!(r["aborted-uploads"][0]["backup-id"], gone);
     assert!(w.memory.open_uploads().is_empty());
@@ -1705,4 +1685,13 @@ mod encoded {
         assert_eq!(ok.recipients().unwrap(), vec![k.id.to_public()]);
         assert!(!format!("{ok:?}").contains(&k.secret[16..]));
     }
+}
+
+/// The `backup-id`s of a result's list (`kept`, `deleted`, `backups`, ...), in order.
+fn backup_ids(list: &serde_json::Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["backup-id"].as_str().unwrap())
+        .collect()
 }
