@@ -6,7 +6,6 @@
 //! is replaced atomically (temp file, fsync, rename, fsync of the directory) with mode
 //! 0600 because it holds the S3 secret key and the Valkey password.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -629,18 +628,12 @@ impl AgentConfig {
         Ok(Some(config))
     }
 
-    /// Replaces the stored configuration atomically, readable by the owner only.
+    /// Replaces the stored configuration atomically, readable by the owner only
+    /// ([`crate::statefile::replace_blocking`]).
     pub fn store(&self, state_dir: &Path) -> Result<(), ConfigError> {
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".config-")
-            .permissions(std::fs::Permissions::from_mode(0o600))
-            .tempfile_in(state_dir)?;
-        serde_json::to_writer_pretty(&mut tmp, self).map_err(std::io::Error::other)?;
-        tmp.write_all(b"\n")?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(state_dir.join(CONFIG_FILE))
-            .map_err(|e| e.error)?;
-        std::fs::File::open(state_dir)?.sync_all()?;
+        let mut body = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        body.push(b'\n');
+        crate::statefile::replace_blocking(&state_dir.join(CONFIG_FILE), &body)?;
         Ok(())
     }
 }

@@ -17,8 +17,6 @@
 //! Canonical's charm sets them up).
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -569,23 +567,14 @@ pub struct SuppressionRecord {
 }
 
 impl SuppressionRecord {
-    /// Writes the record atomically (temp file, fsync, rename, fsync of the directory).
+    /// Writes the record atomically ([`crate::statefile::replace_blocking`]: temp file,
+    /// fsync, rename, fsync of the directory).
     pub fn store(&self, state_dir: &Path) -> Result<(), SentinelError> {
-        let io = |e: std::io::Error| SentinelError::Record(e.kind().to_string());
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".sentinel-")
-            .permissions(std::fs::Permissions::from_mode(0o600))
-            .tempfile_in(state_dir)
-            .map_err(io)?;
-        serde_json::to_writer_pretty(&mut tmp, self)
-            .map_err(|e| SentinelError::Record(e.to_string()))?;
-        tmp.write_all(b"\n").map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(state_dir.join(RECORD_FILE))
-            .map_err(|e| io(e.error))?;
-        std::fs::File::open(state_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)
+        let mut body =
+            serde_json::to_vec_pretty(self).map_err(|e| SentinelError::Record(e.to_string()))?;
+        body.push(b'\n');
+        crate::statefile::replace_blocking(&state_dir.join(RECORD_FILE), &body)
+            .map_err(|e| SentinelError::Record(e.kind().to_string()))
     }
 
     /// [`SuppressionRecord::store`] off the async workers.
@@ -704,6 +693,7 @@ mod tests {
 
     #[test]
     fn the_record_round_trips_owner_only_and_removal_is_idempotent() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(SuppressionRecord::load(dir.path()).unwrap(), None);
         let record = SuppressionRecord {

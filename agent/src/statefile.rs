@@ -5,8 +5,14 @@
 //! connections finishing at once. Writing a temp file and renaming it over the real one
 //! makes a reader see the old or the new content, never a mix; but a temp file *name*
 //! shared by two writers breaks that (one truncates what the other is writing; one rename
-//! finds the name already gone). So every write gets its own temp name.
+//! finds the name already gone). So every write gets its own temp name. The temp file
+//! is flushed before the rename and the directory after it, so a crash leaves the old
+//! content or the new, never an empty file; the Sentinel suppression record (which a
+//! restart must find) goes through the same path.
 
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,19 +28,43 @@ pub fn temp_path(file: &Path) -> PathBuf {
     file.with_file_name(name)
 }
 
-/// Writes `body` to a temp file of its own beside `file`, then renames it over `file`;
-/// on failure the temp file is removed and the error returned (`file` is untouched).
-pub async fn replace(file: &Path, body: &[u8]) -> std::io::Result<()> {
-    let tmp = temp_path(file);
-    let write = async {
-        tokio::fs::write(&tmp, body).await?;
-        tokio::fs::rename(&tmp, file).await
+/// Writes `body` to a new temp file of its own beside `file` (mode 0600, never through a
+/// link), flushes it to disk, renames it over `file` and flushes the directory: after a
+/// crash `file` holds the old content or the new, whole. On failure the temp file is
+/// removed and the error returned (`file` is untouched unless only the directory's
+/// flush failed). Blocking: async callers use [`replace`].
+pub fn replace_blocking(file: &Path, body: &[u8]) -> std::io::Result<()> {
+    replace_via(&temp_path(file), file, body)
+}
+
+/// [`replace_blocking`] through the temp file `tmp`.
+fn replace_via(tmp: &Path, file: &Path, body: &[u8]) -> std::io::Result<()> {
+    let write = || {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        std::fs::rename(tmp, file)?;
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
     };
-    let result = write.await;
+    let result = write();
     if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
+        let _ = std::fs::remove_file(tmp);
     }
     result
+}
+
+/// [`replace_blocking`] off the async workers.
+pub async fn replace(file: &Path, body: &[u8]) -> std::io::Result<()> {
+    let (file, body) = (file.to_owned(), body.to_vec());
+    tokio::task::spawn_blocking(move || replace_blocking(&file, &body))
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 #[cfg(test)]
@@ -60,6 +90,29 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("metrics.json")]);
+    }
+
+    #[test]
+    fn a_replaced_file_is_owner_only_and_a_planted_link_at_the_temp_name_is_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        std::fs::write(&file, b"old").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        replace_blocking(&file, b"new").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"new");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // A link where the next temp file will be: the write fails and touches neither
+        // the link's target nor the file.
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"target").unwrap();
+        let tmp = temp_path(&file);
+        std::os::unix::fs::symlink(&target, &tmp).unwrap();
+        assert!(replace_via(&tmp, &file, b"newer").is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"target");
+        assert_eq!(std::fs::read(&file).unwrap(), b"new");
     }
 
     #[test]
