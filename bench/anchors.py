@@ -27,6 +27,12 @@ included once reaped) spent during the row, per GiB: on two shared cores, the wa
 is bound by everyone's CPU, not the tool's alone.
 Shares are the cli's wall time divided by the row's.
 
+Between rows the bench settles: it waits until the server has reaped its snapshot's
+child (so that child's CPU counts for the row that caused it, not the next one) and
+flushes the page cache's dirty pages (so no row pays for an earlier row's write-back:
+with gigabytes of RAM, the kernel writes a row's data to disk half a minute later, in
+the middle of another row).
+
 Usage: bench/run.sh --anchors [--size-gib 1] [--runs 2] [--out bench/results.json]
 """
 
@@ -232,6 +238,15 @@ class Bench:
         out.unlink()
         return r
 
+    def settle(self) -> None:
+        """Waits for the server's snapshot child to be reaped, then flushes dirty pages."""
+        deadline = time.monotonic() + 120
+        while b"rdb_bgsave_in_progress:0" not in self.server.run_cli("INFO", "persistence").stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server's snapshot child is still running after 120 s")
+            time.sleep(0.05)
+        os.sync()
+
     def stop(self) -> None:
         self.server.stop()
         self.garage.stop()
@@ -260,8 +275,10 @@ def main() -> None:
     size = None
 
     def record(name: str, fn) -> dict:
+        bench.settle()
         store0, server0 = proc_cpu(bench.garage.proc.pid), proc_cpu(bench.server.proc.pid)
         r = fn()
+        bench.settle()
         r["store-cpu"] = proc_cpu(bench.garage.proc.pid) - store0
         r["server-cpu"] = proc_cpu(bench.server.proc.pid) - server0
         rows.setdefault(name, []).append(r)
