@@ -164,23 +164,24 @@ fn start_writeback(file: &std::fs::File, from: u64, len: u64) {
 
 impl DurableFile {
     /// Hands the gathered bytes to the writer thread (waiting while its queue is full).
+    /// Cancel-safe: the batch leaves `self` only once the queue has room for it.
     async fn send_batch(&mut self) -> Result<(), OpError> {
-        let batch = std::mem::replace(&mut self.batch, BytesMut::with_capacity(BATCH)).freeze();
         let Some(chunks) = &self.chunks else {
             return Err(OpError::Internal("write after the file was drained".into()));
         };
-        if chunks.send(batch).await.is_err() {
-            // The thread stopped: its write failed; say how.
-            self.chunks = None;
-            let Some(done) = self.done.take() else {
-                return Err(OpError::Internal("the file writer thread ended".into()));
-            };
-            return Err(match done.await {
-                Ok(Err(e)) => write_error(e),
-                _ => OpError::Internal("the file writer thread ended".into()),
-            });
+        if let Ok(room) = chunks.reserve().await {
+            room.send(std::mem::replace(&mut self.batch, BytesMut::with_capacity(BATCH)).freeze());
+            return Ok(());
         }
-        Ok(())
+        // The thread stopped: its write failed; say how.
+        self.chunks = None;
+        let Some(done) = self.done.take() else {
+            return Err(OpError::Internal("the file writer thread ended".into()));
+        };
+        Err(match done.await {
+            Ok(Err(e)) => write_error(e),
+            _ => OpError::Internal("the file writer thread ended".into()),
+        })
     }
 }
 

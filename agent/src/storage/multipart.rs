@@ -17,7 +17,9 @@
 //! and a completion whose answer was lost counts only when the object then exists with
 //! exactly the uploaded size.
 //! On failure [`PartWriter::abort`] stops the uploads in flight and aborts the multipart
-//! upload, so no partial object remains.
+//! upload, so no partial object remains. A cancelled `write` or `commit_part_buffer`
+//! counts as a failure: the part it was handing on is gone, so the only thing left to do
+//! with the writer is [`PartWriter::abort`] (which every caller does).
 
 use std::sync::Arc;
 use std::time::Duration;
