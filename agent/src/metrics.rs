@@ -80,6 +80,10 @@ pub struct Snapshot {
 pub struct Metrics {
     snapshot: Mutex<Snapshot>,
     file: Option<PathBuf>,
+    /// Held from a save's snapshot to its rename, so that saves land in the order they
+    /// took their snapshots (two at once could otherwise leave the older one on disk,
+    /// and counters would go back after a restart).
+    saving: tokio::sync::Mutex<()>,
 }
 
 impl Metrics {
@@ -97,6 +101,7 @@ impl Metrics {
         Metrics {
             snapshot: Mutex::new(snapshot),
             file: Some(file),
+            saving: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -154,6 +159,7 @@ impl Metrics {
         let Some(file) = self.file.clone() else {
             return;
         };
+        let _saving = self.saving.lock().await;
         let body = match serde_json::to_vec(&self.snapshot()) {
             Ok(b) => b,
             Err(_) => return,

@@ -39,13 +39,13 @@ pub fn replace_blocking(file: &Path, body: &[u8]) -> std::io::Result<()> {
 
 /// [`replace_blocking`] through the temp file `tmp`.
 fn replace_via(tmp: &Path, file: &Path, body: &[u8]) -> std::io::Result<()> {
-    let write = || {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(tmp)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(tmp)?;
+    let mut write = || {
         f.write_all(body)?;
         f.sync_all()?;
         std::fs::rename(tmp, file)?;
@@ -54,6 +54,7 @@ fn replace_via(tmp: &Path, file: &Path, body: &[u8]) -> std::io::Result<()> {
     };
     let result = write();
     if result.is_err() {
+        // Ours (created above); a name that was taken is left to whoever took it.
         let _ = std::fs::remove_file(tmp);
     }
     result
@@ -113,6 +114,8 @@ mod tests {
         assert!(replace_via(&tmp, &file, b"newer").is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"target");
         assert_eq!(std::fs::read(&file).unwrap(), b"new");
+        // The name was not ours: the link stays.
+        assert!(tmp.symlink_metadata().unwrap().file_type().is_symlink());
     }
 
     #[test]

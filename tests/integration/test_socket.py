@@ -454,8 +454,8 @@ def test_configuration_survives_a_restart(agent, valkey_server, moto, moto_bucke
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert stat.S_IMODE(a.state_dir.stat().st_mode) == 0o700
     assert json.loads(config.read_text())["cluster"] == "persist.valkey"
-    # No temp files left next to it.
-    assert sorted(p.name for p in a.state_dir.iterdir() if p.name.startswith(".")) == []
+    # No temp files left next to it (statefile.rs names them <file>.<pid>-<n>.tmp).
+    assert [p.name for p in a.state_dir.iterdir() if p.name.endswith(".tmp")] == []
 
     old_pid = a.pid
     a.restart()

@@ -19,7 +19,8 @@
 //! On failure [`PartWriter::abort`] stops the uploads in flight and aborts the multipart
 //! upload, so no partial object remains. A cancelled `write` or `commit_part_buffer`
 //! counts as a failure: the part it was handing on is gone, so the only thing left to do
-//! with the writer is [`PartWriter::abort`] (which every caller does).
+//! with the writer is [`PartWriter::abort`] (create-backup's clean-up does; were the whole
+//! operation dropped instead, the open upload would be left to prune).
 
 use std::sync::Arc;
 use std::time::Duration;
