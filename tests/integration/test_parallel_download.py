@@ -7,14 +7,14 @@ from harness import configure_params, load_dataset
 from harness.s3proxy import S3Proxy
 
 MiB = 1024 * 1024
-RANGE = 2 * MiB  # agent/src/pipeline/mod.rs RANGE_BYTES
+RANGE = 4 * MiB  # agent/src/pipeline/mod.rs RANGE_BYTES
 
 
 def test_a_large_backup_is_verified_from_ranged_gets_and_a_flipped_byte_is_caught(
     valkey_server, agent, moto, moto_bucket
 ):
     server = valkey_server("valkey8")
-    load_dataset(server, size_mb=10, dbs=(0,), seed=31)  # five or six 2 MiB ranges
+    load_dataset(server, size_mb=10, dbs=(0,), seed=31)  # three 4 MiB ranges
     with S3Proxy(moto.endpoint) as proxy:
         a = agent()
         params = configure_params(

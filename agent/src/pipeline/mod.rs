@@ -426,11 +426,11 @@ pub fn store_reader<'a>(
     tokio_util::io::StreamReader::new(body.map(|r| r.map_err(std::io::Error::other)))
 }
 
-/// How large the ranges of a parallel download are. With [`RANGES_IN_FLIGHT`], 4 MiB in
-/// flight keep a restore's peak RSS under 32 MiB (4 × 4 MiB measured 42–47 MiB) at the
-/// speed of a plain download (`bench/run.sh --anchors`); larger ranges and more of them
-/// bought no steady gain against Garage on two cores.
-pub const RANGE_BYTES: u64 = 2 * 1024 * 1024;
+/// How large the ranges of a parallel download are. Two of 4 MiB in flight measured as
+/// fast as four (`bench/run.sh --anchors`, against Garage on two cores) with a restore's
+/// peak RSS about 33 MiB instead of 42–48; two of 2 MiB (28 MiB) were slower than a plain
+/// download: per-request costs dominate small ranges.
+pub const RANGE_BYTES: u64 = 4 * 1024 * 1024;
 /// How many ranges are downloaded at once.
 pub const RANGES_IN_FLIGHT: usize = 2;
 
