@@ -100,10 +100,17 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
     };
     let listener = bind(&opts.socket, if operators { 0o666 } else { 0o600 }).await?;
     // Before serving: what an agent killed mid-verify left (a scratch server, a dump copy).
+    // And the temp files of state writes it was killed in the middle of.
     let state_dir = opts.state_dir.clone();
-    let _ =
-        tokio::task::spawn_blocking(move || ops::verify_backup::clean_leftover_scratch(&state_dir))
-            .await;
+    let _ = tokio::task::spawn_blocking(move || {
+        ops::verify_backup::clean_leftover_scratch(&state_dir);
+        match crate::statefile::clean_leftovers(&state_dir) {
+            Ok(0) => {}
+            Ok(n) => info!(removed = n, "removed temp files an earlier agent left"),
+            Err(e) => warn!(error = %e, "could not clean up temp files an earlier agent left"),
+        }
+    })
+    .await;
     let allowed = Arc::new(Peers {
         own_uid: nix::unistd::geteuid().as_raw(),
         operators: opts.allowed_uids.clone(),

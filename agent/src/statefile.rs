@@ -60,6 +60,46 @@ fn replace_via(tmp: &Path, file: &Path, body: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// At startup: removes the temp files that writes of an earlier agent left (killed
+/// between creating and renaming one): names `<file>.<pid>-<n>.tmp` directly in `dir`
+/// whose `<pid>` is neither this process nor any running one (a second agent started by
+/// mistake may be writing). Unlinks by name in the agent's own 0700 directory; a link is
+/// removed, never followed. Returns how many it removed. Blocking.
+pub fn clean_leftovers(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Some(pid) = entry.file_name().to_str().and_then(leftover_pid) else {
+            continue;
+        };
+        if pid == std::process::id() || process_runs(pid) {
+            continue;
+        }
+        std::fs::remove_file(entry.path())?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// The `<pid>` of a name [`temp_path`] makes, else `None`.
+fn leftover_pid(name: &str) -> Option<u32> {
+    let (_, tail) = name.strip_suffix(".tmp")?.rsplit_once('.')?;
+    let (pid, n) = tail.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Whether a process `pid` exists (a signal-0 probe; no permission still means it runs).
+fn process_runs(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
 /// [`replace_blocking`] off the async workers.
 pub async fn replace(file: &Path, body: &[u8]) -> std::io::Result<()> {
     let (file, body) = (file.to_owned(), body.to_vec());
@@ -116,6 +156,45 @@ mod tests {
         assert_eq!(std::fs::read(&file).unwrap(), b"new");
         // The name was not ours: the link stays.
         assert!(tmp.symlink_metadata().unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn leftovers_of_dead_writers_go_and_everything_else_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid that ran and ended (reaped): no process has it now, barring reuse.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let ours = std::process::id();
+        let keep = [
+            format!("metrics.json.{ours}-3.tmp"),
+            "metrics.json".to_owned(),
+            "notes.tmp".to_owned(),
+            format!("config.json.{dead}-x.tmp"),
+            format!("config.json.{dead}-1"),
+        ];
+        for name in &keep {
+            std::fs::write(dir.path().join(name), b"keep").unwrap();
+        }
+        let gone = format!("config.json.{dead}-7.tmp");
+        std::fs::write(dir.path().join(&gone), b"left").unwrap();
+        // A link under a leftover name is removed itself; its target stays.
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"target").unwrap();
+        let link = format!("schedule.json.{dead}-0.tmp");
+        std::os::unix::fs::symlink(&target, dir.path().join(&link)).unwrap();
+
+        assert_eq!(clean_leftovers(dir.path()).unwrap(), 2);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = keep.to_vec();
+        want.push("target".into());
+        want.sort();
+        assert_eq!(names, want);
+        assert_eq!(std::fs::read(&target).unwrap(), b"target");
     }
 
     #[test]

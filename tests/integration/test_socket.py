@@ -457,10 +457,22 @@ def test_configuration_survives_a_restart(agent, valkey_server, moto, moto_bucke
     # No temp files left next to it (statefile.rs names them <file>.<pid>-<n>.tmp).
     assert [p.name for p in a.state_dir.iterdir() if p.name.endswith(".tmp")] == []
 
+    # A write an agent was killed in the middle of leaves a temp file under a pid that is
+    # gone; the restarted agent removes it before it answers, and nothing else.
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    leftover = a.state_dir / f"metrics.json.{ended.pid}-0.tmp"
+    leftover.write_bytes(b"{")
+    other = a.state_dir / "notes.tmp"
+    other.write_bytes(b"not ours")
+
     old_pid = a.pid
     a.restart()
     assert a.pid != old_pid
     status = assert_serving(a)
+    assert not leftover.exists()
+    assert other.read_bytes() == b"not ours"
+    other.unlink()
     assert status["configured"] is True and status["s3-configured"] is True
     assert status["cluster"] == "persist.valkey"
     assert status["bucket"] == moto_bucket
