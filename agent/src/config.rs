@@ -633,7 +633,11 @@ impl AgentConfig {
     pub fn store(&self, state_dir: &Path) -> Result<(), ConfigError> {
         let mut body = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         body.push(b'\n');
-        crate::statefile::replace_blocking(&state_dir.join(CONFIG_FILE), &body)?;
+        crate::statefile::replace_blocking(
+            &state_dir.join(CONFIG_FILE),
+            &body,
+            crate::statefile::Flush::Durable,
+        )?;
         Ok(())
     }
 }

@@ -165,7 +165,8 @@ impl Metrics {
             Err(_) => return,
         };
         // A temp name of its own: saves from concurrent tasks must not share one.
-        if let Err(e) = crate::statefile::replace(&file, &body).await {
+        if let Err(e) = crate::statefile::replace(&file, &body, crate::statefile::Flush::Lazy).await
+        {
             warn!(error = %e, "could not store metrics.json");
         }
     }

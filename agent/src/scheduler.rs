@@ -622,7 +622,7 @@ async fn save(state_dir: &Path, job: Job, persisted: &Persisted) {
     };
     let file = state_dir.join(job.state_file());
     // A temp name of its own: saves from concurrent tasks must not share one.
-    if let Err(e) = crate::statefile::replace(&file, &body).await {
+    if let Err(e) = crate::statefile::replace(&file, &body, crate::statefile::Flush::Lazy).await {
         warn!(error = %e, file = job.state_file(), "could not store the scheduler state");
     }
 }

@@ -573,8 +573,12 @@ impl SuppressionRecord {
         let mut body =
             serde_json::to_vec_pretty(self).map_err(|e| SentinelError::Record(e.to_string()))?;
         body.push(b'\n');
-        crate::statefile::replace_blocking(&state_dir.join(RECORD_FILE), &body)
-            .map_err(|e| SentinelError::Record(e.kind().to_string()))
+        crate::statefile::replace_blocking(
+            &state_dir.join(RECORD_FILE),
+            &body,
+            crate::statefile::Flush::Durable,
+        )
+        .map_err(|e| SentinelError::Record(e.kind().to_string()))
     }
 
     /// [`SuppressionRecord::store`] off the async workers.

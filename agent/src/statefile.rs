@@ -5,10 +5,10 @@
 //! connections finishing at once. Writing a temp file and renaming it over the real one
 //! makes a reader see the old or the new content, never a mix; but a temp file *name*
 //! shared by two writers breaks that (one truncates what the other is writing; one rename
-//! finds the name already gone). So every write gets its own temp name. The temp file
-//! is flushed before the rename and the directory after it, so a crash leaves the old
-//! content or the new, never an empty file; the Sentinel suppression record (which a
-//! restart must find) goes through the same path.
+//! finds the name already gone). So every write gets its own temp name. The
+//! configuration and the Sentinel suppression record (which a restart must find) are
+//! also flushed to disk ([`Flush::Durable`]); metrics and the scheduler's state are not
+//! ([`Flush::Lazy`]: a flush under a busy disk can outlast a schedule's slot).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -28,29 +28,48 @@ pub fn temp_path(file: &Path) -> PathBuf {
     file.with_file_name(name)
 }
 
+/// Whether a replacement waits until it is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// The temp file is flushed before the rename and the directory after it: after a
+    /// crash the file holds the old content or the new, whole (the configuration, the
+    /// Sentinel suppression record a restart must find).
+    Durable,
+    /// No flush: a crash may lose the last replacement (numbers the next event rewrites:
+    /// metrics, the scheduler's state). A flush can take seconds while the disk is busy,
+    /// which the scheduler cannot afford between slots.
+    Lazy,
+}
+
 /// Writes `body` to a new temp file of its own beside `file` (mode 0600, never through a
-/// link), flushes it to disk, renames it over `file` and flushes the directory: after a
-/// crash `file` holds the old content or the new, whole. On failure the temp file is
-/// removed and the error returned (`file` is untouched unless only the directory's
-/// flush failed). Blocking: async callers use [`replace`].
-pub fn replace_blocking(file: &Path, body: &[u8]) -> std::io::Result<()> {
-    replace_via(&temp_path(file), file, body)
+/// link) and renames it over `file`, flushed as `flush` says. A reader sees the old
+/// content or the new, never a mix. On failure the temp file is removed and the error
+/// returned (`file` is untouched unless only the directory's flush failed). Blocking:
+/// async callers use [`replace`].
+pub fn replace_blocking(file: &Path, body: &[u8], flush: Flush) -> std::io::Result<()> {
+    replace_via(&temp_path(file), file, body, flush)
 }
 
 /// [`replace_blocking`] through the temp file `tmp`.
-fn replace_via(tmp: &Path, file: &Path, body: &[u8]) -> std::io::Result<()> {
+fn replace_via(tmp: &Path, file: &Path, body: &[u8], flush: Flush) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(tmp)?;
+    let durable = flush == Flush::Durable;
     let mut write = || {
         f.write_all(body)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         std::fs::rename(tmp, file)?;
-        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
-        File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
+        if durable {
+            let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+            File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
+        }
+        Ok(())
     };
     let result = write();
     if result.is_err() {
@@ -60,30 +79,42 @@ fn replace_via(tmp: &Path, file: &Path, body: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// At startup: removes the temp files that writes of an earlier agent left (killed
-/// between creating and renaming one): names `<file>.<pid>-<n>.tmp` directly in `dir`
-/// whose `<pid>` is neither this process nor any running one (a second agent started by
-/// mistake may be writing). Unlinks by name in the agent's own 0700 directory; a link is
-/// removed, never followed. Returns how many it removed. Blocking.
+/// At startup, before this process writes any state: removes the temp files that writes
+/// of an earlier agent left (killed between creating and renaming one): names
+/// `<name>.json.<pid>-<n>.tmp` directly in `dir` (every state file is JSON) whose
+/// `<pid>` runs no process (a second agent started by mistake may be writing), or is this
+/// process's own (a pid reused after a reboot: this process has written nothing yet).
+/// Pids are this pid namespace's: a state directory shared across namespaces is not
+/// supported. Unlinks by name in the agent's own 0700 directory; a link is removed, never
+/// followed; a directory is left. An entry that cannot be removed is skipped. Returns how
+/// many it removed. Blocking.
 pub fn clean_leftovers(dir: &Path) -> std::io::Result<usize> {
     let mut removed = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
+    for entry in std::fs::read_dir(dir)?.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(leftover_pid) else {
             continue;
         };
-        if pid == std::process::id() || process_runs(pid) {
+        if (pid != std::process::id() && process_runs(pid))
+            || entry.file_type().map_or(true, |t| t.is_dir())
+        {
             continue;
         }
-        std::fs::remove_file(entry.path())?;
-        removed += 1;
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(file = %entry.path().display(), error = %e, "could not remove a leftover temp file")
+            }
+        }
     }
     Ok(removed)
 }
 
-/// The `<pid>` of a name [`temp_path`] makes, else `None`.
+/// The `<pid>` of a name [`temp_path`] makes for a JSON state file, else `None`.
 fn leftover_pid(name: &str) -> Option<u32> {
-    let (_, tail) = name.strip_suffix(".tmp")?.rsplit_once('.')?;
+    let (base, tail) = name.strip_suffix(".tmp")?.rsplit_once('.')?;
+    if !base.ends_with(".json") {
+        return None;
+    }
     let (pid, n) = tail.split_once('-')?;
     n.parse::<u64>().ok()?;
     pid.parse().ok()
@@ -101,9 +132,9 @@ fn process_runs(pid: u32) -> bool {
 }
 
 /// [`replace_blocking`] off the async workers.
-pub async fn replace(file: &Path, body: &[u8]) -> std::io::Result<()> {
+pub async fn replace(file: &Path, body: &[u8], flush: Flush) -> std::io::Result<()> {
     let (file, body) = (file.to_owned(), body.to_vec());
-    tokio::task::spawn_blocking(move || replace_blocking(&file, &body))
+    tokio::task::spawn_blocking(move || replace_blocking(&file, &body, flush))
         .await
         .map_err(std::io::Error::other)?
 }
@@ -120,7 +151,7 @@ mod tests {
         let bodies: Vec<Vec<u8>> = (0..32u8)
             .map(|i| vec![b'a' + (i % 26); 1 + 4096 * i as usize])
             .collect();
-        let writes = bodies.iter().map(|b| replace(&file, b));
+        let writes = bodies.iter().map(|b| replace(&file, b, Flush::Lazy));
         for r in futures::future::join_all(writes).await {
             r.unwrap();
         }
@@ -140,7 +171,7 @@ mod tests {
         let file = dir.path().join("config.json");
         std::fs::write(&file, b"old").unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        replace_blocking(&file, b"new").unwrap();
+        replace_blocking(&file, b"new", Flush::Durable).unwrap();
         assert_eq!(std::fs::read(&file).unwrap(), b"new");
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -151,7 +182,7 @@ mod tests {
         std::fs::write(&target, b"target").unwrap();
         let tmp = temp_path(&file);
         std::os::unix::fs::symlink(&target, &tmp).unwrap();
-        assert!(replace_via(&tmp, &file, b"newer").is_err());
+        assert!(replace_via(&tmp, &file, b"newer", Flush::Durable).is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"target");
         assert_eq!(std::fs::read(&file).unwrap(), b"new");
         // The name was not ours: the link stays.
@@ -167,24 +198,32 @@ mod tests {
         child.wait().unwrap();
         let ours = std::process::id();
         let keep = [
-            format!("metrics.json.{ours}-3.tmp"),
             "metrics.json".to_owned(),
             "notes.tmp".to_owned(),
             format!("config.json.{dead}-x.tmp"),
             format!("config.json.{dead}-1"),
+            format!("notes.txt.{dead}-1.tmp"),
         ];
         for name in &keep {
             std::fs::write(dir.path().join(name), b"keep").unwrap();
         }
-        let gone = format!("config.json.{dead}-7.tmp");
-        std::fs::write(dir.path().join(&gone), b"left").unwrap();
+        // Under a dead pid, and under this process's own (a pid reused after a reboot).
+        for gone in [
+            format!("config.json.{dead}-7.tmp"),
+            format!("metrics.json.{ours}-3.tmp"),
+        ] {
+            std::fs::write(dir.path().join(gone), b"left").unwrap();
+        }
+        // A directory under a leftover name is not a file this module made: it stays.
+        let odd_dir = format!("schedule.json.{dead}-9.tmp");
+        std::fs::create_dir(dir.path().join(&odd_dir)).unwrap();
         // A link under a leftover name is removed itself; its target stays.
         let target = dir.path().join("target");
         std::fs::write(&target, b"target").unwrap();
         let link = format!("schedule.json.{dead}-0.tmp");
         std::os::unix::fs::symlink(&target, dir.path().join(&link)).unwrap();
 
-        assert_eq!(clean_leftovers(dir.path()).unwrap(), 2);
+        assert_eq!(clean_leftovers(dir.path()).unwrap(), 3);
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -192,6 +231,7 @@ mod tests {
         names.sort();
         let mut want: Vec<String> = keep.to_vec();
         want.push("target".into());
+        want.push(odd_dir);
         want.sort();
         assert_eq!(names, want);
         assert_eq!(std::fs::read(&target).unwrap(), b"target");

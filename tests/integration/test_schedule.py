@@ -134,7 +134,10 @@ def test_each_slot_is_backed_up_once_on_the_replica_then_on_the_primary_with_ret
     assert len(replica_slots) >= 5
     assert all(c["unit"] == "valkey/0" for s, c in claims.items() if s > max(replica_slots))
     # While the replica lived, it took every slot (the primary only stands in).
-    assert all(c["unit"] == "valkey/1" for s, c in claims.items() if s <= max(replica_slots))
+    by_slot = sorted((s, c["unit"]) for s, c in claims.items())
+    assert all(c["unit"] == "valkey/1" for s, c in claims.items() if s <= max(replica_slots)), (
+        by_slot
+    )
     # A data object is created by one PutObject (small) or one CreateMultipartUpload.
     creates = [
         r

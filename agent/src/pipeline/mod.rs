@@ -428,7 +428,7 @@ pub fn store_reader<'a>(
 
 /// How large the ranges of a parallel download are. Two of 4 MiB in flight measured as
 /// fast as four (`bench/run.sh --anchors`, against Garage on two cores) with a restore's
-/// peak RSS about 33 MiB instead of 42–48; two of 2 MiB (28 MiB) were slower than a plain
+/// peak RSS of 31–40 MiB instead of 42–48; two of 2 MiB (28 MiB) were slower than a plain
 /// download: per-request costs dominate small ranges.
 pub const RANGE_BYTES: u64 = 4 * 1024 * 1024;
 /// How many ranges are downloaded at once.
