@@ -238,6 +238,14 @@ mod tests {
     }
 
     #[test]
+    fn the_sweep_reads_back_the_pid_of_the_names_temp_path_makes() {
+        // temp_path writes the name, leftover_pid parses it: one format, both ways.
+        let tmp = temp_path(Path::new("/state/verify-schedule.json"));
+        let name = tmp.file_name().unwrap().to_str().unwrap();
+        assert_eq!(leftover_pid(name), Some(std::process::id()));
+    }
+
+    #[test]
     fn temp_names_differ_per_write() {
         let f = Path::new("/state/schedule.json");
         let (a, b) = (temp_path(f), temp_path(f));
