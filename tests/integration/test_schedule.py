@@ -65,8 +65,11 @@ def test_each_slot_is_backed_up_once_on_the_replica_then_on_the_primary_with_ret
     prefix = prefix_of(p_params)
     s3 = moto.client()
     on_primary, on_replica = agent(), agent()
-    on_primary.request("configure", p_params).expect_ok()
+    # The replica first: a unit schedules the slots after its configure, so a slot that
+    # began between the two configures would otherwise be the primary's alone, and the
+    # primary would rightly take it while the replica lives.
     on_replica.request("configure", r_params).expect_ok()
+    on_primary.request("configure", p_params).expect_ok()
 
     status = on_replica.request("status").expect_ok()["schedule"]
     assert status["cron"] == "*/4 * * * * *" and status["from"] == "replica"
