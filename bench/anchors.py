@@ -15,13 +15,21 @@ backup side
   (what the Valkey charm does);
 - `aws s3 cp -` (awscli, whichever is on PATH) and `rclone rcat`, fed by the cli;
 restore side
+- `disk`: `dd` writes as many zero bytes as the RDB has beside the server's dump and
+  fsyncs them, the limit of a restore (which must be on disk before it may replace the
+  dump);
 - `agent restore download`: `restore-backup` step `prepare` (download, check, fsync into
   a temporary file beside the dump) and then `abort`;
-- `aws s3 cp s3://… -` into a file.
+- `aws s3 cp s3://… -` into a file beside the dump (awscli does not fsync); and the same
+  run's wall time with the fsync after it added, which is the agent's work.
+
+Shares on the restore side: awscli's best wall time (without the fsync) divided by the
+row's, and the disk row's divided by the row's.
 
 Each tool's own CPU (user + system) and peak RSS come from the kernel's accounting of
-that process alone (`wait4` for the tools, `/proc` for the agent, whose figures include
-the cli it runs for the `cli` source); the cli feeding a peer is not counted for it.
+that process alone (`wait4` and GNU time for the tools, `/proc` for the agent, whose
+figures include the cli it runs for the `cli` source); the cli feeding a peer is not
+counted for it.
 Beside them, the CPU the store (Garage) and the server (Valkey, its snapshot's fork
 included once reaped) spent during the row, per GiB: on two shared cores, the wall time
 is bound by everyone's CPU, not the tool's alone.
@@ -58,6 +66,10 @@ GiB = 1024**3
 MiB = 1024**2
 TICKS = os.sysconf("SC_CLK_TCK")
 PART = 8 * MiB
+GNU_TIME = "/usr/bin/time"
+DISK = "disk: write + fsync (restore's limit)"
+AWS_DOWN = "aws s3 cp s3://… - > file"
+AWS_DURABLE = "aws s3 cp s3://… - > file, then fsync"
 
 
 def proc_cpu(pid: int) -> float:
@@ -73,16 +85,24 @@ def proc_hwm(pid: int) -> int:
 
 
 def run_measured(argv: list[str], *, env: dict, stdin=None, stdout=None) -> dict:
-    """Runs `argv` to its end; its own wall, CPU and peak RSS (wait4's rusage)."""
-    t0 = time.monotonic()
-    p = subprocess.Popen(argv, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.monotonic() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-    if p.returncode != 0:
-        raise RuntimeError(f"{argv[0]} failed ({p.returncode}): {err[-2000:]}")
-    return {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss": ru.ru_maxrss * 1024}
+    """Runs `argv` to its end; its own wall, CPU (wait4's rusage) and peak RSS.
+
+    The peak RSS comes from GNU time, which forks the tool from its own small process:
+    wait4's `ru_maxrss` of a child this Python process starts counts this process's
+    resident pages too (the kernel keeps the largest RSS the child had, and before its
+    exec the child was a copy of this process), which put 58 MiB under `valkey-cli`."""
+    with tempfile.NamedTemporaryFile("r", prefix="rss-") as rss:
+        wrapped = [GNU_TIME, "-f", "%M", "-o", rss.name, *argv]
+        t0 = time.monotonic()
+        p = subprocess.Popen(wrapped, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.monotonic() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+        if p.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed ({p.returncode}): {err[-2000:]}")
+        peak_kib = int(rss.read().split()[-1])
+    return {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss": peak_kib * 1024}
 
 
 def piped(server: ValkeyServer, consumer: list[str], env: dict) -> dict:
@@ -227,15 +247,27 @@ class Bench:
         return {"wall": wall, "cpu": cpu, "rss": rss}
 
     def aws_down(self, backup: dict) -> dict:
+        """awscli's download into a file beside the server's dump; `fsync` is the time the
+        fsync after it took (awscli does none; a restore needs one)."""
         source = f"s3://{self.bucket}/{backup['data-key']}"
-        out = self.work / "aws-download.rdb"
+        out = self.server.dir / "aws-download.rdb"
         with open(out, "wb") as f:
             r = run_measured(
                 ["aws", "--endpoint-url", self.garage.endpoint, "s3", "cp", source, "-"],
                 env=self.env,
                 stdout=f,
             )
+            t0 = time.monotonic()
             os.fsync(f.fileno())
+            r["fsync"] = time.monotonic() - t0
+        out.unlink()
+        return r
+
+    def disk(self, size: int) -> dict:
+        """`size` bytes written beside the server's dump and fsynced: the restore's limit."""
+        out = self.server.dir / "disk-anchor"
+        argv = ["dd", "if=/dev/zero", f"of={out}", "bs=8M", f"count={size}"]
+        r = run_measured([*argv, "iflag=count_bytes", "conv=fsync", "status=none"], env=self.env)
         out.unlink()
         return r
 
@@ -272,9 +304,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     args = ap.parse_args()
     agent_bin = Path(args.agent_bin)
-    for tool in ("aws", "rclone"):
+    for tool in ("aws", "rclone", GNU_TIME):
         if not shutil.which(tool):
-            sys.exit(f"{tool} is not on PATH (apt-get install rclone; pip install awscli)")
+            sys.exit(f"{tool} is missing (apt-get install rclone time; pip install awscli)")
     work = Path(tempfile.mkdtemp(prefix="valkey-backup-anchors-"))
     bench = Bench(args, work)
     rows: dict[str, list[dict]] = {}
@@ -313,18 +345,23 @@ def main() -> None:
             record("boto3 upload_fileobj, 8 MiB parts", bench.boto3)
             record("aws s3 cp -", bench.aws_up)
             record("rclone rcat", bench.rclone)
+            record(DISK, lambda n=size: bench.disk(n))
             record("agent restore download", lambda b=native: bench.agent_restore(b, agent_bin))
-            record("aws s3 cp s3://… - > file", lambda b=native: bench.aws_down(b))
+            aws = record(AWS_DOWN, lambda b=native: bench.aws_down(b))
+            # The same download with the fsync a restore needs before it may replace a dump.
+            rows.setdefault(AWS_DURABLE, []).append({**aws, "wall": aws["wall"] + aws["fsync"]})
     finally:
         bench.stop()
         shutil.rmtree(work, ignore_errors=True)
     assert size is not None
     anchor = best(rows["cli → /dev/null (anchor)"])["wall"]
-    aws_down = best(rows["aws s3 cp s3://… - > file"])["wall"]
+    aws_down = best(rows[AWS_DOWN])["wall"]
+    aws_durable = best(rows[AWS_DURABLE])["wall"]
+    disk = best(rows[DISK])["wall"]
     table = []
     for name, runs in rows.items():
         b = best(runs)
-        restore = "restore" in name or "s3://" in name
+        restore = name in (DISK, AWS_DOWN, AWS_DURABLE) or "restore" in name
         table.append(
             {
                 "tool": name,
@@ -333,6 +370,8 @@ def main() -> None:
                 "walls-s": [round(r["wall"], 2) for r in runs],
                 "share-of-cli": None if restore else round(anchor / b["wall"], 3),
                 "vs-aws-download": round(aws_down / b["wall"], 3) if restore else None,
+                "vs-aws-download-fsync": round(aws_durable / b["wall"], 3) if restore else None,
+                "share-of-disk": round(disk / b["wall"], 3) if restore else None,
                 "cpu-s-per-gib": round(b["cpu"] / (size / GiB), 2),
                 "peak-rss-mib": round(b["rss"] / MiB, 1),
                 "store-cpu-s-per-gib": round(b["store-cpu"] / (size / GiB), 2),
@@ -343,13 +382,14 @@ def main() -> None:
         )
     print()
     print(
-        f"{'tool':40} {'best s':>7} {'share':>6} {'CPU s/GiB':>9} {'RSS MiB':>8} "
+        f"{'tool':40} {'best s':>7} {'share':>6} {'of disk':>7} {'CPU s/GiB':>9} {'RSS MiB':>8} "
         f"{'store CPU':>9} {'server CPU':>10}"
     )
     for r in table:
         share = r["share-of-cli"] if r["share-of-cli"] is not None else r["vs-aws-download"]
+        of_disk = f"{r['share-of-disk']:7.3f}" if r["share-of-disk"] is not None else " " * 7
         print(
-            f"{r['tool']:40} {r['best-wall-s']:7.2f} {share:6.3f} "
+            f"{r['tool']:40} {r['best-wall-s']:7.2f} {share:6.3f} {of_disk} "
             f"{r['cpu-s-per-gib']:9.2f} {r['peak-rss-mib']:8.1f} "
             f"{r['store-cpu-s-per-gib']:9.2f} {r['server-cpu-s-per-gib']:10.2f}"
         )
