@@ -7,12 +7,14 @@
 //! an error, because errors are built from the server's reply *to* `AUTH`, which never
 //! repeats them.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::coalesce::Coalescer;
 use crate::config::ValkeySettings;
 use crate::resp::{self, Reply, RespError};
 use crate::valkey::{ServerInfo, ValkeyError};
@@ -38,6 +40,10 @@ pub struct Connection {
     io: Box<dyn ByteStream>,
     buf: Vec<u8>,
     addr: String,
+    /// The TCP socket under `io` (a duplicate descriptor), for socket options.
+    socket: Option<OwnedFd>,
+    /// Set by [`Connection::coalesce_reads`].
+    coalesce: Option<Coalescer>,
 }
 
 impl Connection {
@@ -47,6 +53,23 @@ impl Connection {
             io,
             buf: Vec::new(),
             addr: addr.into(),
+            socket: None,
+            coalesce: None,
+        }
+    }
+
+    /// Keeps a duplicate of the TCP socket's descriptor under the stream (plain or TLS).
+    fn with_socket(mut self, socket: Option<OwnedFd>) -> Self {
+        self.socket = socket;
+        self
+    }
+
+    /// From now on, reads wait for a quarter MiB rather than waking for every piece
+    /// (see [`crate::coalesce`]); for a bulk stream such as a snapshot. Over a Unix
+    /// socket, or where the socket refuses the option, reads stay as they were.
+    pub fn coalesce_reads(&mut self) {
+        if self.coalesce.is_none() {
+            self.coalesce = self.socket.take().and_then(Coalescer::new);
         }
     }
 
@@ -180,7 +203,11 @@ impl Connection {
             self.buf.drain(..n);
             return std::task::Poll::Ready(Ok(()));
         }
-        std::pin::Pin::new(&mut *self.io).poll_read(cx, out)
+        let r = std::pin::Pin::new(&mut *self.io).poll_read(cx, out);
+        if let Some(c) = &mut self.coalesce {
+            c.after_read(cx, r.is_pending());
+        }
+        r
     }
 
     /// Reads into `out`, first from the buffer, then from the stream.
@@ -339,8 +366,9 @@ impl NativeClient {
             .map_err(|_| unreachable("connecting timed out".into()))?
             .map_err(|e| unreachable(io_detail(&e)))?;
         let _ = tcp.set_nodelay(true);
+        let socket = tcp.as_fd().try_clone_to_owned().ok();
         let Some(tls) = s.tls.as_ref().filter(|t| t.enabled) else {
-            return Ok(Connection::new(Box::new(tcp), addr));
+            return Ok(Connection::new(Box::new(tcp), addr).with_socket(socket));
         };
         let (tls, host) = (tls.clone(), s.host.clone());
         let client = tokio::task::spawn_blocking(move || valkey_tls::client(&tls, &host))
@@ -361,7 +389,7 @@ impl NativeClient {
                         safe_line(&e.to_string())
                     ))
                 })?;
-        Ok(Connection::new(Box::new(stream), addr))
+        Ok(Connection::new(Box::new(stream), addr).with_socket(socket))
     }
 
     /// Opens a connection and logs in.

@@ -44,6 +44,7 @@
 pub mod access;
 pub mod backup_id;
 pub mod cli;
+pub mod coalesce;
 pub mod codec;
 pub mod config;
 pub mod connection;

@@ -214,6 +214,8 @@ impl ReplicationStream {
                     header_timeout.as_secs()
                 ),
             })??;
+        // From here on the connection carries the snapshot alone: bulk reads.
+        conn.coalesce_reads();
         Ok(ReplicationStream::new(conn, framing))
     }
 
