@@ -139,6 +139,32 @@ mod tests {
         got
     }
 
+    /// The socket's `SO_RCVLOWAT` as the kernel holds it.
+    fn low_water_of(stream: &tokio::net::TcpStream) -> libc::c_int {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the descriptor is open; `value` and `len` outlive the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_fd().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        value
+    }
+
+    #[tokio::test]
+    async fn the_mark_is_raised_on_the_socket_itself() {
+        let (reader, _writer) = pair().await;
+        assert_eq!(low_water_of(&reader), 1);
+        let _c = Coalescer::new(reader.as_fd().try_clone_to_owned().unwrap()).unwrap();
+        assert_eq!(low_water_of(&reader), LOW_WATER as libc::c_int);
+    }
+
     #[tokio::test]
     async fn a_tail_below_the_mark_arrives_while_the_peer_keeps_the_connection_open() {
         let (mut reader, mut writer) = pair().await;
