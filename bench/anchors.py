@@ -19,7 +19,8 @@ restore side
   fsyncs them, the limit of a restore (which must be on disk before it may replace the
   dump);
 - `agent restore download`: `restore-backup` step `prepare` (download, check, fsync into
-  a temporary file beside the dump) and then `abort`;
+  a temporary file beside the dump) and then `abort` (and again with `--baseline-bin`'s
+  build);
 - `aws s3 cp s3://… -` into a file beside the dump (awscli does not fsync); and the same
   run's wall time with the fsync after it added, which is the agent's work.
 
@@ -347,6 +348,11 @@ def main() -> None:
             record("rclone rcat", bench.rclone)
             record(DISK, lambda n=size: bench.disk(n))
             record("agent restore download", lambda b=native: bench.agent_restore(b, agent_bin))
+            if args.baseline_bin:
+                record(
+                    f"agent restore download ({args.baseline_name})",
+                    lambda b=native: bench.agent_restore(b, Path(args.baseline_bin)),
+                )
             aws = record(AWS_DOWN, lambda b=native: bench.aws_down(b))
             # The same download with the fsync a restore needs before it may replace a dump.
             rows.setdefault(AWS_DURABLE, []).append({**aws, "wall": aws["wall"] + aws["fsync"]})

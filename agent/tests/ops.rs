@@ -656,6 +656,24 @@ async fn verify_reports_a_store_that_cannot_be_read_without_writing_a_verdict() 
     assert!(!w.objects().iter().any(|o| o.contains("/verify/")));
 }
 
+#[tokio::test]
+async fn a_large_backup_is_verified_in_ranges_and_a_failed_range_fails_the_verify() {
+    let w = World::new(InMemory::new());
+    w.source(rdb(13 * MIB), End::Clean);
+    let id = w.backup().await["backup-id"].as_str().unwrap().to_owned();
+    // 13 MiB and a few bytes: four ranges of 4 MiB.
+    let r = w.ok(Op::VerifyBackup, json!({"backup-id": id})).await;
+    assert_eq!(r["ok"], true);
+    assert_eq!(w.store.calls(Operation::GetRange), 4);
+    // The second range cannot be read: the verify fails with the store's code and
+    // writes no verdict.
+    let records = w.objects().len();
+    w.store.fail_nth(Operation::GetRange, 6, unreachable());
+    let (c, _) = code(w.call(Op::VerifyBackup, json!({"backup-id": id})).await);
+    assert_eq!(c, ErrorCode::S3Unreachable);
+    assert_eq!(w.objects().len(), records, "{:?}", w.objects());
+}
+
 // ---- restore-backup (the store side; the rest needs a server) ------------------------
 
 #[tokio::test]

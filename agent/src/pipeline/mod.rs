@@ -16,6 +16,9 @@
 pub mod decode;
 pub mod encode;
 pub mod file_sink;
+pub mod ranged;
+
+pub use ranged::{ranged_body, RANGES_IN_FLIGHT, RANGE_BYTES};
 
 use std::future::Future;
 use std::time::Duration;
@@ -426,59 +429,6 @@ pub fn store_reader<'a>(
     tokio_util::io::StreamReader::new(body.map(|r| r.map_err(std::io::Error::other)))
 }
 
-/// How large the ranges of a parallel download are. Two of 4 MiB in flight measured as
-/// fast as four (`bench/run.sh --anchors`, against Garage on two cores) with a restore's
-/// peak RSS of 31–40 MiB instead of 42–48; two of 2 MiB (28 MiB) were slower than a plain
-/// download: per-request costs dominate small ranges.
-pub const RANGE_BYTES: u64 = 4 * 1024 * 1024;
-/// How many ranges are downloaded at once.
-pub const RANGES_IN_FLIGHT: usize = 2;
-
-/// The byte ranges, of `range` bytes each but the last, that make up `size` bytes.
-pub fn ranges(size: u64, range: u64) -> impl Iterator<Item = std::ops::Range<u64>> {
-    let range = range.max(1);
-    (0..size.div_ceil(range)).map(move |i| i * range..((i + 1) * range).min(size))
-}
-
-/// An object of `size` bytes as ranged GETs, `in_flight` at a time, handed on in order:
-/// the download runs as fast as several connections allow while the bytes still reach
-/// the checker (and its SHA-256) in stream order. Memory: at most `in_flight` ranges,
-/// the reorder buffer included (a range that finishes early waits, holding its slot).
-/// A range that comes back with another length than asked is an error: the object
-/// changed, or the store cut it short.
-pub fn ranged_body<'a>(
-    store: &'a dyn crate::storage::ObjectStore,
-    key: &'a str,
-    size: u64,
-    range: u64,
-    in_flight: usize,
-) -> futures::stream::BoxStream<'a, Result<bytes::Bytes, StoreError>> {
-    use futures::StreamExt;
-    Box::pin(
-        futures::stream::iter(ranges(size, range))
-            .map(move |r| async move {
-                let want = r.end - r.start;
-                let got = store.get_range(key, r).await?;
-                let len: u64 = got.iter().map(|b| b.len() as u64).sum();
-                if len != want {
-                    return Err(StoreError::Answer {
-                        operation: "GetObject",
-                        detail: format!("a range of {len} bytes instead of {want}"),
-                    });
-                }
-                Ok(got)
-            })
-            .buffered(in_flight.max(1))
-            .flat_map(|range| {
-                let pieces: Vec<Result<bytes::Bytes, StoreError>> = match range {
-                    Ok(pieces) => pieces.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                futures::stream::iter(pieces)
-            }),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,57 +453,6 @@ mod tests {
             self.0.extend_from_slice(bytes);
             Ok(())
         }
-    }
-
-    #[test]
-    fn ranges_cover_the_object_once_in_order() {
-        let r: Vec<_> = ranges(20, 8).collect();
-        assert_eq!(r, vec![0..8, 8..16, 16..20]);
-        assert_eq!(ranges(16, 8).collect::<Vec<_>>(), vec![0..8, 8..16]);
-        assert_eq!(ranges(0, 8).count(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_ranged_download_is_the_object_in_order() {
-        use crate::storage::memory::InMemory;
-        use crate::storage::{ObjectStore, PutOptions};
-        let data = rdb(100_000);
-        let store = InMemory::default();
-        store
-            .put(
-                "k",
-                bytes::Bytes::from(data.clone()),
-                &PutOptions::create("x"),
-            )
-            .await
-            .unwrap();
-        let mut sink = Collect(Vec::new());
-        let cancel = CancellationToken::new();
-        let limits = StreamLimits {
-            stall: None,
-            source_name: "a test",
-            exact: false,
-            cancel: &cancel,
-        };
-        let body = ranged_body(&store, "k", data.len() as u64, 7_777, 3);
-        let out = check_stream(
-            store_reader(body),
-            &mut sink,
-            || async { Ok(()) },
-            limits,
-            |_, _| {},
-        )
-        .await
-        .unwrap();
-        assert_eq!(sink.0, data);
-        assert_eq!(out.rdb.unwrap().sha256, hex::encode(Sha256::digest(&data)));
-        // Asking for more than the object holds is an error, not a short stream.
-        let mut body = ranged_body(&store, "k", data.len() as u64 + 10, 7_777, 3);
-        let mut failed = false;
-        while let Some(r) = futures::StreamExt::next(&mut body).await {
-            failed |= r.is_err();
-        }
-        assert!(failed);
     }
 
     #[tokio::test]

@@ -249,9 +249,11 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     fn endpoint(&self) -> &str;
     /// The whole object, streamed. [`StoreError::NotFound`] when it does not exist.
     async fn get(&self, key: &str) -> Result<GetResult, StoreError>;
-    /// The bytes `range` of an object, in order, in the pieces they arrived in (not
-    /// copied together: a restore hands them on as they are).
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<Bytes>, StoreError>;
+    /// The bytes `range` of an object, streamed in the pieces they arrive in; `size` is
+    /// the length the store announced for the answer, or the length asked for when it
+    /// announced none (a restore checks both against the range).
+    /// [`StoreError::NotFound`] when the object does not exist.
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetResult, StoreError>;
     /// Size and Object Lock state of an object, or of one of its versions.
     async fn head(&self, key: &str, version_id: Option<&str>) -> Result<ObjectMeta, StoreError>;
     /// Writes a whole object in one request.

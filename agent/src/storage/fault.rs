@@ -191,7 +191,7 @@ impl ObjectStore for Faulty {
         self.call(Operation::Get, self.inner.get(key)).await
     }
 
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<Bytes>, StoreError> {
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetResult, StoreError> {
         self.call(Operation::GetRange, self.inner.get_range(key, range))
             .await
     }

@@ -258,6 +258,42 @@ impl S3Store {
         classify_answer(operation, key, &self.bucket, code.as_deref(), status)
     }
 
+    /// A failed GetObject: a missing key is [`StoreError::NotFound`].
+    fn get_failed(
+        &self,
+        key: &str,
+        err: SdkError<aws_sdk_s3::operation::get_object::GetObjectError, HttpResponse>,
+    ) -> StoreError {
+        if err.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+            StoreError::NotFound {
+                key: key.to_owned(),
+            }
+        } else {
+            self.classify("GetObject", key, err)
+        }
+    }
+
+    /// A GET's body as it arrives, in the pieces the connection delivered (not copied
+    /// together), a broken connection as [`Self::body_lost`].
+    fn streamed(&self, length: Option<i64>, body: ByteStream) -> GetResult {
+        let lost = self.body_lost();
+        let body = futures::stream::unfold(Some(body), move |body| {
+            let lost = lost.clone();
+            async move {
+                let mut body = body?;
+                match body.next().await {
+                    None => None,
+                    Some(Ok(b)) => Some((Ok(b), Some(body))),
+                    Some(Err(_)) => Some((Err(lost), None)),
+                }
+            }
+        });
+        GetResult {
+            size: length.unwrap_or(0).max(0) as u64,
+            body: Box::pin(body),
+        }
+    }
+
     fn body_lost(&self) -> StoreError {
         StoreError::Unreachable {
             endpoint: self.endpoint.clone(),
@@ -343,37 +379,16 @@ impl ObjectStore for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| {
-                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
-                    StoreError::NotFound {
-                        key: key.to_owned(),
-                    }
-                } else {
-                    self.classify("GetObject", key, e)
-                }
-            })?;
-        let size = out.content_length().unwrap_or(0).max(0) as u64;
-        let lost = self.body_lost();
-        let body = futures::stream::unfold(Some(out.body), move |body| {
-            let lost = lost.clone();
-            async move {
-                let mut body = body?;
-                match body.next().await {
-                    None => None,
-                    Some(Ok(b)) => Some((Ok(b), Some(body))),
-                    Some(Err(_)) => Some((Err(lost), None)),
-                }
-            }
-        });
-        Ok(GetResult {
-            size,
-            body: Box::pin(body),
-        })
+            .map_err(|e| self.get_failed(key, e))?;
+        Ok(self.streamed(out.content_length(), out.body))
     }
 
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<Bytes>, StoreError> {
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetResult, StoreError> {
         if range.is_empty() {
-            return Ok(Vec::new());
+            return Ok(GetResult {
+                size: 0,
+                body: Box::pin(futures::stream::empty()),
+            });
         }
         let out = self
             .client
@@ -383,11 +398,13 @@ impl ObjectStore for S3Store {
             .range(format!("bytes={}-{}", range.start, range.end - 1))
             .send()
             .await
-            .map_err(|e| self.classify("GetObject", key, e))?;
-        let body = out.body.collect().await.map_err(|_| self.body_lost())?;
-        // The pieces as received: copying them into one buffer would cost a copy of
-        // every byte and a fresh mapping per range.
-        Ok(body.into_segments().collect())
+            .map_err(|e| self.get_failed(key, e))?;
+        // A store that sends the range without a length (chunked) is held to the length
+        // asked for by the body's own count.
+        let length = out
+            .content_length()
+            .or(Some((range.end - range.start) as i64));
+        Ok(self.streamed(length, out.body))
     }
 
     async fn head(&self, key: &str, version_id: Option<&str>) -> Result<ObjectMeta, StoreError> {
