@@ -210,20 +210,15 @@ fn classify(stage: Stage, store: Option<StoreError>, age_failed: &AtomicBool) ->
 mod tests {
     use super::*;
     use crate::pipeline::encode::Encoder;
-    use crate::pipeline::{check_stream, store_reader, Discard, StreamLimits};
-    use crate::rdb::crc64_digest;
+    use crate::pipeline::testing::{rdb_around, stream_limits};
+    use crate::pipeline::{check_stream, store_reader, Discard};
     use tokio_util::sync::CancellationToken;
 
     fn rdb(records: usize) -> Vec<u8> {
-        let mut v = b"REDIS0011".to_vec();
-        for i in 0..records {
-            v.extend_from_slice(format!("{{\"k\":{i},\"v\":\"value-{}\"}}", i % 50).as_bytes());
-        }
-        v.push(0xFF);
-        let mut crc = crc64_digest();
-        crc.update(&v);
-        v.extend_from_slice(&crc.finalize().to_le_bytes());
-        v
+        rdb_around(
+            (0..records)
+                .flat_map(|i| format!("{{\"k\":{i},\"v\":\"value-{}\"}}", i % 50).into_bytes()),
+        )
     }
 
     async fn encode(
@@ -260,12 +255,7 @@ mod tests {
             },
         );
         let cancel = CancellationToken::new();
-        let limits = StreamLimits {
-            stall: None,
-            source_name: "a test",
-            exact: false,
-            cancel: &cancel,
-        };
+        let limits = stream_limits(&cancel, false);
         let streamed =
             check_stream(reader, &mut Discard, || async { Ok(()) }, limits, |_, _| {}).await?;
         let stats = handle.await.unwrap()?;

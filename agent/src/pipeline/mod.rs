@@ -429,15 +429,21 @@ pub fn store_reader<'a>(
     tokio_util::io::StreamReader::new(body.map(|r| r.map_err(std::io::Error::other)))
 }
 
+/// What the pipeline's tests share: RDBs built in memory, a sink that keeps every byte,
+/// and the limits a test stream runs under.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use tokio_util::sync::CancellationToken;
+
+    use super::{RdbSink, StreamLimits};
+    use crate::error::OpError;
     use crate::rdb::crc64_digest;
 
-    /// A minimal valid RDB: header, some body bytes, 0xFF and the CRC64 of all before.
-    fn rdb(body_len: usize) -> Vec<u8> {
+    /// `body` as a valid RDB: a `REDIS0011` header before it, `0xFF` and the CRC64 of all
+    /// before after it.
+    pub fn rdb_around(body: impl IntoIterator<Item = u8>) -> Vec<u8> {
         let mut v = b"REDIS0011".to_vec();
-        v.extend((0..body_len).map(|i| (i % 251) as u8 & 0x7f));
+        v.extend(body);
         v.push(0xFF);
         let mut crc = crc64_digest();
         crc.update(&v);
@@ -445,7 +451,14 @@ mod tests {
         v
     }
 
-    struct Collect(Vec<u8>);
+    /// A valid RDB with `body_len` bytes between header and trailer.
+    pub fn rdb(body_len: usize) -> Vec<u8> {
+        rdb_around((0..body_len).map(|i| (i % 251) as u8 & 0x7f))
+    }
+
+    /// A sink that keeps every byte it is given.
+    #[derive(Default)]
+    pub struct Collect(pub Vec<u8>);
 
     #[async_trait::async_trait]
     impl RdbSink for Collect {
@@ -454,6 +467,22 @@ mod tests {
             Ok(())
         }
     }
+
+    /// No stall bound, cancelled by `cancel`; `exact` as the source's framing is.
+    pub fn stream_limits(cancel: &CancellationToken, exact: bool) -> StreamLimits<'_> {
+        StreamLimits {
+            stall: None,
+            source_name: "a test",
+            exact,
+            cancel,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{rdb, stream_limits, Collect};
+    use super::*;
 
     #[tokio::test]
     async fn an_exact_stream_is_read_into_the_parts_in_place_and_hashed_by_the_writer() {
@@ -467,12 +496,7 @@ mod tests {
             .unwrap();
         assert!(RdbSink::direct_buffer(&mut writer).is_some());
         let cancel = CancellationToken::new();
-        let limits = StreamLimits {
-            stall: None,
-            source_name: "a test",
-            exact: true,
-            cancel: &cancel,
-        };
+        let limits = stream_limits(&cancel, true);
         let out = check_stream(
             &data[..],
             &mut writer,
@@ -494,12 +518,7 @@ mod tests {
 
         // Not an RDB: refused before a single part was uploaded.
         let mut writer = PartWriter::new(dyn_store, "bad".into(), "x", 16, 2);
-        let limits = StreamLimits {
-            stall: None,
-            source_name: "a test",
-            exact: true,
-            cancel: &cancel,
-        };
+        let limits = stream_limits(&cancel, true);
         let junk = b"HELLO WORLD, not an rdb at all, long enough for two parts";
         let err = check_stream(
             &junk[..],
@@ -519,12 +538,7 @@ mod tests {
         let data = rdb(300_000);
         let mut sink = Collect(Vec::new());
         let cancel = CancellationToken::new();
-        let limits = StreamLimits {
-            stall: None,
-            source_name: "a test",
-            exact: false,
-            cancel: &cancel,
-        };
+        let limits = stream_limits(&cancel, false);
         let out = check_stream(&data[..], &mut sink, || async { Ok(()) }, limits, |_, _| {})
             .await
             .unwrap();
@@ -538,12 +552,7 @@ mod tests {
     async fn a_failing_end_check_wins_over_a_truncated_trailer() {
         let data = rdb(1000);
         let cancel = CancellationToken::new();
-        let limits = StreamLimits {
-            stall: None,
-            source_name: "a test",
-            exact: false,
-            cancel: &cancel,
-        };
+        let limits = stream_limits(&cancel, false);
         let err = check_stream(
             &data[..500],
             &mut Discard,
@@ -560,12 +569,7 @@ mod tests {
     async fn a_bad_header_fails_before_anything_is_written() {
         let mut sink = Collect(Vec::new());
         let cancel = CancellationToken::new();
-        let limits = StreamLimits {
-            stall: None,
-            source_name: "a test",
-            exact: false,
-            cancel: &cancel,
-        };
+        let limits = stream_limits(&cancel, false);
         let err = check_stream(
             &b"HELLO WORLD, not an rdb at all"[..],
             &mut sink,

@@ -197,35 +197,14 @@ impl Slot<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::{check_stream, store_reader, RdbSink, StreamLimits};
-    use crate::rdb::crc64_digest;
+    use crate::pipeline::testing::{rdb, stream_limits, Collect};
+    use crate::pipeline::{check_stream, store_reader};
     use futures::{FutureExt, StreamExt};
     use sha2::{Digest, Sha256};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
-
-    /// A valid RDB: header, body bytes, 0xFF and the CRC64 of all before.
-    fn rdb(body_len: usize) -> Vec<u8> {
-        let mut v = b"REDIS0011".to_vec();
-        v.extend((0..body_len).map(|i| (i % 251) as u8 & 0x7f));
-        v.push(0xFF);
-        let mut crc = crc64_digest();
-        crc.update(&v);
-        v.extend_from_slice(&crc.finalize().to_le_bytes());
-        v
-    }
-
-    struct Collect(Vec<u8>);
-
-    #[async_trait::async_trait]
-    impl RdbSink for Collect {
-        async fn write(&mut self, bytes: &[u8]) -> Result<(), crate::error::OpError> {
-            self.0.extend_from_slice(bytes);
-            Ok(())
-        }
-    }
 
     #[test]
     fn ranges_cover_the_object_once_in_order() {
@@ -247,12 +226,7 @@ mod tests {
             .unwrap();
         for in_flight in [1, 2, 3] {
             let cancel = CancellationToken::new();
-            let limits = StreamLimits {
-                stall: None,
-                source_name: "a test",
-                exact: false,
-                cancel: &cancel,
-            };
+            let limits = stream_limits(&cancel, false);
             let body = ranged_body(&store, "k", data.len() as u64, 7_777, in_flight);
             let mut sink = Collect(Vec::new());
             let out = check_stream(
