@@ -380,6 +380,7 @@ def main() -> None:
                 "share-of-disk": round(disk / b["wall"], 3) if restore else None,
                 "cpu-s-per-gib": round(b["cpu"] / (size / GiB), 2),
                 "peak-rss-mib": round(b["rss"] / MiB, 1),
+                "peak-rss-mib-runs": [round(r["rss"] / MiB, 1) for r in runs],
                 "store-cpu-s-per-gib": round(b["store-cpu"] / (size / GiB), 2),
                 "server-cpu-s-per-gib": round(b["server-cpu"] / (size / GiB), 2),
                 "mib-per-s": round(size / MiB / b["wall"], 1),
