@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import subprocess
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import Components
+from harness import Components, wait_until
 
 CRC_POLY = 0x95AC9329AC4BC9B5  # CRC-64/Jones, reflected
 
@@ -18,6 +19,25 @@ def prefix_of(params: dict[str, Any]) -> str:
     """`<path>/<cluster>/` for a configure request."""
     path = params["s3"].get("path", "").strip("/")
     return f"{path}/{params['cluster']}/" if path else f"{params['cluster']}/"
+
+
+def backups_in_order(agent, n: int = 2) -> list[str]:
+    """`n` backups by `agent`, each started in a later second than the one before, so
+    that their ids sort in the order the store wrote them. (Ids sort by start second,
+    then by a random suffix: two backups started in one second may rank against the
+    store's order, and retention keeps the newest on both clocks.)"""
+    ids: list[str] = []
+    for _ in range(n):
+        if ids:
+            stamp = ids[-1][:16]  # YYYYmmddTHHMMSSZ
+            wait_until(
+                lambda s=stamp: dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") > s,
+                timeout=5,
+                what="the second after the last backup's",
+            )
+        ids.append(agent.request("create-backup").expect_ok()["backup-id"])
+    assert ids == sorted(ids), ids
+    return ids
 
 
 @dataclass

@@ -15,7 +15,7 @@ import threading
 import urllib.parse
 
 import pytest
-from checks import bucket_state, prefix_of
+from checks import backups_in_order, bucket_state, prefix_of
 from faults import cli_wrapper
 from harness import (
     AgentProtocolError,
@@ -136,8 +136,7 @@ def test_prune_keeps_locked_and_newest_backups_and_deletes_every_version_of_the_
         agent, valkey_server, moto, bucket, "prune.valkey", endpoint=aged(moto).endpoint
     )
     prefix = prefix_of(params)
-    # Ids sort by start second, then unit and random suffix: "newest" is the larger id.
-    older, newest = sorted(a.request("create-backup").expect_ok()["backup-id"] for _ in range(2))
+    older, newest = backups_in_order(a)
 
     for old in (OLD_FREE, OLD_RETAINED, OLD_HELD):
         _copy_backup(s3, bucket, prefix, newest, old)
@@ -232,7 +231,7 @@ def test_compliance_default_retention_keeps_every_backup(agent, valkey_server, m
     a, params = _backup_agent(
         agent, valkey_server, moto, bucket, "locked.valkey", endpoint=aged(moto).endpoint
     )
-    first, newest = sorted(a.request("create-backup").expect_ok()["backup-id"] for _ in range(2))
+    first, newest = backups_in_order(a)
     _copy_backup(moto.client(), bucket, prefix_of(params), newest, OLD_FREE)
     before = _listing(moto, bucket)
     out = a.request("prune-backups", {"keep-last": 1, "confirm": True}).expect_ok()
@@ -363,7 +362,7 @@ def test_prune_on_garage_deletes_plain_objects_and_defaults_to_delete_older_than
     )
     s3 = garage.client()
     prefix = prefix_of(params)
-    first, newest = sorted(a.request("create-backup").expect_ok()["backup-id"] for _ in range(2))
+    first, newest = backups_in_order(a)
     _copy_backup(s3, bucket, prefix, newest, OLD_FREE)
     _put(s3, bucket, f"{prefix}{OLD_FAILED}/failure.json", _failure_record(OLD_FAILED))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from checks import bucket_state, get_json, prefix_of
+from checks import backups_in_order, bucket_state, get_json, prefix_of
 from harness import configure_params, free_port, load_dataset, wait_until
 from harness.s3proxy import Action, S3Proxy
 
@@ -408,8 +408,7 @@ def test_a_verify_schedule_loads_the_newest_backup_and_records_it(
         metrics={"listen": f"127.0.0.1:{port}"},
     )
     a.request("configure", params).expect_ok()
-    # Ids sort by start second, then unit and random suffix: "newest" is the larger id.
-    older, newest = sorted(a.request("create-backup").expect_ok()["backup-id"] for _ in range(2))
+    older, newest = backups_in_order(a)
     # Backups never fire here (03:00 daily); verification every two seconds.
     params["schedule"] = {"cron": "0 3 * * *", "from": "any", "verify-cron": "*/2 * * * * *"}
     a.request("configure", params).expect_ok()
