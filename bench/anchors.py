@@ -303,6 +303,11 @@ def main() -> None:
     ap.add_argument("--baseline-bin", help="another agent build, for a before/after row")
     ap.add_argument("--baseline-name", default="baseline")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
+    ap.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep the work directory (the store's and the server's logs) after the run",
+    )
     args = ap.parse_args()
     agent_bin = Path(args.agent_bin)
     for tool in ("aws", "rclone", GNU_TIME):
@@ -358,7 +363,10 @@ def main() -> None:
             rows.setdefault(AWS_DURABLE, []).append({**aws, "wall": aws["wall"] + aws["fsync"]})
     finally:
         bench.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep_work:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     assert size is not None
     anchor = best(rows["cli → /dev/null (anchor)"])["wall"]
     aws_down = best(rows[AWS_DOWN])["wall"]
