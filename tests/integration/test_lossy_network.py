@@ -188,6 +188,30 @@ def test_backups_through_a_lossy_network_report_exactly_what_the_bucket_holds(
     assert sum(outcomes.values()) > outcomes["finished"], "no burst made a backup fail"
 
 
+def test_a_retried_request_is_logged_and_the_backup_still_finishes(
+    valkey_server, agent, moto, moto_bucket, lossy
+):
+    proxy, plan = lossy
+    server = valkey_server("valkey8")
+    load_dataset(server, size_mb=11, dbs=(0,), seed=4)  # three 5 MiB parts
+    a, params = _agent_through(agent, server, moto, moto_bucket, proxy, "retried.valkey")
+    # The first UploadPart request gets a 503, the second a reset connection (two parts
+    # are in flight: the same part's retry or the other part's first attempt); the client
+    # retries each and the backup finishes.
+    plan.arm([Fault("UploadPart", 0, "503"), Fault("UploadPart", 1, "reset")])
+    resp = a.request("create-backup", timeout=300)
+    outcome = _check_backup_outcome(moto.client(), moto_bucket, prefix_of(params), resp, a)
+    assert outcome == "finished", resp
+    assert len(plan.injected) == 2
+    warnings = [
+        line for line in a.log_text().splitlines() if "an S3 request attempt failed" in line
+    ]
+    assert any("the store answered 503" in w for w in warnings), warnings
+    assert any("the connection failed" in w for w in warnings), warnings
+    assert all('operation="UploadPart"' in w for w in warnings), warnings
+    assert len(warnings) == 2, warnings
+
+
 def _verify_records(s3, bucket, prefix, bid) -> set[str]:
     return {k for k in bucket_state(s3, bucket, prefix).keys if f"/{bid}/verify/" in k}
 

@@ -21,6 +21,7 @@
 //! Quirks of particular stores live in [`compat`], each with the store that needs it.
 
 pub mod api;
+pub mod attempts;
 pub mod compat;
 pub mod fault;
 pub mod memory;

@@ -109,6 +109,7 @@ impl S3Store {
             .request_checksum_calculation(request_checksums)
             .response_checksum_validation(response_checksums)
             .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .interceptor(super::attempts::FailedAttempts)
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
