@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import Components, wait_until
+from harness.seed import id_time
 
 CRC_POLY = 0x95AC9329AC4BC9B5  # CRC-64/Jones, reflected
 
@@ -29,9 +30,9 @@ def backups_in_order(agent, n: int = 2) -> list[str]:
     ids: list[str] = []
     for _ in range(n):
         if ids:
-            stamp = ids[-1][:16]  # YYYYmmddTHHMMSSZ
+            next_second = id_time(ids[-1]) + dt.timedelta(seconds=1)
             wait_until(
-                lambda s=stamp: dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") > s,
+                lambda t=next_second: dt.datetime.now(dt.UTC) >= t,
                 timeout=5,
                 what="the second after the last backup's",
             )

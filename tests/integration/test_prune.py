@@ -25,7 +25,7 @@ from harness import (
     wait_until,
 )
 from harness.s3proxy import S3Proxy
-from harness.seed import backup_id
+from harness.seed import backup_id, id_time
 
 MiB = 1024 * 1024
 
@@ -42,10 +42,6 @@ OLD_FAILED = "20200104T000000Z-valkey-0-dddddd"
 OLD_IDS = (OLD_FREE, OLD_RETAINED, OLD_HELD, OLD_FAILED)
 
 
-def _id_time(bid: str) -> dt.datetime:
-    return dt.datetime.strptime(bid[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
-
-
 def _as_old_as_their_ids(*ids: str):
     """A restamp rule for the proxy (harness/s3proxy.py): every object of the backups `ids`
     gets its id's time plus five minutes, the time an honest unit would have written it
@@ -54,7 +50,7 @@ def _as_old_as_their_ids(*ids: str):
     def stamp(key: str) -> dt.datetime | None:
         for bid in ids:
             if f"/{bid}/" in key:
-                return _id_time(bid) + dt.timedelta(minutes=5)
+                return id_time(bid) + dt.timedelta(minutes=5)
         return None
 
     return stamp
@@ -560,7 +556,7 @@ def test_a_new_backup_from_a_unit_whose_clock_runs_behind_is_kept_by_the_stores_
     warning = listed[2]["warning"]
     assert "behind the store" in warning and "either time keeps it" in warning, warning
     assert "warning" not in listed[0] and "warning" not in listed[1]
-    assert listed[0]["stored-at"] == (_id_time(honest) + dt.timedelta(minutes=5)).strftime(
+    assert listed[0]["stored-at"] == (id_time(honest) + dt.timedelta(minutes=5)).strftime(
         "%Y-%m-%dT%H:%M:%SZ"
     )
     cli = a.cli("list-backups")

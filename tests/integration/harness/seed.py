@@ -21,10 +21,18 @@ from typing import Any
 _DATA = b"REDIS0011" + b"\xff" + b"\x00" * 8
 
 
+ID_TIME = "%Y%m%dT%H%M%SZ"
+
+
 def backup_id(at: dt.datetime, unit: str = "valkey/0") -> str:
     """An id as the agent names backups: start second, unit, 6 random hex digits."""
     slug = unit.replace("/", "-")
-    return f"{at.strftime('%Y%m%dT%H%M%SZ')}-{slug}-{secrets.token_hex(3)}"
+    return f"{at.strftime(ID_TIME)}-{slug}-{secrets.token_hex(3)}"
+
+
+def id_time(bid: str) -> dt.datetime:
+    """The start second a backup id carries (UTC)."""
+    return dt.datetime.strptime(bid[:16], ID_TIME).replace(tzinfo=dt.UTC)
 
 
 def _manifest(prefix: str, cluster: str, unit: str, bid: str, at: dt.datetime) -> bytes:
