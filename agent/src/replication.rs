@@ -157,8 +157,10 @@ pub enum MarkScan {
 /// bytes received: Valkey's own replica detects the end this way. Only the window's tail
 /// is compared (the payload is not searched: a search cost 5 % of a backup's CPU). The
 /// last 39 bytes of every window are kept back and compared again with the next read,
-/// so a mark split between reads is found. Bytes after a mark are never taken for the
-/// end: the stream then ends with the connection, which is an error.
+/// so a mark split between reads is found. A mark counts as the end only when it is the
+/// last thing received so far: were bytes to arrive with it in the same read, the
+/// stream goes on (and fails when the connection closes); bytes sent after the read that
+/// ended the stream are never read.
 pub fn scan_for_mark(mark: &[u8; EOF_MARK_LEN], window: &[u8]) -> MarkScan {
     if window.ends_with(mark) {
         MarkScan::End(window.len() - EOF_MARK_LEN)
@@ -677,9 +679,109 @@ mod tests {
         }
     }
 
-    /// The servers send nothing after the mark. Were bytes to follow it, the mark is not
-    /// the end: the stream ends with the connection, which is an error, never a payload
-    /// that silently leaves out what came after.
+    /// Hands out its pieces exactly, one per read (a read with less room takes what fits,
+    /// the rest stays for the next), and fails any read after the last: a stream that
+    /// reads past the end mark is caught, and no in-memory pipe merges small writes.
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let Some(front) = self.0.front_mut() else {
+                return Poll::Ready(Err(std::io::Error::other("read past the last piece")));
+            };
+            let n = front.len().min(buf.remaining());
+            buf.put_slice(&front[..n]);
+            front.drain(..n);
+            if front.is_empty() {
+                self.0.pop_front();
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Pieces {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Reads a stream over `pieces` to its end with read buffers of the sizes in `reads`,
+    /// in turn.
+    async fn read_pieces(pieces: Vec<Vec<u8>>, reads: &[usize]) -> std::io::Result<Vec<u8>> {
+        let conn = Connection::new(Box::new(Pieces(pieces.into())), "pieces");
+        let mut s = ReplicationStream::new(conn, Framing::EofMark(*MARK));
+        let mut out = Vec::new();
+        for i in 0.. {
+            let mut buf = vec![0u8; reads[i % reads.len()]];
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        unreachable!()
+    }
+
+    /// Every place the wire can be cut in two, and (for short payloads) in three, with
+    /// read buffers small and large and mixed, so that both the direct reads and the
+    /// reads through the held-back bytes see the mark split at every offset: the payload
+    /// comes out exactly, and nothing is read after the mark.
+    #[tokio::test]
+    async fn the_mark_is_found_split_at_every_offset_and_nothing_after_it_is_read() {
+        let reads: [&[usize]; 5] = [
+            &[1],
+            &[7],
+            &[MIN_DIRECT_READ],
+            &[1 << 16],
+            &[3, MIN_DIRECT_READ, 1, 1 << 16, 39],
+        ];
+        for n in [0usize, 1, 39, 40, 41, 200] {
+            let body = payload(n);
+            let mut wire = body.clone();
+            wire.extend_from_slice(MARK);
+            let mut cuts: Vec<Vec<Vec<u8>>> = vec![vec![wire.clone()]];
+            for a in 1..wire.len() {
+                cuts.push(vec![wire[..a].to_vec(), wire[a..].to_vec()]);
+                if n <= 41 {
+                    for b in a + 1..wire.len() {
+                        cuts.push(vec![
+                            wire[..a].to_vec(),
+                            wire[a..b].to_vec(),
+                            wire[b..].to_vec(),
+                        ]);
+                    }
+                }
+            }
+            for pieces in cuts {
+                for r in reads {
+                    let sizes: Vec<usize> = pieces.iter().map(Vec::len).collect();
+                    let got = read_pieces(pieces.clone(), r).await;
+                    assert_eq!(
+                        got.as_ref().ok(),
+                        Some(&body),
+                        "n {n}, pieces {sizes:?}, reads {r:?}: {got:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The servers send nothing after the mark. Were bytes to arrive with it in one read,
+    /// the mark is not the end: the stream ends with the connection, which is an error.
     #[tokio::test]
     async fn bytes_after_the_mark_are_an_error_not_a_payload() {
         for chunk in [7usize, 4096] {
