@@ -52,6 +52,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -386,10 +387,16 @@ def main() -> None:
                 "vs-aws-download": round(aws_down / b["wall"], 3) if restore else None,
                 "vs-aws-download-fsync": round(aws_durable / b["wall"], 3) if restore else None,
                 "share-of-disk": round(disk / b["wall"], 3) if restore else None,
+                "median-wall-s": round(statistics.median(r["wall"] for r in runs), 2),
                 "cpu-s-per-gib": round(b["cpu"] / (size / GiB), 2),
+                "cpu-s-per-gib-runs": [round(r["cpu"] / (size / GiB), 2) for r in runs],
+                "median-cpu-s-per-gib": round(
+                    statistics.median(r["cpu"] for r in runs) / (size / GiB), 2
+                ),
                 "peak-rss-mib": round(b["rss"] / MiB, 1),
                 "peak-rss-mib-runs": [round(r["rss"] / MiB, 1) for r in runs],
                 "store-cpu-s-per-gib": round(b["store-cpu"] / (size / GiB), 2),
+                "store-cpu-s-per-gib-runs": [round(r["store-cpu"] / (size / GiB), 2) for r in runs],
                 "server-cpu-s-per-gib": round(b["server-cpu"] / (size / GiB), 2),
                 "mib-per-s": round(size / MiB / b["wall"], 1),
                 **({"checksum": b["checksum"]} if "checksum" in b else {}),
