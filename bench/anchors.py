@@ -274,22 +274,26 @@ class Bench:
         return r
 
     def settle(self) -> None:
-        """Waits for the server's snapshot child to be reaped, then flushes dirty pages."""
-        deadline = time.monotonic() + 120
-        while True:
-            info = self.server.run_cli("INFO", "persistence")
-            if info.returncode != 0:
-                raise RuntimeError(f"INFO persistence failed: {info.stderr[-500:]!r}")
-            if b"rdb_bgsave_in_progress:0" in info.stdout:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server's snapshot child is still running after 120 s")
-            time.sleep(0.05)
-        os.sync()
+        settle(self.server)
 
     def stop(self) -> None:
         self.server.stop()
         self.garage.stop()
+
+
+def settle(server: ValkeyServer) -> None:
+    """Waits for the server's snapshot child to be reaped, then flushes dirty pages."""
+    deadline = time.monotonic() + 120
+    while True:
+        info = server.run_cli("INFO", "persistence")
+        if info.returncode != 0:
+            raise RuntimeError(f"INFO persistence failed: {info.stderr[-500:]!r}")
+        if b"rdb_bgsave_in_progress:0" in info.stdout:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server's snapshot child is still running after 120 s")
+        time.sleep(0.05)
+    os.sync()
 
 
 def best(runs: list[dict]) -> dict:

@@ -8,9 +8,12 @@ so the RDB is about the dataset size), then measures on that same dataset, in on
   server on this machine);
 - agent, once per snapshot source (`--sources native,cli`: the built-in replication client
   and `valkey-cli --rdb -`): a fresh `valkey-backup-agent serve` (release build, default
-  settings: 8 MiB parts, 3 uploads at once) doing `create-backup` into a local Garage (or
+  settings: 5 MiB parts, 2 uploads at once) doing `create-backup` into a local Garage (or
   `--store moto`): wall time, throughput, CPU seconds per GiB (utime+stime of the agent
   and, for the cli source, of the cli it ran), and peak RSS (VmHWM of the agent).
+
+Before each row it settles as anchors.py does: it waits until the server has reaped the
+last snapshot's child and flushes dirty pages, so that no row pays for the one before.
 
 Output: a table on stdout and a JSON file (bench/results-sizes.json). Figures are ratios to the
 anchor where it matters, since machines are noisy.
@@ -32,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+from anchors import settle  # noqa: E402
 from harness import (  # noqa: E402
     Agent,
     GarageServer,
@@ -123,8 +127,11 @@ def run_size(
         t0 = time.monotonic()
         server.run_cli("DEBUG", "POPULATE", str(keys), "key", "1024", timeout=600)
         populate_s = time.monotonic() - t0
+        # Settled before each row (see anchors.settle): no row pays for the one before.
+        settle(server)
         anchor_s, anchor_bytes = anchor_rate(server)
         for source in sources:
+            settle(server)
             run = backup_with(source, server, store, bucket, work, agent_bin, f"{size_gib:g}")
             result, wall = run["result"], run["wall"]
             size = result["size-bytes"]
