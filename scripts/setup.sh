@@ -20,7 +20,9 @@ set -euo pipefail
 
 VB_CACHE=${VB_CACHE:-$HOME/.cache/valkey-backup}
 GARAGE_VERSION=2.5.0
-GARAGE_ROOT="$VB_CACHE/garage-$GARAGE_VERSION"
+# Built with the LMDB metadata engine (Garage's default for production); the name says
+# so, so that a cached SQLite-only build of an older checkout is not taken for it.
+GARAGE_ROOT="$VB_CACHE/garage-$GARAGE_VERSION-lmdb"
 mkdir -p "$VB_CACHE"
 
 want_garage=1
@@ -46,7 +48,7 @@ install_garage() {
   local tmp="$GARAGE_ROOT.partial"
   rm -rf "$tmp"
   CARGO_TARGET_DIR="$VB_CACHE/garage-target" cargo install --locked garage \
-    --version "$GARAGE_VERSION" --no-default-features --features bundled-libs,sqlite \
+    --version "$GARAGE_VERSION" --no-default-features --features bundled-libs,lmdb \
     --root "$tmp" -j "$(nproc)"
   mv "$tmp" "$GARAGE_ROOT"
   rm -rf "$VB_CACHE/garage-target"

