@@ -468,6 +468,20 @@ pub(crate) mod testing {
         }
     }
 
+    /// [`check_stream`](super::check_stream) with nothing to do at the end of the stream
+    /// and no progress reports.
+    pub async fn check<R, S>(
+        reader: R,
+        sink: &mut S,
+        limits: StreamLimits<'_>,
+    ) -> Result<super::Streamed, OpError>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send,
+        S: RdbSink + ?Sized,
+    {
+        super::check_stream(reader, sink, || async { Ok(()) }, limits, |_, _| {}).await
+    }
+
     /// No stall bound, cancelled by `cancel`; `exact` as the source's framing is.
     pub fn stream_limits(cancel: &CancellationToken, exact: bool) -> StreamLimits<'_> {
         StreamLimits {
@@ -481,7 +495,7 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{rdb, stream_limits, Collect};
+    use super::testing::{check, rdb, stream_limits, Collect};
     use super::*;
 
     #[tokio::test]
@@ -497,15 +511,7 @@ mod tests {
         assert!(RdbSink::direct_buffer(&mut writer).is_some());
         let cancel = CancellationToken::new();
         let limits = stream_limits(&cancel, true);
-        let out = check_stream(
-            &data[..],
-            &mut writer,
-            || async { Ok(()) },
-            limits,
-            |_, _| {},
-        )
-        .await
-        .unwrap();
+        let out = check(&data[..], &mut writer, limits).await.unwrap();
         let checked = out.rdb.unwrap();
         assert_eq!(
             checked.sha256, "",
@@ -520,15 +526,7 @@ mod tests {
         let mut writer = PartWriter::new(dyn_store, "bad".into(), "x", 16, 2);
         let limits = stream_limits(&cancel, true);
         let junk = b"HELLO WORLD, not an rdb at all, long enough for two parts";
-        let err = check_stream(
-            &junk[..],
-            &mut writer,
-            || async { Ok(()) },
-            limits,
-            |_, _| {},
-        )
-        .await
-        .unwrap_err();
+        let err = check(&junk[..], &mut writer, limits).await.unwrap_err();
         assert!(matches!(err, OpError::Stream(RdbError::BadHeader(_))));
         assert!(store.open_uploads().is_empty() && store.object("bad").is_none());
     }
@@ -539,9 +537,7 @@ mod tests {
         let mut sink = Collect(Vec::new());
         let cancel = CancellationToken::new();
         let limits = stream_limits(&cancel, false);
-        let out = check_stream(&data[..], &mut sink, || async { Ok(()) }, limits, |_, _| {})
-            .await
-            .unwrap();
+        let out = check(&data[..], &mut sink, limits).await.unwrap();
         let checked = out.rdb.unwrap();
         assert_eq!(sink.0, data);
         assert_eq!(checked.rdb_bytes, data.len() as u64);

@@ -34,8 +34,17 @@ pub const RANGES_IN_FLIGHT: usize = 2;
 
 /// The byte ranges, of `range` bytes each but the last, that make up `size` bytes.
 pub fn ranges(size: u64, range: u64) -> impl Iterator<Item = Range<u64>> {
+    (0..range_count(size, range)).map(move |i| range_at(i, size, range))
+}
+
+fn range_count(size: u64, range: u64) -> u64 {
+    size.div_ceil(range.max(1))
+}
+
+/// The `i`-th of [`ranges`].
+fn range_at(i: u64, size: u64, range: u64) -> Range<u64> {
     let range = range.max(1);
-    (0..size.div_ceil(range)).map(move |i| i * range..((i + 1) * range).min(size))
+    i * range..((i + 1) * range).min(size)
 }
 
 /// An object of `size` bytes from `store` as ranged GETs of `range` bytes, `in_flight`
@@ -63,7 +72,10 @@ type Open<'a> = BoxFuture<'a, Result<GetResult, StoreError>>;
 pub struct Ranged<'a, F> {
     key: &'a str,
     open: F,
-    pending: Box<dyn Iterator<Item = Range<u64>> + Send + 'a>,
+    size: u64,
+    range: u64,
+    /// The indices of the ranges not opened yet.
+    pending: Range<u64>,
     slots: VecDeque<Slot<'a>>,
     in_flight: usize,
     ended: bool,
@@ -78,7 +90,9 @@ where
         Ranged {
             key,
             open,
-            pending: Box::new(ranges(size, range)),
+            size,
+            range,
+            pending: 0..range_count(size, range),
             slots: VecDeque::new(),
             in_flight: in_flight.max(1),
             ended: false,
@@ -99,7 +113,8 @@ where
         }
         loop {
             while this.slots.len() < this.in_flight {
-                let Some(r) = this.pending.next() else { break };
+                let Some(i) = this.pending.next() else { break };
+                let r = range_at(i, this.size, this.range);
                 this.slots.push_back(Slot {
                     state: State::Opening((this.open)(r.clone())),
                     pieces: VecDeque::new(),
@@ -197,8 +212,8 @@ impl Slot<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::testing::{rdb, stream_limits, Collect};
-    use crate::pipeline::{check_stream, store_reader};
+    use crate::pipeline::store_reader;
+    use crate::pipeline::testing::{check, rdb, stream_limits, Collect};
     use futures::{FutureExt, StreamExt};
     use sha2::{Digest, Sha256};
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -229,15 +244,7 @@ mod tests {
             let limits = stream_limits(&cancel, false);
             let body = ranged_body(&store, "k", data.len() as u64, 7_777, in_flight);
             let mut sink = Collect(Vec::new());
-            let out = check_stream(
-                store_reader(body),
-                &mut sink,
-                || async { Ok(()) },
-                limits,
-                |_, _| {},
-            )
-            .await
-            .unwrap();
+            let out = check(store_reader(body), &mut sink, limits).await.unwrap();
             assert_eq!(sink.0, data, "{in_flight} in flight");
             assert_eq!(out.rdb.unwrap().sha256, hex::encode(Sha256::digest(&data)));
         }
